@@ -1,0 +1,135 @@
+"""Libvirt domain XML built from typed objects (never by string concatenation).
+
+`DomainSpec` says what a server's domain is; `DomainSpec.to_xml()` renders it with
+ElementTree, which escapes every value, so a hostile name can never change the structure.
+"""
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+METADATA_NS = "urn:x-kvm-panel:server:1"
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    target: str = "vda"
+    format: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class KernelBoot:
+    """Direct kernel boot: the demo guest, and network installers later."""
+
+    kernel: str
+    initrd: str
+    cmdline: str = "console=ttyS0"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    uuid: str
+    vcpus: int
+    ram_mib: int
+    virt_type: str  # "kvm" or "qemu"
+    disks: tuple[Disk, ...] = ()
+    kernel_boot: KernelBoot | None = None
+    serial_log: str | None = None
+    vnc_listen: str = "127.0.0.1"
+    vnc_password: str | None = None
+    # Written into <metadata> so the reconciler knows whose domain it is.
+    panel_instance: str = ""
+    server_id: int | None = None
+    network: str | None = None  # a libvirt network to attach one virtio NIC to
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.virt_type not in ("kvm", "qemu"):
+            raise ValueError(f"virt_type must be kvm or qemu, not {self.virt_type!r}")
+        if self.vcpus < 1 or self.ram_mib < 16:
+            raise ValueError("a domain needs at least 1 vCPU and 16 MiB of RAM")
+
+    def to_xml(self) -> str:
+        dom = ET.Element("domain", type=self.virt_type)
+        ET.SubElement(dom, "name").text = self.name
+        ET.SubElement(dom, "uuid").text = self.uuid
+        meta = ET.SubElement(dom, "metadata")
+        ET.SubElement(
+            meta, f"{{{METADATA_NS}}}server", {"instance": self.panel_instance, "id": str(self.server_id or "")}
+        )
+        ET.SubElement(dom, "memory", unit="MiB").text = str(self.ram_mib)
+        ET.SubElement(dom, "vcpu").text = str(self.vcpus)
+
+        os_el = ET.SubElement(dom, "os")
+        ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+        if self.kernel_boot:
+            ET.SubElement(os_el, "kernel").text = self.kernel_boot.kernel
+            ET.SubElement(os_el, "initrd").text = self.kernel_boot.initrd
+            ET.SubElement(os_el, "cmdline").text = self.kernel_boot.cmdline
+        else:
+            ET.SubElement(os_el, "boot", dev="hd")
+        features = ET.SubElement(dom, "features")
+        ET.SubElement(features, "acpi")
+        ET.SubElement(features, "apic")
+        if self.virt_type == "kvm":
+            ET.SubElement(dom, "cpu", mode="host-passthrough")
+        ET.SubElement(dom, "on_poweroff").text = "destroy"
+        ET.SubElement(dom, "on_reboot").text = "restart"
+        ET.SubElement(dom, "on_crash").text = "destroy"
+
+        devices = ET.SubElement(dom, "devices")
+        for disk in self.disks:
+            d = ET.SubElement(devices, "disk", type="file", device="disk")
+            ET.SubElement(d, "driver", name="qemu", type=disk.format, discard="unmap")
+            ET.SubElement(d, "source", file=disk.path)
+            ET.SubElement(d, "target", dev=disk.target, bus="virtio")
+        if self.network:
+            nic = ET.SubElement(devices, "interface", type="network")
+            ET.SubElement(nic, "source", network=self.network)
+            ET.SubElement(nic, "model", type="virtio")
+        if self.serial_log:
+            serial = ET.SubElement(devices, "serial", type="file")
+            ET.SubElement(serial, "source", path=self.serial_log, append="on")
+            ET.SubElement(serial, "target", port="0")
+        else:
+            serial = ET.SubElement(devices, "serial", type="pty")
+            ET.SubElement(serial, "target", port="0")
+        console = ET.SubElement(devices, "console", type="file" if self.serial_log else "pty")
+        if self.serial_log:
+            ET.SubElement(console, "source", path=self.serial_log, append="on")
+        ET.SubElement(console, "target", type="serial", port="0")
+        graphics_attrs = {"type": "vnc", "port": "-1", "autoport": "yes", "listen": self.vnc_listen}
+        if self.vnc_password:
+            graphics_attrs["passwd"] = self.vnc_password
+        graphics = ET.SubElement(devices, "graphics", graphics_attrs)
+        ET.SubElement(graphics, "listen", type="address", address=self.vnc_listen)
+        video = ET.SubElement(devices, "video")
+        ET.SubElement(video, "model", type="vga")
+        ET.SubElement(devices, "memballoon", model="virtio")
+        ET.register_namespace("panel", METADATA_NS)
+        return ET.tostring(dom, encoding="unicode")
+
+
+def read_metadata(domain_xml: str) -> dict:
+    """The panel metadata of a domain's XML: {'instance': …, 'id': …}, or {} if not ours."""
+    root = ET.fromstring(domain_xml)
+    el = root.find(f"metadata/{{{METADATA_NS}}}server")
+    return dict(el.attrib) if el is not None else {}
+
+
+def volume_xml(name: str, capacity_gib: int, fmt: str = "qcow2") -> str:
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="GiB").text = str(capacity_gib)
+    target = ET.SubElement(vol, "target")
+    ET.SubElement(target, "format", type=fmt)
+    return ET.tostring(vol, encoding="unicode")
+
+
+def dir_pool_xml(name: str, path: str) -> str:
+    pool = ET.Element("pool", type="dir")
+    ET.SubElement(pool, "name").text = name
+    target = ET.SubElement(pool, "target")
+    ET.SubElement(target, "path").text = path
+    return ET.tostring(pool, encoding="unicode")

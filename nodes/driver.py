@@ -1,0 +1,305 @@
+"""The hypervisor driver: the one place in the panel that talks to libvirt.
+
+Contract of every driver (the libvirt one here and the in-memory `nodes.fake.FakeDriver`):
+
+- Domains are addressed by name. Every method raises `DriverError` on failure (never returns
+  an error value); `DriverError.retryable` says whether trying again may help (the node is
+  unreachable) or not (libvirt refused the request).
+- Removal is idempotent: `destroy`, `undefine` and `delete_volume` of something that does not
+  exist succeed, so a retried delete after a crash finishes cleanly.
+- `define` of a name that exists replaces the definition; `start` of a running domain and
+  `request_shutdown` of a stopped one do nothing.
+- `create_volume` keeps an existing volume of that name (a retried create must not wipe a
+  disk); `define` that fails leaves nothing defined.
+- `stop` asks the guest to power off, waits up to `timeout` seconds, then forces it off.
+"""
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Callable
+
+from nodes.domain_xml import DomainSpec, dir_pool_xml, read_metadata, volume_xml
+
+
+class DriverError(Exception):
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DomainState(StrEnum):
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: DomainState
+    # libvirt's domain id: a new one on every boot, -1 when shut off.
+    boot_id: int = -1
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    hostname: str
+    cpus: int
+    ram_mib: int
+    virt_type: str  # "kvm" when hardware virtualization works, else "qemu"
+    libvirt_version: str
+
+
+class Driver:
+    """Base of the drivers: the composed operations shared by the real and the fake one."""
+
+    uri: str
+
+    def host_info(self) -> HostInfo: ...
+    def ensure_pool(self, name: str, path: str) -> None: ...
+    def create_volume(self, pool: str, name: str, capacity_gib: int) -> str: ...
+    def delete_volume(self, pool: str, name: str) -> None: ...
+    def volume_exists(self, pool: str, name: str) -> bool: ...
+    def define(self, spec: DomainSpec) -> None: ...
+    def start(self, name: str) -> None: ...
+    def request_shutdown(self, name: str) -> None: ...
+    def destroy(self, name: str) -> None: ...
+    def undefine(self, name: str) -> None: ...
+    def info(self, name: str) -> DomainInfo | None: ...
+    def list_domains(self) -> list[DomainInfo]: ...
+
+    def state(self, name: str) -> DomainState | None:
+        """The domain's state, or None when no such domain is defined."""
+        info = self.info(name)
+        return info.state if info else None
+
+    def stop(self, name: str, timeout: float, tick: Callable[[float], None] | None = None) -> bool:
+        """Power the domain off: gracefully within `timeout` seconds, else by force.
+
+        Returns True when it had to be forced. `tick(elapsed)` is called about once a second
+        while waiting, so the caller can report progress and keep its heartbeat.
+        """
+        if self.state(name) in (None, DomainState.SHUTOFF):
+            return False
+        if timeout > 0:
+            self.request_shutdown(name)
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < timeout:
+                if self.state(name) in (None, DomainState.SHUTOFF):
+                    return False
+                if tick:
+                    tick(elapsed)
+                time.sleep(0.25)
+        self.destroy(name)
+        return True
+
+
+def _is_missing(exc) -> bool:
+    import libvirt
+
+    return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL)
+
+
+def _is_connection_error(exc) -> bool:
+    import libvirt
+
+    return exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT)
+
+
+class LibvirtDriver(Driver):
+    """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
+
+    def __init__(self, uri: str):
+        import libvirt
+
+        self._libvirt = libvirt
+        # libvirt prints every error to stderr by default; we raise them instead.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        self.uri = uri
+        self._conn = None
+        self._lock = threading.Lock()
+
+    # -- connection --------------------------------------------------------------------------
+    @property
+    def conn(self):
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except self._libvirt.libvirtError:
+                    pass
+                self._conn = None
+            try:
+                self._conn = self._libvirt.open(self.uri)
+            except self._libvirt.libvirtError as exc:
+                raise DriverError(f"cannot connect to {self.uri}: {exc}", retryable=True) from exc
+            return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except self._libvirt.libvirtError:
+                    pass
+                self._conn = None
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except self._libvirt.libvirtError as exc:
+            raise DriverError(f"{what}: {exc}", retryable=_is_connection_error(exc)) from exc
+
+    def _domain(self, name: str):
+        """The virDomain, or None when it does not exist."""
+        try:
+            return self.conn.lookupByName(name)
+        except self._libvirt.libvirtError as exc:
+            if _is_missing(exc):
+                return None
+            raise DriverError(f"lookup of {name}: {exc}", retryable=_is_connection_error(exc)) from exc
+
+    # -- host --------------------------------------------------------------------------------
+    def host_info(self) -> HostInfo:
+        conn = self.conn
+        model, ram_mib, cpus, *_ = self._call("node info", conn.getInfo)
+        caps = ET.fromstring(self._call("capabilities", conn.getCapabilities))
+        version = self._call("libvirt version", conn.getLibVersion)
+        return HostInfo(
+            hostname=self._call("hostname", conn.getHostname),
+            cpus=cpus,
+            ram_mib=ram_mib,
+            virt_type=choose_virt_type(caps),
+            libvirt_version=f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
+        )
+
+    # -- storage -----------------------------------------------------------------------------
+    def ensure_pool(self, name: str, path: str) -> None:
+        conn = self.conn
+        try:
+            pool = conn.storagePoolLookupByName(name)
+        except self._libvirt.libvirtError:
+            pool = self._call("define pool", conn.storagePoolDefineXML, dir_pool_xml(name, path), 0)
+            self._call("build pool", pool.build, 0)
+            self._call("autostart pool", pool.setAutostart, 1)
+        if not pool.isActive():
+            self._call("start pool", pool.create, 0)
+        self._call("refresh pool", pool.refresh, 0)
+
+    def _pool(self, name: str):
+        return self._call(f"pool {name}", self.conn.storagePoolLookupByName, name)
+
+    def volume_exists(self, pool: str, name: str) -> bool:
+        try:
+            self._pool(pool).storageVolLookupByName(name)
+            return True
+        except self._libvirt.libvirtError as exc:
+            if _is_missing(exc):
+                return False
+            raise DriverError(f"volume {name}: {exc}") from exc
+
+    def create_volume(self, pool: str, name: str, capacity_gib: int) -> str:
+        p = self._pool(pool)
+        try:
+            return p.storageVolLookupByName(name).path()
+        except self._libvirt.libvirtError:
+            pass
+        vol = self._call("create volume", p.createXML, volume_xml(name, capacity_gib), 0)
+        return vol.path()
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        try:
+            vol = self._pool(pool).storageVolLookupByName(name)
+        except self._libvirt.libvirtError as exc:
+            if _is_missing(exc):
+                return
+            raise DriverError(f"volume {name}: {exc}") from exc
+        self._call("delete volume", vol.delete, 0)
+
+    # -- domains -----------------------------------------------------------------------------
+    def define(self, spec: DomainSpec) -> None:
+        self._call("define", self.conn.defineXML, spec.to_xml())
+
+    def start(self, name: str) -> None:
+        dom = self._require(name)
+        if not dom.isActive():
+            self._call("start", dom.create)
+
+    def request_shutdown(self, name: str) -> None:
+        dom = self._domain(name)
+        if dom is not None and dom.isActive():
+            self._call("shutdown", dom.shutdown)
+
+    def destroy(self, name: str) -> None:
+        dom = self._domain(name)
+        if dom is None:
+            return
+        try:
+            dom.destroy()
+        except self._libvirt.libvirtError as exc:
+            if exc.get_error_code() != self._libvirt.VIR_ERR_OPERATION_INVALID and not _is_missing(exc):
+                raise DriverError(f"destroy: {exc}", retryable=_is_connection_error(exc)) from exc
+
+    def undefine(self, name: str) -> None:
+        self.destroy(name)
+        dom = self._domain(name)
+        if dom is None:
+            return
+        flags = self._libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | self._libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        self._call("undefine", dom.undefineFlags, flags)
+
+    def _require(self, name: str):
+        dom = self._domain(name)
+        if dom is None:
+            raise DriverError(f"domain {name} does not exist on {self.uri}")
+        return dom
+
+    def _info_of(self, dom) -> DomainInfo:
+        state = self._call("state", dom.state)[0]
+        lv = self._libvirt
+        mapped = {
+            lv.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+            lv.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+            lv.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+            lv.VIR_DOMAIN_CRASHED: DomainState.SHUTOFF,
+            lv.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+            lv.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+        }.get(state, DomainState.OTHER)
+        try:
+            metadata = read_metadata(dom.XMLDesc(0))
+        except lv.libvirtError:
+            metadata = {}
+        return DomainInfo(dom.name(), dom.UUIDString(), mapped, dom.ID(), metadata)
+
+    def info(self, name: str) -> DomainInfo | None:
+        dom = self._domain(name)
+        if dom is None:
+            return None
+        try:
+            return self._info_of(dom)
+        except DriverError:
+            # Undefined between lookup and read.
+            if self._domain(name) is None:
+                return None
+            raise
+
+    def list_domains(self) -> list[DomainInfo]:
+        return [self._info_of(dom) for dom in self._call("list domains", self.conn.listAllDomains, 0)]
+
+
+def choose_virt_type(capabilities: ET.Element) -> str:
+    """kvm when the host offers it AND its CPU has hardware virtualization; else qemu (TCG).
+
+    /dev/kvm can exist where KVM does not work (broken nested virtualization): libvirt then
+    lists the kvm domain type but the host CPU lacks vmx/svm, and a kvm domain would hang.
+    """
+    kvm_offered = capabilities.find("guest/arch[@name='x86_64']/domain[@type='kvm']") is not None
+    features = {f.get("name") for f in capabilities.findall("host/cpu/feature")}
+    return "kvm" if kvm_offered and features & {"vmx", "svm"} else "qemu"

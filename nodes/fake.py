@@ -1,0 +1,149 @@
+"""A complete in-memory driver for fast unit tests (`fake://NAME` node URIs).
+
+It keeps the same contract as `LibvirtDriver`; state lives in a process-wide registry per
+URI, like a host that outlives connections. Inject failures by subclassing and overriding,
+or by setting `FakeDriver.fail_next[uri] = {"start": DriverError(...)}`.
+"""
+
+import threading
+from dataclasses import dataclass, field
+from itertools import count
+
+from nodes.domain_xml import DomainSpec
+from nodes.driver import DomainInfo, DomainState, Driver, DriverError, HostInfo
+
+
+@dataclass
+class _Host:
+    domains: dict[str, dict] = field(default_factory=dict)
+    pools: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Guests that ignore the ACPI power button (like one without acpid).
+    deaf_to_acpi: set[str] = field(default_factory=set)
+
+
+_hosts: dict[str, _Host] = {}
+_lock = threading.RLock()
+_boot_ids = count(1)
+
+
+class FakeDriver(Driver):
+    fail_next: dict[str, dict[str, Exception]] = {}
+    # Every call as (method, name), for tests that check what was asked of the hypervisor.
+    calls: list[tuple[str, str]] = []
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @property
+    def host(self) -> _Host:
+        # Looked up on every use: drivers are cached per process, hosts are reset by tests.
+        with _lock:
+            return _hosts.setdefault(self.uri, _Host())
+
+    @classmethod
+    def reset(cls) -> None:
+        with _lock:
+            _hosts.clear()
+            cls.fail_next.clear()
+            cls.calls.clear()
+
+    def _enter(self, method: str, name: str = "") -> None:
+        self.calls.append((method, name))
+        failure = self.fail_next.get(self.uri, {}).pop(method, None)
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        pass
+
+    def host_info(self) -> HostInfo:
+        self._enter("host_info")
+        return HostInfo(hostname=self.uri.split("://", 1)[-1] or "fake", cpus=8, ram_mib=16384,
+                        virt_type="qemu", libvirt_version="0.0.0")
+
+    def ensure_pool(self, name: str, path: str) -> None:
+        self._enter("ensure_pool", name)
+        with _lock:
+            self.host.pools.setdefault(name, {})
+
+    def _pool(self, name: str) -> dict[str, int]:
+        try:
+            return self.host.pools[name]
+        except KeyError:
+            raise DriverError(f"pool {name} does not exist") from None
+
+    def volume_exists(self, pool: str, name: str) -> bool:
+        with _lock:
+            return name in self._pool(pool)
+
+    def create_volume(self, pool: str, name: str, capacity_gib: int) -> str:
+        self._enter("create_volume", name)
+        with _lock:
+            self._pool(pool).setdefault(name, capacity_gib)
+        return f"/fake/{pool}/{name}"
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        self._enter("delete_volume", name)
+        with _lock:
+            self._pool(pool).pop(name, None)
+
+    def define(self, spec: DomainSpec) -> None:
+        self._enter("define", spec.name)
+        spec.to_xml()  # the same validation the real driver's XML goes through
+        with _lock:
+            existing = self.host.domains.get(spec.name)
+            self.host.domains[spec.name] = {
+                "spec": spec,
+                "state": existing["state"] if existing else DomainState.SHUTOFF,
+                "boot_id": existing["boot_id"] if existing else -1,
+            }
+
+    def _get(self, name: str) -> dict:
+        try:
+            return self.host.domains[name]
+        except KeyError:
+            raise DriverError(f"domain {name} does not exist on {self.uri}") from None
+
+    def start(self, name: str) -> None:
+        self._enter("start", name)
+        with _lock:
+            dom = self._get(name)
+            if dom["state"] != DomainState.RUNNING:
+                dom["state"] = DomainState.RUNNING
+                dom["boot_id"] = next(_boot_ids)
+
+    def request_shutdown(self, name: str) -> None:
+        self._enter("request_shutdown", name)
+        with _lock:
+            dom = self.host.domains.get(name)
+            if dom and dom["state"] == DomainState.RUNNING and name not in self.host.deaf_to_acpi:
+                dom["state"] = DomainState.SHUTOFF
+                dom["boot_id"] = -1
+
+    def destroy(self, name: str) -> None:
+        self._enter("destroy", name)
+        with _lock:
+            dom = self.host.domains.get(name)
+            if dom:
+                dom["state"] = DomainState.SHUTOFF
+                dom["boot_id"] = -1
+
+    def undefine(self, name: str) -> None:
+        self._enter("undefine", name)
+        with _lock:
+            self.host.domains.pop(name, None)
+
+    def info(self, name: str) -> DomainInfo | None:
+        with _lock:
+            dom = self.host.domains.get(name)
+            if dom is None:
+                return None
+            spec: DomainSpec = dom["spec"]
+            return DomainInfo(name, spec.uuid, dom["state"], dom["boot_id"],
+                              {"instance": spec.panel_instance, "id": str(spec.server_id or "")})
+
+    def list_domains(self) -> list[DomainInfo]:
+        self._enter("list_domains")
+        with _lock:
+            names = list(self.host.domains)
+        return [info for name in names if (info := self.info(name))]

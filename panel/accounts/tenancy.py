@@ -1,0 +1,82 @@
+"""The one tenancy mechanism: who is acting, and what they may see.
+
+Every view, UI and API alike, turns its request into an `Actor` and narrows querysets with
+`Actor.restrict()`. A customer asking for another customer's object gets 404 because the
+object is simply not in their queryset.
+"""
+
+from dataclasses import dataclass
+
+from django.db import models
+from django.http import Http404
+
+from panel.accounts.models import ApiKey, User
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The principal behind a request: a user (session) or an API key, and its reach."""
+
+    user: User | None
+    api_key: ApiKey | None
+    customer_id: int | None  # None: acts for every customer (admin, billing)
+    is_admin: bool  # provider admin: nodes, users, keys, audit log
+    address: str | None = None
+
+    @property
+    def is_billing(self) -> bool:
+        return self.api_key is not None and self.api_key.scope == ApiKey.Scope.BILLING
+
+    @property
+    def acts_for_all_customers(self) -> bool:
+        return self.customer_id is None
+
+    def __str__(self) -> str:
+        if self.api_key is not None:
+            return f"api-key:{self.api_key.name}"
+        return self.user.username if self.user else "system"
+
+    def restrict(self, queryset: models.QuerySet, customer_field: str = "customer") -> models.QuerySet:
+        """Narrow `queryset` to what this actor may see; `customer_field` is the path to Customer."""
+        if self.acts_for_all_customers:
+            return queryset
+        return queryset.filter(**{customer_field: self.customer_id})
+
+    def get_or_404(self, queryset: models.QuerySet, customer_field: str = "customer", **lookup):
+        try:
+            return self.restrict(queryset, customer_field).get(**lookup)
+        except (queryset.model.DoesNotExist, ValueError, TypeError):
+            raise Http404
+
+
+SYSTEM = Actor(user=None, api_key=None, customer_id=None, is_admin=True)
+
+
+def client_address(request) -> str | None:
+    # Behind a reverse proxy set TRUSTED_PROXY=1 to take the client from X-Forwarded-For.
+    from django.conf import settings  # noqa: PLC0415
+
+    if getattr(settings, "TRUSTED_PROXY", False):
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip()
+    return request.META.get("REMOTE_ADDR")
+
+
+def actor_for(request) -> Actor:
+    """The Actor of an authenticated request (session or API key)."""
+    address = client_address(request)
+    key = getattr(request, "auth", None)
+    if isinstance(key, ApiKey):
+        return Actor(
+            user=None,
+            api_key=key,
+            customer_id=key.customer_id if key.scope == ApiKey.Scope.CUSTOMER else None,
+            is_admin=key.scope == ApiKey.Scope.ADMIN,
+            address=address,
+        )
+    user = request.user
+    if user.is_provider_admin:
+        return Actor(user=user, api_key=None, customer_id=None, is_admin=True, address=address)
+    # A customer's user without a customer sees nothing: -1 matches no row.
+    return Actor(user=user, api_key=None, customer_id=user.customer_id or -1, is_admin=False, address=address)

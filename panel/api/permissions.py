@@ -1,0 +1,29 @@
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+from panel.accounts.tenancy import actor_for
+
+
+def actor(request):
+    """The request's Actor, computed once per request."""
+    if not hasattr(request, "_panel_actor"):
+        request._panel_actor = actor_for(request)
+    return request._panel_actor
+
+
+class IsAdmin(BasePermission):
+    """Provider admins (session) and admin-scope keys."""
+
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.is_authenticated and actor(request).is_admin)
+
+
+class IsProviderOrReadOnly(BasePermission):
+    """Reads for everyone authenticated; writes for admins and billing keys."""
+
+    def has_permission(self, request, view):
+        return request.method in SAFE_METHODS or actor(request).acts_for_all_customers
+
+
+class IsAdminOrReadOnly(BasePermission):
+    def has_permission(self, request, view):
+        return request.method in SAFE_METHODS or actor(request).is_admin

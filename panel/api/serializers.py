@@ -1,0 +1,169 @@
+"""Serializers of API v1: the shapes of ../API.md."""
+
+from django.contrib.auth.password_validation import validate_password
+from rest_framework import serializers
+
+from panel.accounts.models import ApiKey, AuditEntry, Customer, User
+from panel.vps.models import Operation, Plan, VirtualServer, hostname_validator
+from nodes.models import Node
+
+
+class CustomerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Customer
+        fields = ["id", "external_id", "email", "name", "language", "created_at"]
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Plan
+        fields = ["id", "name", "vcpus", "ram_mib", "disk_gib", "traffic_gib", "bandwidth_mbit",
+                  "ipv4_count", "ipv6_count", "backups", "created_at"]
+
+
+class ServerSerializer(serializers.ModelSerializer):
+    ipv4 = serializers.SerializerMethodField()
+    ipv6 = serializers.SerializerMethodField()
+
+    class Meta:
+        model = VirtualServer
+        fields = ["id", "hostname", "state", "customer", "plan", "node", "os_template", "ipv4", "ipv6",
+                  "vcpus", "ram_mib", "disk_gib", "suspend_reason", "error", "created_at", "updated_at"]
+        read_only_fields = fields
+
+    def get_ipv4(self, obj) -> list[str]:
+        return []  # IP pools are not built yet: servers have no public addresses
+
+    def get_ipv6(self, obj) -> list[str]:
+        return []
+
+
+class ServerCreateSerializer(serializers.Serializer):
+    customer = serializers.PrimaryKeyRelatedField(queryset=Customer.objects.all(), required=False)
+    plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all())
+    os_template = serializers.CharField(max_length=100, default="tiny")
+    hostname = serializers.CharField(max_length=253, validators=[hostname_validator])
+    node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Operation
+        fields = ["id", "kind", "status", "progress", "error", "server", "customer", "params", "requested_by",
+                  "created_at", "started_at", "finished_at"]
+        read_only_fields = fields
+
+
+class OperationDetailSerializer(OperationSerializer):
+    class Meta(OperationSerializer.Meta):
+        fields = OperationSerializer.Meta.fields + ["log"]
+        read_only_fields = fields
+
+
+class AcceptedSerializer(OperationSerializer):
+    """The 202 answer: the Operation, with the server's current state."""
+
+    server_state = serializers.SerializerMethodField()
+
+    class Meta(OperationSerializer.Meta):
+        fields = OperationSerializer.Meta.fields + ["server_state"]
+        read_only_fields = fields
+
+    def get_server_state(self, op) -> dict | None:
+        server = VirtualServer.objects.filter(pk=op.server_id).first()
+        return ServerSerializer(server).data if server else None
+
+
+class StopSerializer(serializers.Serializer):
+    force = serializers.BooleanField(default=False)
+    timeout = serializers.IntegerField(min_value=0, max_value=3600, required=False,
+                                       help_text="Seconds to wait for a graceful shutdown before forcing")
+
+
+class SuspendSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, allow_blank=True, default="")
+
+
+class EmptySerializer(serializers.Serializer):
+    pass
+
+
+class UserSerializer(serializers.ModelSerializer):
+    password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
+
+    class Meta:
+        model = User
+        fields = ["id", "username", "email", "role", "customer", "language", "is_active", "password",
+                  "last_login", "date_joined"]
+        read_only_fields = ["last_login", "date_joined"]
+
+    def validate_password(self, value: str) -> str:
+        validate_password(value)
+        return value
+
+    def validate(self, attrs):
+        role = attrs.get("role", getattr(self.instance, "role", User.Role.CUSTOMER))
+        customer = attrs.get("customer", getattr(self.instance, "customer", None))
+        if role == User.Role.CUSTOMER and customer is None:
+            raise serializers.ValidationError({"customer": ["A customer's user needs a customer."]})
+        if role == User.Role.ADMIN and customer is not None:
+            raise serializers.ValidationError({"customer": ["A provider admin belongs to no customer."]})
+        return attrs
+
+    def create(self, validated):
+        password = validated.pop("password", None)
+        user = User(**validated)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.save()
+        return user
+
+    def update(self, instance, validated):
+        password = validated.pop("password", None)
+        for name, value in validated.items():
+            setattr(instance, name, value)
+        if password:
+            instance.set_password(password)
+        instance.save()
+        return instance
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "scope", "customer", "prefix", "created_at", "last_used_at", "last_used_from",
+                  "revoked_at"]
+        read_only_fields = ["prefix", "created_at", "last_used_at", "last_used_from", "revoked_at"]
+
+    def validate(self, attrs):
+        scope, customer = attrs.get("scope"), attrs.get("customer")
+        if scope == ApiKey.Scope.CUSTOMER and customer is None:
+            raise serializers.ValidationError({"customer": ["A customer key needs a customer."]})
+        if scope != ApiKey.Scope.CUSTOMER and customer is not None:
+            raise serializers.ValidationError({"customer": ["Only customer keys belong to a customer."]})
+        return attrs
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself: shown this once, never again")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = ApiKeySerializer.Meta.fields + ["key"]
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "created_at", "user", "api_key", "actor_repr", "customer", "action", "object_type",
+                  "object_id", "object_repr", "address", "detail"]
+        read_only_fields = fields
+
+
+class NodeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Node
+        fields = ["id", "name", "uri", "state", "last_error", "virt_type", "cpus", "ram_mib", "storage_dir",
+                  "libvirt_version", "checked_at", "created_at"]
+        read_only_fields = fields

@@ -1,0 +1,15 @@
+from rest_framework.routers import DefaultRouter
+
+from panel.api import views
+
+router = DefaultRouter(trailing_slash=True)
+router.register("customers", views.CustomerViewSet)
+router.register("plans", views.PlanViewSet)
+router.register("servers", views.ServerViewSet)
+router.register("operations", views.OperationViewSet)
+router.register("api-keys", views.ApiKeyViewSet)
+router.register("users", views.UserViewSet)
+router.register("audit-log", views.AuditLogViewSet)
+router.register("nodes", views.NodeViewSet)
+
+urlpatterns = router.urls

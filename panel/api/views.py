@@ -1,0 +1,222 @@
+"""API v1 viewsets: validate, call one function, return the object or 202 with the Operation."""
+
+from django.db.models import ProtectedError
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+
+from panel.accounts import audit
+from panel.accounts.models import ApiKey, AuditEntry, Customer, User
+from panel.api import serializers as s
+from panel.api.filters import AuditFilter, CustomerFilter, OperationFilter, ServerFilter
+from panel.api.idempotency import IdempotentViewMixin
+from panel.api.permissions import IsAdmin, IsAdminOrReadOnly, IsProviderOrReadOnly, actor
+from panel.vps import lifecycle
+from panel.vps.lifecycle import Refused
+from panel.vps.models import Operation, Plan, VirtualServer
+from nodes.models import Node
+
+
+class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
+    """Base: tenancy through the Actor, audit on every write, Idempotency-Key on POST."""
+
+    customer_field: str | None = "customer"
+
+    def get_permissions(self):
+        # Every endpoint needs an authenticated caller, whatever else the view asks.
+        return [IsAuthenticated(), *super().get_permissions()]
+
+    def get_queryset(self):
+        qs = self.queryset.all()
+        if self.customer_field is None:
+            return qs
+        return actor(self.request).restrict(qs, self.customer_field)
+
+    def audit(self, action_name: str, obj, **detail) -> None:
+        audit.record(actor(self.request), action_name, obj, **detail)
+
+
+def accepted(op: Operation) -> Response:
+    op.refresh_from_db()  # the worker may already have moved it on
+    return Response(s.AcceptedSerializer(op).data, status=status.HTTP_202_ACCEPTED)
+
+
+class CustomerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                      mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    queryset = Customer.objects.all()
+    serializer_class = s.CustomerSerializer
+    permission_classes = [IsProviderOrReadOnly]
+    filterset_class = CustomerFilter
+    customer_field = "pk"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("customer.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("customer.update", serializer.save(), **{k: str(v) for k, v in serializer.validated_data.items()})
+
+    def perform_destroy(self, instance):
+        if instance.servers.exists():
+            raise Refused("The customer still has servers; terminate them first.", "customer_has_servers")
+        self.audit("customer.delete", instance)
+        instance.delete()
+
+
+class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                  mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    queryset = Plan.objects.all()
+    serializer_class = s.PlanSerializer
+    permission_classes = [IsAdminOrReadOnly]
+    customer_field = None
+    filterset_fields = ["name"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("plan.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("plan.update", serializer.save(), **serializer.validated_data)
+
+    def perform_destroy(self, instance):
+        try:
+            instance.delete()
+        except ProtectedError:
+            raise Refused("Servers use this plan.", "plan_in_use")
+        self.audit("plan.delete", None, name=instance.name)
+
+
+class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
+    queryset = VirtualServer.objects.all()
+    serializer_class = s.ServerSerializer
+    filterset_class = ServerFilter
+
+    @extend_schema(request=s.ServerCreateSerializer, responses={202: s.AcceptedSerializer})
+    def create(self, request):
+        data = s.ServerCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        who = actor(request)
+        customer = v.get("customer")
+        if customer is None:
+            if who.acts_for_all_customers:
+                raise Refused("customer: this field is required.", "invalid", 400, field="customer")
+            customer = Customer.objects.get(pk=who.customer_id)
+        _server, op = lifecycle.create_server(who, customer=customer, plan=v["plan"], hostname=v["hostname"],
+                                              os_template=v["os_template"], node=v.get("node"))
+        return accepted(op)
+
+    @extend_schema(responses={202: s.AcceptedSerializer})
+    def destroy(self, request, pk=None):
+        return accepted(lifecycle.request_action(actor(request), pk, Operation.Kind.DELETE))
+
+    def _act(self, request, pk, kind, serializer_class=s.EmptySerializer):
+        params = serializer_class(data=request.data)
+        params.is_valid(raise_exception=True)
+        return accepted(lifecycle.request_action(actor(request), pk, kind, dict(params.validated_data)))
+
+    @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._act(request, pk, Operation.Kind.START)
+
+    @extend_schema(request=s.StopSerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        return self._act(request, pk, Operation.Kind.STOP, s.StopSerializer)
+
+    @extend_schema(request=s.StopSerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def reboot(self, request, pk=None):
+        return self._act(request, pk, Operation.Kind.REBOOT, s.StopSerializer)
+
+    @extend_schema(request=s.SuspendSerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def suspend(self, request, pk=None):
+        return self._act(request, pk, Operation.Kind.SUSPEND, s.SuspendSerializer)
+
+    @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def unsuspend(self, request, pk=None):
+        return self._act(request, pk, Operation.Kind.UNSUSPEND)
+
+
+class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
+    queryset = Operation.objects.all()
+    filterset_class = OperationFilter
+
+    def get_serializer_class(self):
+        return s.OperationDetailSerializer if self.action == "retrieve" else s.OperationSerializer
+
+
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                    mixins.DestroyModelMixin, PanelViewSet):
+    """Admins manage every key; a customer's user manages their customer's keys (scope customer)."""
+
+    queryset = ApiKey.objects.all()
+    serializer_class = s.ApiKeySerializer
+    filterset_fields = ["scope", "customer"]
+
+    def get_queryset(self):
+        who = actor(self.request)
+        if who.is_billing:
+            return ApiKey.objects.none()  # billing keys do not manage keys
+        return super().get_queryset()
+
+    @extend_schema(responses={201: s.ApiKeyCreatedSerializer})
+    def create(self, request):
+        who = actor(request)
+        data = s.ApiKeySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        if not who.is_admin and (who.is_billing or v["scope"] != ApiKey.Scope.CUSTOMER
+                                 or v["customer"].pk != who.customer_id):
+            raise Refused("You may only create customer keys for your own account.", "permission_denied", 403)
+        key, raw = ApiKey.issue(name=v["name"], scope=v["scope"], customer=v.get("customer"),
+                                created_by=who.user)
+        self.audit("api_key.create", key, scope=key.scope)
+        body = s.ApiKeyCreatedSerializer(key).data
+        body["key"] = raw
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        instance.revoke()  # revoked, not deleted: the audit log keeps pointing at it
+        self.audit("api_key.revoke", instance)
+
+
+class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                  mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    queryset = User.objects.all()
+    serializer_class = s.UserSerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_fields = ["role", "customer", "username"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("user.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("user.update", serializer.save(), fields=sorted(serializer.validated_data))
+
+    def perform_destroy(self, instance):
+        self.audit("user.delete", instance)
+        instance.delete()
+
+
+class AuditLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
+    queryset = AuditEntry.objects.all()
+    serializer_class = s.AuditEntrySerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_class = AuditFilter
+
+
+class NodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
+    queryset = Node.objects.all()
+    serializer_class = s.NodeSerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_fields = ["state", "name"]

@@ -1,0 +1,157 @@
+"""The server state machine and the requests that start operations.
+
+Views call these functions; they validate everything before any side effect, take the
+server's row lock so that only one operation runs per server, record the audit entry and
+hand the operation to the worker once the transaction commits.
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.utils.translation import gettext as _
+
+from panel.accounts import audit
+from panel.accounts.models import Customer
+from panel.accounts.tenancy import Actor
+from panel.vps.models import Operation, Plan, ServerState, VirtualServer
+from nodes.models import Node
+
+S = ServerState
+K = Operation.Kind
+
+
+class Refused(Exception):
+    """A request the panel will not carry out; the API turns it into a 4xx with `code`."""
+
+    def __init__(self, message: str, code: str, status: int = 409, field: str | None = None):
+        super().__init__(message)
+        self.message, self.code, self.status, self.field = message, code, status, field
+
+
+@dataclass(frozen=True)
+class Transition:
+    allowed_from: frozenset
+    provider_only: bool = False  # admins and billing keys; never a customer
+
+
+TRANSITIONS = {
+    K.START: Transition(frozenset({S.STOPPED, S.ERROR})),
+    K.STOP: Transition(frozenset({S.RUNNING, S.ERROR})),
+    K.REBOOT: Transition(frozenset({S.RUNNING})),
+    K.SUSPEND: Transition(frozenset({S.RUNNING, S.STOPPED, S.ERROR}), provider_only=True),
+    K.UNSUSPEND: Transition(frozenset({S.SUSPENDED}), provider_only=True),
+    K.DELETE: Transition(frozenset(set(S) - {S.DELETING}), provider_only=True),
+}
+
+
+def allowed_actions(server: VirtualServer, actor: Actor) -> list[str]:
+    """The actions `actor` may start on `server` now (for buttons; the request re-checks)."""
+    return [
+        kind
+        for kind, rule in TRANSITIONS.items()
+        if server.state in rule.allowed_from and (not rule.provider_only or actor.acts_for_all_customers)
+    ]
+
+
+def enqueue(operation_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("panel.vps.tasks.run_operation", operation_id, task_name=f"operation-{operation_id}")
+
+
+def after_commit(fn) -> None:
+    """Run `fn` once the current transaction commits (unit tests replace this to run inline)."""
+    transaction.on_commit(fn)
+
+
+def _new_operation(actor: Actor, server: VirtualServer, kind: str, params: dict) -> Operation:
+    """Create the operation; the caller hands it to the worker last, with after_commit."""
+    if server.operations.filter(status__in=Operation.ACTIVE).exists():
+        raise Refused(_("Another operation is in progress on this server; wait for it to finish."), "operation_in_progress")
+    op = Operation.objects.create(
+        kind=kind, server=server, customer_id=server.customer_id, target_repr=server.hostname,
+        params=params, requested_by=str(actor),
+    )
+    return op
+
+
+def request_action(actor: Actor, server_id: int, kind: str, params: dict | None = None) -> Operation:
+    """Start a power action or delete on a server the actor can see (else Http404)."""
+    params = dict(params or {})
+    rule = TRANSITIONS.get(kind)
+    if rule is None:
+        raise Refused(_("Unknown action."), "unknown_action", 400)
+    with transaction.atomic():
+        # The row lock serializes concurrent requests on one server: the second one sees the
+        # first one's operation and is refused.
+        server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
+        if rule.provider_only and not actor.acts_for_all_customers:
+            raise Refused(_("Only the provider can do this."), "permission_denied", 403)
+        if kind == K.START and server.state == S.SUSPENDED:
+            raise Refused(
+                _("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or _("no reason given")},
+                "server_suspended",
+            )
+        if server.state not in rule.allowed_from:
+            raise Refused(
+                _("Cannot %(action)s a server that is %(state)s.") % {"action": kind, "state": server.get_state_display().lower()},
+                "invalid_state",
+            )
+        op = _new_operation(actor, server, kind, params)
+        if kind == K.SUSPEND:
+            server.state_before_suspend = server.state
+            server.suspend_reason = str(params.get("reason", ""))[:500]
+            server.save(update_fields=["state_before_suspend", "suspend_reason", "updated_at"])
+        elif kind == K.DELETE:
+            server.state = S.DELETING
+            server.save(update_fields=["state", "updated_at"])
+        audit.record(actor, f"server.{kind}", server, operation=op.id, **params)
+        after_commit(lambda: enqueue(op.id))
+    return op
+
+
+def pick_node(ram_mib: int) -> Node:
+    """The online node with the most free RAM (full placement comes with cluster nodes)."""
+    best, best_free = None, None
+    for node in Node.objects.filter(state=Node.State.ONLINE):
+        used = sum(node.servers.exclude(state=S.DELETING).values_list("ram_mib", flat=True))
+        free = node.ram_mib - used
+        if free >= ram_mib and (best_free is None or free > best_free):
+            best, best_free = node, free
+    if best is None:
+        raise Refused(_("No online node has room for this server."), "no_capacity", 409)
+    return best
+
+
+def boot_images() -> dict[str, dict]:
+    """OS images a server can boot now. Until OS templates exist: the tiny demo guest."""
+    kernel, initrd = settings.TINY_GUEST_DIR / "vmlinuz", settings.TINY_GUEST_DIR / "initrd.img"
+    if kernel.is_file() and initrd.is_file():
+        return {"tiny": {"name": "Tiny Linux, demo", "kernel": str(kernel), "initrd": str(initrd)}}
+    return {}
+
+
+def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str, os_template: str = "tiny",
+                  node: Node | None = None) -> tuple[VirtualServer, Operation]:
+    """Create a server record and its `create` operation. Inputs are validated by the caller's
+    serializer; here are the checks that need the database or the actor."""
+    if not actor.acts_for_all_customers and customer.pk != actor.customer_id:
+        raise Refused(_("Unknown customer."), "invalid", 400, field="customer")
+    if node is not None and not actor.is_admin:
+        raise Refused(_("Only admins choose the node."), "permission_denied", 403, field="node")
+    if os_template not in boot_images():
+        raise Refused(_("Unknown or unavailable OS template."), "invalid", 400, field="os_template")
+    with transaction.atomic():
+        if node is None:
+            node = pick_node(plan.ram_mib)
+        elif node.state != Node.State.ONLINE:
+            raise Refused(_("That node is not online."), "node_unavailable", 409, field="node")
+        server = VirtualServer.objects.create(
+            customer=customer, plan=plan, node=node, hostname=hostname, os_template=os_template,
+            vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib, state=S.CREATING,
+        )
+        op = _new_operation(actor, server, K.CREATE, {})
+        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=node.name)
+        after_commit(lambda: enqueue(op.id))
+    return server, op

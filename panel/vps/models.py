@@ -1,0 +1,146 @@
+"""Plans, virtual servers and the operations that change them."""
+
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from panel.accounts.models import Customer, User
+from nodes.models import Node
+
+# RFC 1123 hostname: labels of letters, digits and inner hyphens. Rejects every shell character.
+hostname_validator = RegexValidator(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+    _("A hostname is letters, digits, hyphens and dots (RFC 1123)."),
+    code="invalid_hostname",
+)
+
+
+class Plan(models.Model):
+    """What a customer buys: the size of a server and its allowances."""
+
+    name = models.CharField(max_length=100, unique=True)
+    vcpus = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(256)])
+    ram_mib = models.PositiveIntegerField(validators=[MinValueValidator(64), MaxValueValidator(4 * 1024 * 1024)])
+    disk_gib = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65536)])
+    traffic_gib = models.PositiveIntegerField(default=0, help_text=_("0 = unlimited"))
+    bandwidth_mbit = models.PositiveIntegerField(default=0, help_text=_("0 = unlimited"))
+    ipv4_count = models.PositiveSmallIntegerField(default=1)
+    ipv6_count = models.PositiveSmallIntegerField(default=0)
+    backups = models.PositiveSmallIntegerField(default=0, help_text=_("How many backups are kept"))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ServerState(models.TextChoices):
+    CREATING = "creating", _("Creating")
+    INSTALLING = "installing", _("Installing")
+    RUNNING = "running", _("Running")
+    STOPPED = "stopped", _("Stopped")
+    SUSPENDED = "suspended", _("Suspended")
+    MIGRATING = "migrating", _("Migrating")
+    ERROR = "error", _("Error")
+    DELETING = "deleting", _("Deleting")
+
+
+class VirtualServer(models.Model):
+    """A customer's VPS: the desired state; the node's libvirt holds the actual one."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="servers")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="servers")
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.PROTECT, related_name="servers")
+    hostname = models.CharField(max_length=253, validators=[hostname_validator])
+    os_template = models.CharField(max_length=100, blank=True)
+    state = models.CharField(max_length=12, choices=ServerState.choices, default=ServerState.CREATING, db_index=True)
+    # Set while suspended: shown to the customer, who cannot start the server.
+    suspend_reason = models.CharField(max_length=500, blank=True)
+    state_before_suspend = models.CharField(max_length=12, choices=ServerState.choices, blank=True)
+    error = models.TextField(blank=True)
+    # Sizes are copied from the plan at creation, so changing a plan does not resize servers.
+    vcpus = models.PositiveSmallIntegerField()
+    ram_mib = models.PositiveIntegerField()
+    disk_gib = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["customer", "id"])]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @property
+    def domain_name(self) -> str:
+        """The libvirt domain name: unique per server, and stable."""
+        return f"vps-{self.uuid.hex[:12]}"
+
+    @property
+    def disk_volume(self) -> str:
+        return f"{self.domain_name}-disk0.qcow2"
+
+    @property
+    def serial_log(self) -> str:
+        return f"/var/log/libvirt/qemu/{self.domain_name}-serial.log"
+
+
+class Operation(models.Model):
+    """One slow action, run by the worker: status, progress, log and error live here."""
+
+    class Kind(models.TextChoices):
+        CREATE = "create", _("Create")
+        START = "start", _("Start")
+        STOP = "stop", _("Stop")
+        REBOOT = "reboot", _("Reboot")
+        SUSPEND = "suspend", _("Suspend")
+        UNSUSPEND = "unsuspend", _("Unsuspend")
+        DELETE = "delete", _("Delete")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    server = models.ForeignKey(VirtualServer, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
+    # Kept on the row so the owner still sees the operation after its server is deleted.
+    customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
+    target_repr = models.CharField(max_length=253, blank=True)
+    requested_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Touched by the worker while it works; an old heartbeat on a running operation means
+    # its worker died (see panel/vps/reconciler.py).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["server", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target_repr} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    def clean(self) -> None:
+        if not 0 <= self.progress <= 100:
+            raise ValidationError({"progress": _("Progress is 0 to 100.")})

@@ -1,0 +1,211 @@
+"""The worker side of operations: each function takes an id and is safe to run twice."""
+
+import logging
+import traceback
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from nodes.connection import driver_for
+from nodes.domain_xml import Disk, DomainSpec, KernelBoot
+from nodes.driver import DomainState, Driver, DriverError
+from nodes.local import STORAGE_POOL
+from panel.vps import progress
+from panel.vps.lifecycle import boot_images
+from panel.vps.models import Operation, ServerState, VirtualServer
+
+log = logging.getLogger(__name__)
+S = ServerState
+K = Operation.Kind
+
+
+class Step:
+    """Writes an operation's progress, log and heartbeat as the work goes on."""
+
+    def __init__(self, op: Operation):
+        self.op = op
+
+    def __call__(self, percent: int, message: str) -> None:
+        now = timezone.now()
+        self.op.progress = max(self.op.progress, min(percent, 100))
+        self.op.log += f"{now:%H:%M:%S} {message}\n"
+        self.op.heartbeat_at = now
+        self.op.save(update_fields=["progress", "log", "heartbeat_at"])
+        progress.publish(self.op)
+
+    def heartbeat(self, _elapsed: float = 0) -> None:
+        self.op.heartbeat_at = timezone.now()
+        Operation.objects.filter(pk=self.op.pk).update(heartbeat_at=self.op.heartbeat_at, progress=self.op.progress)
+
+
+def _set_state(server: VirtualServer, state: str, **fields) -> None:
+    server.state = state
+    for name, value in fields.items():
+        setattr(server, name, value)
+    server.save(update_fields=["state", "updated_at", *fields])
+
+
+def domain_spec(server: VirtualServer) -> DomainSpec:
+    image = boot_images().get(server.os_template)
+    if image is None:
+        raise DriverError(f"OS image {server.os_template!r} is not available on this panel")
+    driver = driver_for(server.node.uri)
+    disk_path = driver.create_volume(STORAGE_POOL, server.disk_volume, server.disk_gib)
+    return DomainSpec(
+        name=server.domain_name,
+        uuid=str(server.uuid),
+        vcpus=server.vcpus,
+        ram_mib=server.ram_mib,
+        virt_type=server.node.virt_type or "qemu",
+        disks=(Disk(path=disk_path),),
+        kernel_boot=KernelBoot(image["kernel"], image["initrd"], f"console=ttyS0 panic=1 hostname={server.hostname}"),
+        serial_log=server.serial_log,
+        panel_instance=settings.PANEL_INSTANCE_ID,
+        server_id=server.id,
+    )
+
+
+def _create(step: Step, server: VirtualServer, driver: Driver) -> None:
+    step(10, "preparing storage on the node")
+    driver.ensure_pool(STORAGE_POOL, server.node.storage_dir)
+    step(30, f"creating a {server.disk_gib} GiB disk")
+    spec = domain_spec(server)
+    step(50, f"defining the domain ({spec.virt_type})")
+    try:
+        driver.define(spec)
+        step(70, "starting")
+        driver.start(server.domain_name)
+    except DriverError:
+        # A failed create leaves nothing behind on the node.
+        driver.undefine(server.domain_name)
+        driver.delete_volume(STORAGE_POOL, server.disk_volume)
+        raise
+    _set_state(server, S.RUNNING, error="")
+
+
+def _start(step: Step, server: VirtualServer, driver: Driver) -> None:
+    step(30, "starting")
+    driver.start(server.domain_name)
+    _set_state(server, S.RUNNING, error="")
+
+
+def _power_off(step: Step, server: VirtualServer, driver: Driver, force: bool) -> None:
+    timeout = 0 if force else step.op.params.get("timeout", settings.STOP_TIMEOUT_SECONDS)
+    step(20, "forcing power off" if force else f"asking the guest to shut down (up to {timeout} s)")
+
+    def tick(elapsed: float) -> None:
+        step.op.progress = 20 + int(50 * elapsed / max(timeout, 1))
+        step.heartbeat()
+
+    if driver.stop(server.domain_name, timeout, tick) and not force:
+        step(75, f"the guest did not shut down within {timeout} s; forced off")
+
+
+def _stop(step: Step, server: VirtualServer, driver: Driver) -> None:
+    _power_off(step, server, driver, bool(step.op.params.get("force")))
+    _set_state(server, S.STOPPED, error="")
+
+
+def _reboot(step: Step, server: VirtualServer, driver: Driver) -> None:
+    before = driver.info(server.domain_name)
+    _power_off(step, server, driver, bool(step.op.params.get("force")))
+    step(80, "starting again")
+    driver.start(server.domain_name)
+    after = driver.info(server.domain_name)
+    if after is None or after.state != DomainState.RUNNING or (before and after.boot_id == before.boot_id):
+        raise DriverError("the domain did not come back after the reboot")
+    _set_state(server, S.RUNNING, error="")
+
+
+def _suspend(step: Step, server: VirtualServer, driver: Driver) -> None:
+    _power_off(step, server, driver, force=False)
+    _set_state(server, S.SUSPENDED)
+
+
+def _unsuspend(step: Step, server: VirtualServer, driver: Driver) -> None:
+    if server.state_before_suspend == S.RUNNING:
+        step(40, "starting (it was running when suspended)")
+        driver.start(server.domain_name)
+        target = S.RUNNING
+    else:
+        target = S.STOPPED
+    _set_state(server, target, suspend_reason="", state_before_suspend="")
+
+
+def _delete(step: Step, server: VirtualServer, driver: Driver) -> None:
+    step(20, "removing the domain")
+    driver.undefine(server.domain_name)
+    step(60, "removing the disk")
+    driver.delete_volume(STORAGE_POOL, server.disk_volume)
+    server.delete()
+
+
+HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
+            K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete}
+
+
+def _claim(operation_id: int) -> Operation | None:
+    """Mark the operation running, unless it is finished or another live worker has it."""
+    with transaction.atomic():
+        op = Operation.objects.select_for_update().filter(pk=operation_id).first()
+        if op is None or op.status not in Operation.ACTIVE:
+            return None
+        if op.status == Operation.Status.RUNNING and op.heartbeat_at and \
+                (timezone.now() - op.heartbeat_at).total_seconds() < settings.OPERATION_STALE_SECONDS:
+            return None
+        op.status = Operation.Status.RUNNING
+        op.started_at = op.started_at or timezone.now()
+        op.heartbeat_at = timezone.now()
+        op.save(update_fields=["status", "started_at", "heartbeat_at"])
+        return op
+
+
+def settle_state(server: VirtualServer, driver: Driver) -> None:
+    """After a failure: make the server's state say what the node really has."""
+    try:
+        state = driver.state(server.domain_name)
+    except DriverError:
+        state = None
+    if server.state == S.SUSPENDED or (server.state == S.DELETING and state is not None):
+        return
+    if state == DomainState.RUNNING:
+        _set_state(server, S.RUNNING)
+    elif state == DomainState.SHUTOFF and server.state != S.CREATING:
+        _set_state(server, S.STOPPED)
+    else:
+        _set_state(server, S.ERROR)
+
+
+def run_operation(operation_id: int) -> str:
+    """Carry out one operation. Returns its final status (for django-q2's task result)."""
+    op = _claim(operation_id)
+    if op is None:
+        return "skipped"
+    step = Step(op)
+    server = VirtualServer.objects.select_related("node").filter(pk=op.server_id).first()
+    try:
+        if server is None:
+            raise DriverError("the server no longer exists")
+        driver = driver_for(server.node.uri)
+        step(5, f"{op.kind} on node {server.node.name}")
+        HANDLERS[op.kind](step, server, driver)
+    except Exception as exc:  # every failure ends the operation visibly, with its reason
+        log.warning("operation %s failed: %s", op.id, exc)
+        op.status = Operation.Status.FAILED
+        op.error = str(exc) or exc.__class__.__name__
+        op.log += f"{timezone.now():%H:%M:%S} failed: {op.error}\n"
+        if not isinstance(exc, DriverError):
+            op.log += traceback.format_exc()
+        if server is not None and server.pk:
+            server.error = op.error
+            server.save(update_fields=["error"])
+            settle_state(server, driver_for(server.node.uri))
+    else:
+        op.status = Operation.Status.SUCCEEDED
+        op.progress = 100
+        op.log += f"{timezone.now():%H:%M:%S} done\n"
+    op.finished_at = timezone.now()
+    op.save(update_fields=["status", "progress", "error", "log", "finished_at"])
+    progress.publish(op, server.state if server is not None and server.pk else None)
+    return op.status

@@ -1,0 +1,90 @@
+"""Shared fixtures: Alice and Bob (two customers), an admin, a plan and an in-memory node.
+
+Unit tests (everything not marked e2e/browser) run operations inline through the fake
+driver; the end-to-end tests in tests/e2e drive a live panel on real libvirt instead.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+from rest_framework.test import APIClient
+
+from nodes.fake import FakeDriver
+
+
+@dataclass
+class World:
+    admin: object
+    alice: object
+    bob: object
+    alice_customer: object
+    bob_customer: object
+    plan: object
+    node: object
+    admin_key: str
+    billing_key: str
+    alice_key: str
+    bob_key: str
+
+    def client(self, key: str | None = None) -> APIClient:
+        client = APIClient()
+        if key:
+            client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client
+
+
+@pytest.fixture(autouse=True)
+def _inline_operations(request, monkeypatch, settings, tmp_path):
+    """Unit tests: the worker's job runs inline, on the fake driver, with the demo image present."""
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("browser"):
+        return
+    from panel.vps import lifecycle, tasks
+
+    monkeypatch.setattr(lifecycle, "enqueue", tasks.run_operation)
+    # The test's transaction never commits, so run the hand-over at once.
+    monkeypatch.setattr(lifecycle, "after_commit", lambda fn: fn())
+    FakeDriver.reset()
+    image = tmp_path / "tiny-guest"
+    image.mkdir()
+    (image / "vmlinuz").write_bytes(b"")
+    (image / "initrd.img").write_bytes(b"")
+    settings.TINY_GUEST_DIR = image
+    settings.STOP_TIMEOUT_SECONDS = 1
+    yield
+    FakeDriver.reset()
+
+
+@pytest.fixture
+def world(db) -> World:
+    from panel.accounts.models import ApiKey, Customer, User
+    from panel.vps.models import Plan
+    from nodes.models import Node
+
+    admin = User.objects.create_user("admin", password="admin-pass-123", role=User.Role.ADMIN)
+    alice_customer = Customer.objects.create(name="Alice Ltd", email="alice@example.com", external_id="A-1")
+    bob_customer = Customer.objects.create(name="Bob GmbH", email="bob@example.com", external_id="B-1", language="ru")
+    alice = User.objects.create_user("alice", password="alice-pass-123", customer=alice_customer)
+    bob = User.objects.create_user("bob", password="bob-pass-1234", customer=bob_customer)
+    plan = Plan.objects.create(name="small", vcpus=1, ram_mib=256, disk_gib=1)
+    node = Node.objects.create(name="fake1", uri="fake://fake1", ram_mib=16384, cpus=8, virt_type="qemu",
+                               storage_dir="/fake")
+    return World(
+        admin=admin, alice=alice, bob=bob, alice_customer=alice_customer, bob_customer=bob_customer,
+        plan=plan, node=node,
+        admin_key=ApiKey.issue(name="admin", scope="admin")[1],
+        billing_key=ApiKey.issue(name="billing", scope="billing")[1],
+        alice_key=ApiKey.issue(name="alice", scope="customer", customer=alice_customer)[1],
+        bob_key=ApiKey.issue(name="bob", scope="customer", customer=bob_customer)[1],
+    )
+
+
+@pytest.fixture
+def alice_server(world):
+    """A running server of Alice's, created through the real code path."""
+    from panel.accounts.tenancy import SYSTEM
+    from panel.vps import lifecycle
+
+    server, op = lifecycle.create_server(SYSTEM, customer=world.alice_customer, plan=world.plan, hostname="alice-web")
+    server.refresh_from_db()
+    assert server.state == "running", server.error
+    return server

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Build (once, cached) a tiny direct-kernel-boot guest for libvirt/QEMU tests:
+#   OUTDIR/vmlinuz     Debian 12 cloud kernel
+#   OUTDIR/initrd.img  gzip'ed newc cpio: busybox + virtio/net/isofs/acpi modules + /init
+#   OUTDIR/stamp       recipe hash, kernel and busybox versions
+# Boot it with <cmdline>console=ttyS0 panic=1</cmdline>. The guest prints
+# "TINY-GUEST booted" then "TINY-GUEST uptime <s>" every second on ttyS0,
+# powers off on an ACPI power-button press (virsh shutdown; the domain needs
+# <features><acpi/></features>) after printing "TINY-GUEST poweroff", and runs a
+# root shell on tty1 (VGA console).
+# Usage: tests/infra/build_tiny_guest.sh [OUTDIR]   (default <repo>/.cache/tiny-guest)
+set -euo pipefail
+
+die() { echo "build_tiny_guest: ERROR: $*" >&2; exit 1; }
+
+SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
+REPO=$(cd "$(dirname "$SCRIPT_PATH")/../.." && pwd)
+OUTDIR=${1:-$REPO/.cache/tiny-guest}
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+
+# The recipe is this script: any change to it invalidates the cache.
+RECIPE=$(sha256sum "$SCRIPT_PATH" | cut -d' ' -f1)
+
+cached() {
+  [ -s "$OUTDIR/vmlinuz" ] && [ -s "$OUTDIR/initrd.img" ] && [ -f "$OUTDIR/stamp" ] \
+    && [ "$(head -n1 "$OUTDIR/stamp")" = "recipe=$RECIPE" ]
+}
+cached && exit 0
+
+for tool in apt-get apt-cache dpkg-deb cpio gzip flock sha256sum; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (run tests/infra/install_deps.sh)"
+done
+
+# Serialize concurrent builds into the same OUTDIR.
+exec 9>"$OUTDIR/.lock"
+flock -w 300 9 || die "timed out waiting for another build holding $OUTDIR/.lock"
+cached && exit 0
+
+WORK=$(mktemp -d /tmp/tiny-guest.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+chmod 755 "$WORK"   # apt-get download may drop privileges to _apt
+LOG=$WORK/build.log
+
+kernel_pkg() {
+  apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+    | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}'
+}
+KPKG=$(kernel_pkg || true)
+if [ -z "$KPKG" ]; then
+  apt-get update -q >"$LOG" 2>&1 || { tail -n 20 "$LOG" >&2; die "apt-get update failed"; }
+  KPKG=$(kernel_pkg || true)
+  [ -n "$KPKG" ] || die "cannot resolve linux-image-cloud-amd64 to a kernel package (apt sources?)"
+fi
+KVER=${KPKG#linux-image-}
+
+cd "$WORK"
+if ! apt-get download "$KPKG" busybox-static >"$LOG" 2>&1; then
+  # Stale lists (404) -> refresh once.
+  apt-get update -q >>"$LOG" 2>&1 || true
+  apt-get download "$KPKG" busybox-static >>"$LOG" 2>&1 \
+    || { tail -n 20 "$LOG" >&2; die "apt-get download $KPKG busybox-static failed"; }
+fi
+KDEB=$(ls "$WORK"/linux-image-*.deb)
+BDEB=$(ls "$WORK"/busybox-static_*.deb)
+KPKG_VERSION=$(dpkg-deb -f "$KDEB" Version)
+BB_VERSION=$(dpkg-deb -f "$BDEB" Version)
+
+mkdir -p k bb
+dpkg-deb -x "$KDEB" k
+dpkg-deb -x "$BDEB" bb
+[ -s "k/boot/vmlinuz-$KVER" ] || die "kernel image boot/vmlinuz-$KVER not found in $KDEB"
+[ -x bb/bin/busybox ] || die "bin/busybox not found in $BDEB"
+MODSRC=k/lib/modules/$KVER/kernel
+[ -d "$MODSRC" ] || die "module tree lib/modules/$KVER/kernel not found in $KDEB"
+
+# ------------------------------------------------------------------ rootfs
+R=$WORK/root
+mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc/acpi/PWRF,etc/tiny-guest}
+mkdir -p "$R/lib/modules/$KVER"
+cp bb/bin/busybox "$R/bin/busybox"
+chmod 755 "$R/bin/busybox"
+ln -s busybox "$R/bin/sh"
+
+# Modules wanted (roots); their dependencies are resolved from each module's
+# .modinfo "depends=" and loaded first. Missing ones are skipped silently.
+WANTED=(
+  virtio_pci virtio_blk virtio_net virtio_scsi virtio_console
+  isofs sr_mod ata_piix ahci
+  button evdev
+)
+
+declare -A SEEN=()
+ORDER=()
+MODDIR=$R/lib/modules/$KVER
+
+# Copy module $1 (decompressed) into the initramfs; print its path.
+fetch_module() {
+  local name=$1 src alt
+  src=$(find "$MODSRC" \( -name "$name.ko" -o -name "$name.ko.xz" -o -name "$name.ko.zst" -o -name "$name.ko.gz" \) -print -quit)
+  if [ -z "$src" ]; then
+    alt=${name//_/-}   # module names may use '-' in the file name
+    src=$(find "$MODSRC" \( -name "$alt.ko" -o -name "$alt.ko.xz" -o -name "$alt.ko.zst" -o -name "$alt.ko.gz" \) -print -quit)
+  fi
+  [ -n "$src" ] || return 1
+  local dst=$MODDIR/$name.ko
+  case "$src" in
+    *.ko.xz)  xz -dc "$src" >"$dst" ;;
+    *.ko.zst) zstd -qdc "$src" >"$dst" ;;
+    *.ko.gz)  gzip -dc "$src" >"$dst" ;;
+    *)        cp "$src" "$dst" ;;
+  esac || { echo "cannot copy/decompress $src (xz-utils/zstd installed?)" >&2; return 2; }
+  echo "$dst"
+}
+
+add_module() {
+  local name=${1//-/_} path deps d
+  [ -n "${SEEN[$name]:-}" ] && return 0
+  SEEN[$name]=1
+  local rc=0
+  path=$(fetch_module "$name") || rc=$?
+  [ "$rc" -eq 1 ] && return 0                   # not in this kernel (maybe built in)
+  [ "$rc" -eq 0 ] || die "failed to add module $name"
+  deps=$(tr '\0' '\n' <"$path" | sed -n 's/^depends=//p' | head -n1)
+  for d in ${deps//,/ }; do add_module "$d"; done
+  ORDER+=("$name")
+}
+for m in "${WANTED[@]}"; do add_module "$m"; done
+printf '%s\n' "${ORDER[@]}" >"$R/etc/tiny-guest/modules"
+
+# /init: PID 1 until it execs busybox init (which reaps, respawns, never exits).
+cat >"$R/init" <<'INIT'
+#!/bin/sh
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox --install -s
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs tmpfs /tmp 2>/dev/null
+kver=$(uname -r)
+for m in $(cat /etc/tiny-guest/modules); do
+  insmod "/lib/modules/$kver/$m.ko" >/dev/null 2>&1
+done
+hostname tiny-guest
+# ACPI power button: button.ko exposes it as KEY_POWER on an evdev node; busybox
+# acpid maps that to /etc/acpi/PWRF/00000080. Start it before announcing the
+# boot, and wait (bounded) until it holds the event devices open, so a
+# `virsh shutdown` sent after "TINY-GUEST booted" is never lost.
+acpid -f -c /etc/acpi -l /tmp/acpid.log &
+acpid_pid=$!
+i=0
+while [ $i -lt 40 ] && ! ls -l /proc/$acpid_pid/fd 2>/dev/null | grep -q /dev/input/event; do
+  sleep 0.05; i=$((i + 1))
+done
+echo "TINY-GUEST booted" >/dev/ttyS0
+exec /sbin/init
+# Only reached if exec failed: keep PID 1 alive.
+while :; do sleep 3600; done
+INIT
+
+cat >"$R/etc/inittab" <<'TAB'
+::respawn:/etc/tiny-guest/uptime
+tty1::respawn:-/bin/sh
+::ctrlaltdel:/etc/tiny-guest/poweroff
+TAB
+
+cat >"$R/etc/tiny-guest/uptime" <<'UP'
+#!/bin/sh
+while :; do
+  read -r up _ </proc/uptime
+  echo "TINY-GUEST uptime $up" >/dev/ttyS0
+  sleep 1
+done
+UP
+
+cat >"$R/etc/tiny-guest/poweroff" <<'OFF'
+#!/bin/sh
+echo "TINY-GUEST poweroff" >/dev/ttyS0
+sync
+poweroff -f
+OFF
+ln -s ../../tiny-guest/poweroff "$R/etc/acpi/PWRF/00000080"
+
+cat >"$R/etc/profile" <<'PROF'
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+export PS1='tiny-guest# '
+PROF
+echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
+echo "root:x:0:" >"$R/etc/group"
+
+chmod 755 "$R/init" "$R/etc/tiny-guest/uptime" "$R/etc/tiny-guest/poweroff"
+
+# ------------------------------------------------------------------ outputs
+(cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
+  | gzip -9n >"$WORK/initrd.img" || die "building the initramfs failed"
+cp "k/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
+{
+  echo "recipe=$RECIPE"
+  echo "kernel=$KVER"
+  echo "kernel_package_version=$KPKG_VERSION"
+  echo "busybox_version=$BB_VERSION"
+  echo "modules=${ORDER[*]}"
+} >"$WORK/stamp"
+
+chmod 644 "$WORK/vmlinuz" "$WORK/initrd.img" "$WORK/stamp"
+chmod 755 "$OUTDIR"
+mv -f "$WORK/vmlinuz" "$OUTDIR/vmlinuz"
+mv -f "$WORK/initrd.img" "$OUTDIR/initrd.img"
+mv -f "$WORK/stamp" "$OUTDIR/stamp"   # last: marks the build complete
