@@ -24,20 +24,17 @@ def register_local_node() -> Node | None:
     except (DriverError, ImportError) as exc:
         log.info("no local node: libvirt does not answer at %s (%s)", uri, exc)
         return None
-    node, created = Node.objects.update_or_create(
-        uri=uri,
-        defaults={
-            "cpus": host.cpus,
-            "ram_mib": host.ram_mib,
-            "virt_type": host.virt_type,
-            "libvirt_version": host.libvirt_version,
-            "storage_dir": str(settings.STORAGE_DIR),
-            "state": Node.State.ONLINE,
-            "last_error": "",
-            "checked_at": timezone.now(),
-        },
-        create_defaults={"name": "local", "uri": uri, "storage_dir": str(settings.STORAGE_DIR)},
-    )
+    facts = {
+        "cpus": host.cpus,
+        "ram_mib": host.ram_mib,
+        "virt_type": host.virt_type,
+        "libvirt_version": host.libvirt_version,
+        "storage_dir": str(settings.STORAGE_DIR),
+        "state": Node.State.ONLINE,
+        "last_error": "",
+        "checked_at": timezone.now(),
+    }
+    node, created = Node.objects.update_or_create(uri=uri, defaults=facts, create_defaults={**facts, "name": "local"})
     log.info("%s local node %s: %s CPUs, %s MiB, virt type %s", "registered" if created else "refreshed",
              uri, host.cpus, host.ram_mib, host.virt_type)
     return node

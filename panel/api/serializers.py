@@ -27,7 +27,7 @@ class ServerSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = VirtualServer
-        fields = ["id", "hostname", "state", "customer", "plan", "node", "os_template", "ipv4", "ipv6",
+        fields = ["id", "uuid", "hostname", "state", "customer", "plan", "node", "os_template", "ipv4", "ipv6",
                   "vcpus", "ram_mib", "disk_gib", "suspend_reason", "error", "created_at", "updated_at"]
         read_only_fields = fields
 

@@ -1,0 +1,223 @@
+"""A live panel for end-to-end tests: its own MariaDB database, daphne, a django-q2 worker,
+and the real local libvirtd + QEMU booting the tiny guest.
+
+One panel per pytest worker (the e2e tests share an xdist group, so usually one in all).
+Every domain it makes carries its own instance id, and all of them are removed at the end.
+"""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_GUEST = ROOT / ".cache" / "tiny-guest"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class LivePanel:
+    url: str
+    env: dict
+    admin_password: str
+    admin_key: str
+    instance: str
+    logs: Path
+    procs: dict = field(default_factory=dict)
+
+    # -- processes ---------------------------------------------------------------------------
+    def manage(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
+                             text=True, timeout=300)
+        if out.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self) -> None:
+        self.spawn("worker", "qcluster")
+
+    def kill_worker(self) -> None:
+        """SIGKILL the whole worker process group, as a crash or an OOM kill would."""
+        proc = self.procs.pop("worker")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for name, proc in list(self.procs.items()):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.procs.pop(name, None)
+
+    # -- API ---------------------------------------------------------------------------------
+    def api(self, key: str | None = None) -> requests.Session:
+        session = requests.Session()
+        if key:
+            session.headers["Authorization"] = f"Token {key}"
+        session.base_url = self.url  # type: ignore[attr-defined]
+        return session
+
+    def call(self, key: str, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, self.url + path, headers={"Authorization": f"Token {key}"}, timeout=30,
+                                **kwargs)
+
+    def wait_operation(self, key: str, op_id: int, timeout: float = 90) -> dict:
+        def finished():
+            op = self.call(key, "GET", f"/api/v1/operations/{op_id}/").json()
+            return op if op["status"] in ("succeeded", "failed") else None
+
+        return wait_for(finished, timeout, f"operation {op_id}", interval=0.2)
+
+
+def _mysql(sql: str) -> None:
+    import MySQLdb
+
+    conn = MySQLdb.connect(user="root", unix_socket=os.environ.get("MYSQL_SOCKET", "/run/mysqld/mysqld.sock"))
+    try:
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()
+
+
+def _remove_domains(instance: str) -> None:
+    """Destroy and undefine every domain of this test panel, and its disk."""
+    import libvirt
+
+    from nodes.domain_xml import read_metadata
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        for dom in conn.listAllDomains(0):
+            if read_metadata(dom.XMLDesc(0)).get("instance") != instance:
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def live_panel(tmp_path_factory) -> LivePanel:
+    if not (TINY_GUEST / "vmlinuz").exists():
+        pytest.fail("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
+    instance = f"e2e{secrets.token_hex(4)}"
+    database = f"panel_{instance}"
+    data = tmp_path_factory.mktemp("panel-data")
+    _mysql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"mysql://root@localhost/{database}",
+        "PANEL_DATA_DIR": str(data),
+        "PANEL_INSTANCE_ID": instance,
+        "TINY_GUEST_DIR": str(TINY_GUEST),
+        "STOP_TIMEOUT_SECONDS": "20",
+        "OPERATION_STALE_SECONDS": "6",
+        "RECONCILE_INTERVAL_MINUTES": "60",
+        "WORKERS": "2",
+        "PORT": str(port),
+    }
+    env.pop("REDIS_URL", None)
+    panel = LivePanel(url=f"http://127.0.0.1:{port}", env=env, admin_password="", admin_key="", instance=instance,
+                      logs=data)
+    try:
+        panel.manage("migrate", "--noinput", "-v", "0")
+        panel.manage("collectstatic", "--noinput", "-v", "0")
+        panel.admin_password = panel.manage("create_admin").strip().split(" / ")[-1]
+        panel.admin_key = panel.manage("create_api_key", "--scope", "admin", "--name", "e2e").strip().splitlines()[-1]
+        panel.spawn("web", "runpanel", "--no-worker", "--bind", "127.0.0.1", "--port", str(port))
+        panel.start_worker()
+        wait_for(lambda: _answers(panel.url + "/login/"), 60, "the panel to answer")
+        yield panel
+    finally:
+        panel.stop_all()
+        _remove_domains(instance)
+        _mysql(f"DROP DATABASE IF EXISTS {database}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class Tenant:
+    customer_id: int
+    key: str
+    username: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def plan_id(live_panel) -> int:
+    r = live_panel.call(live_panel.admin_key, "POST", "/api/v1/plans/",
+                        json={"name": "tiny", "vcpus": 1, "ram_mib": 256, "disk_gib": 1})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def make_tenant(panel: LivePanel, name: str) -> Tenant:
+    """A customer with a user (for the browser) and a customer-scope API key, made through the API."""
+    admin = panel.admin_key
+    r = panel.call(admin, "POST", "/api/v1/customers/", json={"name": name, "email": f"{name}@example.com",
+                                                               "external_id": f"{name}-{secrets.token_hex(3)}"})
+    assert r.status_code == 201, r.text
+    customer = r.json()["id"]
+    password = secrets.token_urlsafe(12)
+    username = f"{name}-{secrets.token_hex(3)}"
+    r = panel.call(admin, "POST", "/api/v1/users/", json={"username": username, "password": password,
+                                                           "role": "customer", "customer": customer})
+    assert r.status_code == 201, r.text
+    r = panel.call(admin, "POST", "/api/v1/api-keys/", json={"name": name, "scope": "customer", "customer": customer})
+    assert r.status_code == 201, r.text
+    return Tenant(customer, r.json()["key"], username, password)
+
+
+def serial_log(server_uuid_hex: str) -> str:
+    path = Path(f"/var/log/libvirt/qemu/vps-{server_uuid_hex[:12]}-serial.log")
+    return path.read_text(errors="replace") if path.exists() else ""
