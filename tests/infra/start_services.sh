@@ -3,7 +3,7 @@
 #   * MariaDB answering `mariadb -uroot -e 'select 1'`
 #   * virtlogd + libvirtd running (not zombies), `virsh -c qemu:///system version` answering
 # Idempotent, quiet on success, bounded waits (~30 s each), clear errors.
-# Usage: tests/infra/start_services.sh   (as root)
+# Usage: tests/infra/start_services.sh [--libvirt-only]   (as root; make run needs only libvirt)
 set -euo pipefail
 
 die() { echo "start_services: ERROR: $*" >&2; exit 1; }
@@ -67,7 +67,9 @@ start_mariadb() {
     || die "MariaDB did not answer 'select 1' as root within ${TIMEOUT}s (see /var/log/mysql/ or the datadir's .err file)"
 }
 
-mariadb_ok || start_mariadb
+LIBVIRT_ONLY=0
+[ "${1:-}" = "--libvirt-only" ] && LIBVIRT_ONLY=1
+[ "$LIBVIRT_ONLY" = 1 ] || mariadb_ok || start_mariadb
 
 # ---------------------------------------------------------------- libvirt
 command -v virsh >/dev/null 2>&1 || die "virsh not installed (run tests/infra/install_deps.sh)"
