@@ -132,7 +132,8 @@ Q_CLUSTER = {
     "retry": envint("TASK_TIMEOUT", 3600) + 60,
     "max_attempts": 1,
     "catch_up": False,
-    "poll": 0.2,
+    # How often the ORM broker looks for new tasks: the floor of an action's latency.
+    "poll": float(envstr("Q_POLL", "0.1")),
     "save_limit": 1000,
     "sync": envbool("Q_SYNC", False),
     "label": "Tasks",

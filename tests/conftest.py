@@ -51,6 +51,8 @@ def _inline_operations(request, monkeypatch, settings, tmp_path):
     (image / "initrd.img").write_bytes(b"")
     settings.TINY_GUEST_DIR = image
     settings.STOP_TIMEOUT_SECONDS = 1
+    # Real hashing costs ~0.3 s a user; the tests are not about hash strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield
     FakeDriver.reset()
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils.translation import gettext as _
 
 from panel.accounts import audit
@@ -113,15 +115,12 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
 
 def pick_node(ram_mib: int) -> Node:
     """The online node with the most free RAM (full placement comes with cluster nodes)."""
-    best, best_free = None, None
-    for node in Node.objects.filter(state=Node.State.ONLINE):
-        used = sum(node.servers.exclude(state=S.DELETING).values_list("ram_mib", flat=True))
-        free = node.ram_mib - used
-        if free >= ram_mib and (best_free is None or free > best_free):
-            best, best_free = node, free
-    if best is None:
+    used = Coalesce(Sum("servers__ram_mib", filter=~Q(servers__state=S.DELETING)), 0)
+    nodes = Node.objects.filter(state=Node.State.ONLINE).annotate(used_ram=used)
+    fitting = [node for node in nodes if node.ram_mib - node.used_ram >= ram_mib]
+    if not fitting:
         raise Refused(_("No online node has room for this server."), "no_capacity", 409)
-    return best
+    return max(fitting, key=lambda node: node.ram_mib - node.used_ram)
 
 
 def boot_images() -> dict[str, dict]:
