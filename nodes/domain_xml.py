@@ -4,10 +4,18 @@
 ElementTree, which escapes every value, so a hostile name can never change the structure.
 """
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 METADATA_NS = "urn:x-kvm-panel:server:1"
+# Characters XML 1.0 cannot carry at all: ElementTree would write them and break the document.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _check_text(what: str, value: str) -> None:
+    if _NOT_XML.search(value):
+        raise ValueError(f"{what} contains a control character")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,13 @@ class DomainSpec:
             raise ValueError(f"virt_type must be kvm or qemu, not {self.virt_type!r}")
         if self.vcpus < 1 or self.ram_mib < 16:
             raise ValueError("a domain needs at least 1 vCPU and 16 MiB of RAM")
+        _check_text("name", self.name)
+        _check_text("serial log path", self.serial_log or "")
+        for disk in self.disks:
+            _check_text("disk path", disk.path)
+        if self.kernel_boot:
+            for value in (self.kernel_boot.kernel, self.kernel_boot.initrd, self.kernel_boot.cmdline):
+                _check_text("kernel boot", value)
 
     def to_xml(self) -> str:
         dom = ET.Element("domain", type=self.virt_type)

@@ -111,6 +111,8 @@ class ApiKey(models.Model):
         return self.revoked_at is None
 
     def revoke(self) -> None:
+        if self.revoked_at:
+            return  # keep the first revocation time
         self.revoked_at = timezone.now()
         self.save(update_fields=["revoked_at"])
 

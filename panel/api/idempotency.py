@@ -40,6 +40,8 @@ class IdempotentViewMixin:
     """Add to a DRF view: POSTs honour the Idempotency-Key header."""
 
     _idempotent_record: IdempotentRequest | None = None
+    # Fields of the answer never stored for replay (secrets shown once).
+    secret_response_fields: tuple[str, ...] = ()
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -90,6 +92,10 @@ class IdempotentViewMixin:
                 record.delete()  # a server error is not an answer: a retry may try again
             else:
                 record.status_code = response.status_code
-                record.response_body = response.data
+                body = response.data
+                if isinstance(body, dict) and self.secret_response_fields:
+                    body = {k: v for k, v in body.items() if k not in self.secret_response_fields}
+                    body["detail"] = "Replayed answer: secrets are shown only in the first answer."
+                record.response_body = body
                 record.save(update_fields=["status_code", "response_body"])
         return response

@@ -18,9 +18,16 @@ class IsAdmin(BasePermission):
 
 
 class IsProviderOrReadOnly(BasePermission):
-    """Reads for everyone authenticated; writes for admins and billing keys."""
+    """Reads for everyone authenticated; writes for admins and billing keys.
+
+    A write to one object is decided after the lookup, so a customer gets 404 for another
+    customer's object (it is not in their queryset) and 403 only for their own.
+    """
 
     def has_permission(self, request, view):
+        return request.method in SAFE_METHODS or actor(request).acts_for_all_customers or view.detail
+
+    def has_object_permission(self, request, view, obj):
         return request.method in SAFE_METHODS or actor(request).acts_for_all_customers
 
 

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from panel.accounts import audit
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.api import serializers as s
-from panel.api.filters import AuditFilter, CustomerFilter, OperationFilter, ServerFilter
+from panel.api.filters import ApiKeyFilter, AuditFilter, CustomerFilter, OperationFilter, ServerFilter
 from panel.api.idempotency import IdempotentViewMixin
 from panel.api.permissions import IsAdmin, IsAdminOrReadOnly, IsProviderOrReadOnly, actor
 from panel.vps import lifecycle
@@ -157,7 +157,8 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
 
     queryset = ApiKey.objects.all()
     serializer_class = s.ApiKeySerializer
-    filterset_fields = ["scope", "customer"]
+    filterset_class = ApiKeyFilter
+    secret_response_fields = ("key",)  # a replayed create does not show the key again
 
     def get_queryset(self):
         who = actor(self.request)
@@ -188,7 +189,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
 
 class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
                   mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
-    queryset = User.objects.all()
+    queryset = User.objects.order_by("id")
     serializer_class = s.UserSerializer
     permission_classes = [IsAdmin]
     customer_field = None

@@ -1,0 +1,306 @@
+"""Domain XML from typed specs, the choice of kvm or qemu, and the fake driver's contract."""
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from nodes.domain_xml import METADATA_NS, Disk, DomainSpec, KernelBoot, read_metadata, volume_xml
+from nodes.driver import DomainState, choose_virt_type
+from nodes.fake import FakeDriver
+
+UUID = "6f1c3c1e-0000-4000-8000-00000000000a"
+
+
+def spec(**overrides) -> DomainSpec:
+    values = dict(name="vps-abc", uuid=UUID, vcpus=2, ram_mib=512, virt_type="kvm",
+                  disks=(Disk(path="/var/lib/panel/vps-abc-disk0.qcow2"),),
+                  kernel_boot=KernelBoot(kernel="/boot/vmlinuz", initrd="/boot/initrd.img"),
+                  serial_log="/var/log/libvirt/qemu/vps-abc-serial.log", panel_instance="panel-1", server_id=42)
+    values.update(overrides)
+    return DomainSpec(**values)
+
+
+def shape(el: ET.Element) -> list[str]:
+    """Every element's path from the root: the structure of a document, without its text."""
+    out = []
+
+    def walk(node, prefix):
+        path = f"{prefix}/{node.tag}"
+        out.append(path)
+        for child in node:
+            walk(child, path)
+
+    walk(el, "")
+    return out
+
+
+def test_it_renders_xml_that_parses():
+    root = ET.fromstring(spec().to_xml())
+    assert root.tag == "domain" and root.get("type") == "kvm"
+    assert root.findtext("name") == "vps-abc" and root.findtext("uuid") == UUID
+    assert root.find("memory").get("unit") == "MiB" and root.findtext("memory") == "512"
+    assert root.findtext("vcpu") == "2"
+    assert root.findtext("os/kernel") == "/boot/vmlinuz" and root.findtext("os/cmdline") == "console=ttyS0"
+    assert root.find("devices/disk/source").get("file") == "/var/lib/panel/vps-abc-disk0.qcow2"
+    assert root.find("devices/disk/target").get("bus") == "virtio"
+    assert root.find("cpu").get("mode") == "host-passthrough"
+    graphics = root.find("devices/graphics")
+    assert graphics.get("listen") == "127.0.0.1" and graphics.get("passwd") is None
+
+
+def test_qemu_domains_have_no_host_passthrough_cpu_and_disk_boot_without_a_kernel():
+    root = ET.fromstring(spec(virt_type="qemu", kernel_boot=None, serial_log=None).to_xml())
+    assert root.get("type") == "qemu" and root.find("cpu") is None
+    assert root.find("os/boot").get("dev") == "hd" and root.find("os/kernel") is None
+    assert root.find("devices/serial").get("type") == "pty"
+
+
+def test_network_and_vnc_password_are_rendered():
+    root = ET.fromstring(spec(network="panel-net", vnc_password="s3cret").to_xml())
+    assert root.find("devices/interface/source").get("network") == "panel-net"
+    assert root.find("devices/graphics").get("passwd") == "s3cret"
+
+
+HOSTILE = [
+    "x</name><devices><disk type='file'/></devices><name>",
+    "'; rm -rf / #",
+    '"><script>alert(1)</script>',
+    "a & b < c > d",
+    "]]><!-- -->",
+    "$(reboot) `id` | tee",
+    "<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>&e;",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_a_hostile_name_stays_text(hostile):
+    expected = shape(ET.fromstring(spec().to_xml()))
+    root = ET.fromstring(spec(name=hostile).to_xml())
+    assert root.findtext("name") == hostile
+    assert shape(root) == expected  # no extra (or missing) element
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_cmdline_paths_and_passwords_stay_text(hostile):
+    expected = shape(ET.fromstring(spec(vnc_password="p", network="n").to_xml()))
+    hostile_spec = spec(
+        kernel_boot=KernelBoot(kernel=hostile, initrd=hostile, cmdline=hostile),
+        disks=(Disk(path=hostile),), serial_log=hostile, vnc_password=hostile, network=hostile,
+        panel_instance=hostile,
+    )
+    root = ET.fromstring(hostile_spec.to_xml())
+    assert shape(root) == expected
+    assert root.findtext("os/cmdline") == hostile and root.findtext("os/kernel") == hostile
+    assert root.find("devices/disk/source").get("file") == hostile
+    assert root.find("devices/graphics").get("passwd") == hostile
+    assert root.find("devices/interface/source").get("network") == hostile
+    assert read_metadata(hostile_spec.to_xml())["instance"] == hostile
+
+
+def test_read_metadata_returns_the_instance_and_the_id():
+    xml = spec().to_xml()
+    assert read_metadata(xml) == {"instance": "panel-1", "id": "42"}
+    assert ET.fromstring(xml).find(f"metadata/{{{METADATA_NS}}}server") is not None
+
+
+def test_read_metadata_of_a_domain_without_a_server_id():
+    assert read_metadata(spec(server_id=None, panel_instance="").to_xml()) == {"instance": "", "id": ""}
+
+
+def test_read_metadata_of_a_foreign_domain_is_empty():
+    foreign = "<domain type='kvm'><name>other</name><metadata><x:y xmlns:x='urn:other' id='1'/></metadata></domain>"
+    assert read_metadata(foreign) == {}
+    assert read_metadata("<domain type='kvm'><name>bare</name></domain>") == {}
+
+
+def test_volume_xml_escapes_its_name():
+    root = ET.fromstring(volume_xml("a</name><x/>", 10))
+    assert root.findtext("name") == "a</name><x/>" and root.find("x") is None
+    assert root.findtext("capacity") == "10" and root.find("capacity").get("unit") == "GiB"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"virt_type": "xen"},
+    {"virt_type": "KVM"},
+    {"virt_type": ""},
+    {"ram_mib": 15},
+    {"ram_mib": 0},
+    {"ram_mib": -512},
+    {"vcpus": 0},
+])
+def test_domain_spec_refuses_bad_values(overrides):
+    with pytest.raises(ValueError):
+        spec(**overrides)
+
+
+def test_sixteen_mib_is_enough():
+    assert spec(ram_mib=16, vcpus=1).ram_mib == 16
+
+
+# -- choose_virt_type -----------------------------------------------------------------------
+
+def capabilities(domain_types=("qemu", "kvm"), cpu_features=()) -> ET.Element:
+    features = "".join(f"<feature name='{f}'/>" for f in cpu_features)
+    domains = "".join(f"<domain type='{t}'/>" for t in domain_types)
+    return ET.fromstring(
+        "<capabilities><host><cpu><arch>x86_64</arch><model>Skylake</model>"
+        f"{features}</cpu></host>"
+        f"<guest><os_type>hvm</os_type><arch name='x86_64'><wordsize>64</wordsize>{domains}</arch></guest>"
+        "</capabilities>"
+    )
+
+
+@pytest.mark.parametrize("domain_types, cpu_features, expected", [
+    (("qemu", "kvm"), ("vmx",), "kvm"),
+    (("qemu", "kvm"), ("svm", "lm"), "kvm"),
+    (("qemu", "kvm"), ("lm", "sse4.2"), "qemu"),  # /dev/kvm there, but no hardware virtualization
+    (("qemu", "kvm"), (), "qemu"),
+    (("qemu",), ("vmx",), "qemu"),  # no kvm domain type offered
+    ((), ("vmx",), "qemu"),
+])
+def test_choose_virt_type(domain_types, cpu_features, expected):
+    assert choose_virt_type(capabilities(domain_types, cpu_features)) == expected
+
+
+def test_choose_virt_type_ignores_kvm_offered_for_another_arch():
+    caps = ET.fromstring(
+        "<capabilities><host><cpu><feature name='vmx'/></cpu></host>"
+        "<guest><arch name='i686'><domain type='kvm'/></arch></guest>"
+        "<guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>"
+    )
+    assert choose_virt_type(caps) == "qemu"
+
+
+# -- FakeDriver contract --------------------------------------------------------------------
+
+@pytest.fixture
+def fake():
+    FakeDriver.reset()
+    driver = FakeDriver("fake://contract")
+    driver.ensure_pool("panel", "/fake")
+    yield driver
+    FakeDriver.reset()
+
+
+def test_removing_missing_things_succeeds(fake):
+    fake.destroy("never-defined")
+    fake.undefine("never-defined")
+    fake.delete_volume("panel", "never-created.qcow2")
+    assert fake.info("never-defined") is None and fake.state("never-defined") is None
+    assert not fake.volume_exists("panel", "never-created.qcow2")
+
+
+def test_removal_is_idempotent(fake):
+    fake.define(spec(name="d1"))
+    fake.start("d1")
+    fake.create_volume("panel", "d1.qcow2", 5)
+    for _ in range(2):
+        fake.destroy("d1")
+        fake.undefine("d1")
+        fake.delete_volume("panel", "d1.qcow2")
+    assert fake.list_domains() == [] and fake.host.pools["panel"] == {}
+
+
+def test_create_volume_keeps_an_existing_volume(fake):
+    path = fake.create_volume("panel", "disk.qcow2", 10)
+    again = fake.create_volume("panel", "disk.qcow2", 20)
+    assert path == again
+    assert fake.host.pools["panel"]["disk.qcow2"] == 10  # not re-created at the new size
+    assert fake.volume_exists("panel", "disk.qcow2")
+
+
+def test_define_replaces_and_keeps_the_state(fake):
+    fake.define(spec(name="d1", vcpus=1))
+    fake.start("d1")
+    boot = fake.info("d1").boot_id
+    fake.define(spec(name="d1", vcpus=4))
+    info = fake.info("d1")
+    assert info.state == DomainState.RUNNING and info.boot_id == boot
+    assert fake.host.domains["d1"]["spec"].vcpus == 4
+    assert info.metadata == {"instance": "panel-1", "id": "42"}
+
+
+def test_start_of_a_running_domain_and_shutdown_of_a_stopped_one_do_nothing(fake):
+    fake.define(spec(name="d1"))
+    fake.request_shutdown("d1")
+    assert fake.state("d1") == DomainState.SHUTOFF
+    fake.start("d1")
+    boot = fake.info("d1").boot_id
+    fake.start("d1")
+    assert fake.info("d1").boot_id == boot
+
+
+def test_stop_of_a_guest_that_listens_to_acpi_is_graceful(fake):
+    fake.define(spec(name="d1"))
+    fake.start("d1")
+    assert fake.stop("d1", timeout=5) is False
+    assert fake.state("d1") == DomainState.SHUTOFF
+    assert ("destroy", "d1") not in FakeDriver.calls
+
+
+def test_stop_forces_off_a_guest_that_ignores_acpi(fake):
+    fake.define(spec(name="deaf"))
+    fake.start("deaf")
+    FakeDriver("fake://contract").host.deaf_to_acpi.add("deaf")
+    ticks = []
+    assert fake.stop("deaf", timeout=0.6, tick=ticks.append) is True
+    assert fake.state("deaf") == DomainState.SHUTOFF and fake.info("deaf").boot_id == -1
+    assert ("request_shutdown", "deaf") in FakeDriver.calls and ("destroy", "deaf") in FakeDriver.calls
+    assert ticks and all(0 <= t < 0.6 for t in ticks)
+
+
+def test_stop_with_no_timeout_forces_at_once(fake):
+    fake.define(spec(name="d1"))
+    fake.start("d1")
+    assert fake.stop("d1", timeout=0) is True
+    assert ("request_shutdown", "d1") not in FakeDriver.calls
+    assert fake.state("d1") == DomainState.SHUTOFF
+
+
+def test_stop_of_a_stopped_or_missing_domain_does_nothing(fake):
+    fake.define(spec(name="d1"))
+    assert fake.stop("d1", timeout=1) is False
+    assert fake.stop("missing", timeout=1) is False
+
+
+def test_start_of_a_missing_domain_is_a_driver_error(fake):
+    from nodes.driver import DriverError
+
+    with pytest.raises(DriverError):
+        fake.start("missing")
+    with pytest.raises(DriverError):
+        fake.create_volume("no-such-pool", "x.qcow2", 1)
+
+
+def test_injected_failures_fire_once(fake):
+    from nodes.driver import DriverError
+
+    fake.define(spec(name="d1"))
+    FakeDriver.fail_next["fake://contract"] = {"start": DriverError("boom", retryable=True)}
+    with pytest.raises(DriverError) as exc:
+        fake.start("d1")
+    assert exc.value.retryable
+    fake.start("d1")
+    assert fake.state("d1") == DomainState.RUNNING
+
+
+def test_hosts_are_shared_per_uri_and_separate_between_uris(fake):
+    fake.define(spec(name="d1"))
+    assert FakeDriver("fake://contract").info("d1") is not None
+    assert FakeDriver("fake://elsewhere").info("d1") is None
+
+
+@pytest.mark.parametrize("field", ["name", "cmdline", "path"])
+def test_a_control_character_is_refused_rather_than_rendered_into_broken_xml(field):
+    """XML 1.0 cannot carry U+0001: the spec must refuse it (ValueError), never emit unparsable XML."""
+    bad = "a\x01b"
+    overrides = {
+        "name": {"name": bad},
+        "cmdline": {"kernel_boot": KernelBoot(kernel="/boot/vmlinuz", initrd="/boot/initrd.img", cmdline=bad)},
+        "path": {"disks": (Disk(path=bad),)},
+    }[field]
+    try:
+        xml = spec(**overrides).to_xml()
+    except ValueError:
+        return
+    ET.fromstring(xml)  # raises ParseError today: the spec renders XML libvirt cannot read
