@@ -31,7 +31,7 @@ class SecondFactorMiddleware:
 
     def __call__(self, request):
         if request.user.is_authenticated and request.session.get(SESSION_OTP_PENDING):
-            allowed = {reverse("ui:otp"), reverse("ui:logout")}
+            allowed = {reverse("ui:otp"), reverse("ui:logout"), reverse("ui:language")}
             if request.path not in allowed and not request.path.startswith("/static/"):
                 if request.path.startswith("/api/"):
                     from django.http import JsonResponse

@@ -1,0 +1,156 @@
+"""Live progress of one server over a websocket.
+
+The browser gets `{"state", "state_label", "operation", "actions", ...}` at connect and after
+every change. Changes arrive two ways: `server.update` messages from the worker through the
+channel layer (with Redis), and a once-a-second look at the database, which is what makes
+progress live when the layer is in memory and the worker runs in another process.
+"""
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.http import Http404
+from django.utils import translation
+
+from panel.accounts.middleware import SESSION_OTP_PENDING
+from panel.ui import live
+from panel.vps.models import Operation, ServerState, VirtualServer
+from panel.vps.progress import server_group
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+POLL_SECONDS = 1.0
+
+
+class ServerConsumer(AsyncJsonWebsocketConsumer):
+    poll_seconds = POLL_SECONDS
+
+    async def connect(self):
+        self.group = None
+        self.poller = None
+        self.last_sent = None
+        self.last_operation_id = None
+        self.server_id = self.scope["url_route"]["kwargs"]["server_id"]
+        if not await self.authenticate():
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            message = await self.current()
+        except Http404:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.group = server_group(self.server_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_if_changed(message)
+        self.poller = asyncio.create_task(self.poll())
+
+    async def disconnect(self, code):
+        if self.poller is not None:
+            self.poller.cancel()
+            self.poller = None
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
+
+    async def receive_json(self, content, **kwargs):
+        # The browser only listens; a message from it asks for a fresh state.
+        await self.refresh()
+
+    async def server_update(self, event):
+        """A worker's progress message (with Redis): forwarded, with the actions allowed now."""
+        try:
+            message = await self.current()
+        except Http404:
+            await self.refresh()
+            return
+        message = await self.merge(message, event)
+        await self.send_if_changed(message)
+
+    async def poll(self):
+        try:
+            while True:
+                await asyncio.sleep(self.poll_seconds)
+                await self.refresh()
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never let the poller die silently with the socket still open
+            log.exception("live progress of server %s failed", self.server_id)
+            await self.close()
+
+    async def refresh(self):
+        try:
+            message = await self.current()
+        except Http404:
+            message = await self.deleted()
+            await self.send_if_changed(message)
+            await self.close()
+            return
+        await self.send_if_changed(message)
+
+    async def send_if_changed(self, message: dict):
+        if message != self.last_sent:
+            self.last_sent = message
+            await self.send_json(message)
+
+    @database_sync_to_async
+    def authenticate(self) -> bool:
+        """Who is asking (the session's user), in their language; False for no one."""
+        user = self.scope.get("user")
+        session = self.scope.get("session")
+        if user is None or not user.is_authenticated:
+            return False
+        if session is not None and session.get(SESSION_OTP_PENDING):
+            return False  # the password is not enough while a second factor is pending
+        self.actor = live.actor_for_user(user)
+        self.language = (session.get("panel_language") if session is not None else None) \
+            or user.preferred_language or "en"
+        return True
+
+    @database_sync_to_async
+    def current(self) -> dict:
+        server = self.actor.get_or_404(VirtualServer.objects.all(), pk=self.server_id)
+        with translation.override(self.language):
+            message = live.snapshot(server, self.actor)
+        if message["operation"]:
+            self.last_operation_id = message["operation"]["id"]
+        return message
+
+    @database_sync_to_async
+    def merge(self, message: dict, event: dict) -> dict:
+        """Lay the event's operation and state over the database's (they may be newer)."""
+        message = dict(message)
+        state = event.get("state")
+        if state:
+            message["state"] = state
+            with translation.override(self.language):
+                message["state_label"] = str(dict(ServerState.choices).get(state, state))
+        op = event.get("operation")
+        current = message.get("operation")
+        if op and op.get("id") and (current is None or op["id"] >= current["id"]):
+            with translation.override(self.language):
+                message["operation"] = {
+                    "id": op["id"],
+                    "kind": op.get("kind", ""),
+                    "kind_label": str(dict(Operation.Kind.choices).get(op.get("kind"), op.get("kind", ""))),
+                    "status": op.get("status", ""),
+                    "status_label": live.status_label(op.get("status", "")),
+                    "progress": op.get("progress", 0),
+                    "error": op.get("error", ""),
+                    "log_tail": op.get("log_tail", ""),
+                    "active": op.get("status") in Operation.ACTIVE,
+                }
+            message["busy"] = message["operation"]["active"]
+        return message
+
+    @database_sync_to_async
+    def deleted(self) -> dict:
+        op = None
+        if self.last_operation_id:
+            op = self.actor.restrict(Operation.objects.all()).filter(pk=self.last_operation_id).first()
+        with translation.override(self.language):
+            return live.deleted_snapshot(op)

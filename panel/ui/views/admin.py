@@ -1,0 +1,256 @@
+"""The provider admin area: customers, users, plans, nodes, servers, operations, audit log."""
+
+from django.contrib import messages
+from django.db.models import Count, Q
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.translation import gettext as _
+
+from nodes.models import Drift, Node
+from panel.accounts import audit
+from panel.accounts.models import AuditEntry, Customer, User
+from panel.ui import live
+from panel.ui.forms import CustomerForm, PlanForm, ServerCreateForm, UserCreateForm
+from panel.ui.views.common import actor, admin_only, paginate
+from panel.vps import lifecycle
+from panel.vps.models import Operation, Plan, ServerState, VirtualServer
+
+
+def _changes(form) -> dict:
+    return {name: str(form.cleaned_data.get(name)) for name in form.changed_data}
+
+
+@admin_only
+def dashboard(request):
+    servers = VirtualServer.objects.all()
+    counts = {
+        "customers": Customer.objects.count(),
+        "servers": servers.count(),
+        "running": servers.filter(state=ServerState.RUNNING).count(),
+        "errors": servers.filter(state=ServerState.ERROR).count(),
+        "nodes_online": Node.objects.filter(state=Node.State.ONLINE).count(),
+        "nodes": Node.objects.count(),
+        "active_operations": Operation.objects.filter(status__in=Operation.ACTIVE).count(),
+    }
+    nodes = Node.objects.annotate(
+        server_count=Count("servers", filter=~Q(servers__state=ServerState.DELETING)),
+        drift_count=Count("drifts", filter=Q(drifts__repaired=False), distinct=True),
+    )
+    return render(request, "ui/admin/dashboard.html", {
+        "counts": counts,
+        "nodes": nodes,
+        "operations": Operation.objects.select_related("customer")[:10],
+        "drifts": Drift.objects.filter(repaired=False).select_related("node")[:20],
+    })
+
+
+# --- Customers -------------------------------------------------------------------------------
+
+@admin_only
+def customer_list(request):
+    customers = actor(request).restrict(Customer.objects.all(), "pk").annotate(
+        server_count=Count("servers", distinct=True), user_count=Count("users", distinct=True))
+    query = request.GET.get("q", "").strip()
+    if query:
+        customers = customers.filter(Q(name__icontains=query) | Q(email__icontains=query) | Q(external_id=query))
+    return render(request, "ui/admin/customer_list.html", {"page": paginate(request, customers.order_by("id")),
+                                                           "q": query})
+
+
+@admin_only
+def customer_create(request):
+    form = CustomerForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        customer = form.save()
+        audit.record(actor(request), "customer.create", customer, customer_id=customer.pk)
+        messages.success(request, _("Customer “%(name)s” created.") % {"name": customer.name})
+        return redirect("ui:admin-customer", customer_id=customer.pk)
+    return render(request, "ui/admin/form.html", {
+        "form": form, "title": _("New customer"), "back_href": reverse("ui:admin-customers"), "submit": _("Create customer"),
+    })
+
+
+@admin_only
+def customer_detail(request, customer_id: int):
+    act = actor(request)
+    customer = act.get_or_404(Customer.objects.all(), "pk", pk=customer_id)
+    return render(request, "ui/admin/customer_detail.html", {
+        "customer": customer,
+        "users": customer.users.order_by("id"),
+        "servers": customer.servers.select_related("plan", "node").order_by("id"),
+        "keys": customer.api_keys.order_by("-id"),
+    })
+
+
+@admin_only
+def customer_edit(request, customer_id: int):
+    act = actor(request)
+    customer = act.get_or_404(Customer.objects.all(), "pk", pk=customer_id)
+    form = CustomerForm(request.POST or None, instance=customer)
+    if request.method == "POST" and form.is_valid():
+        if form.has_changed():
+            form.save()
+            audit.record(act, "customer.update", customer, customer_id=customer.pk, **_changes(form))
+        messages.success(request, _("Customer “%(name)s” saved.") % {"name": customer.name})
+        return redirect("ui:admin-customer", customer_id=customer.pk)
+    return render(request, "ui/admin/form.html", {
+        "form": form, "title": _("Edit customer %(name)s") % {"name": customer.name},
+        "back_href": reverse("ui:admin-customer", args=[customer.pk]), "submit": _("Save"),
+    })
+
+
+# --- Users -----------------------------------------------------------------------------------
+
+@admin_only
+def user_list(request):
+    users = User.objects.select_related("customer").order_by("id")
+    role = request.GET.get("role", "")
+    if role in User.Role.values:
+        users = users.filter(role=role)
+    return render(request, "ui/admin/user_list.html", {"page": paginate(request, users), "role": role,
+                                                       "roles": User.Role.choices})
+
+
+@admin_only
+def user_create(request):
+    initial = {}
+    if request.GET.get("customer"):
+        initial = {"customer": request.GET["customer"], "role": User.Role.CUSTOMER}
+    form = UserCreateForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        audit.record(actor(request), "user.create", user, customer_id=user.customer_id, role=user.role)
+        messages.success(request, _("User “%(name)s” created.") % {"name": user.username})
+        if user.customer_id:
+            return redirect("ui:admin-customer", customer_id=user.customer_id)
+        return redirect("ui:admin-users")
+    return render(request, "ui/admin/form.html", {
+        "form": form, "title": _("New user"), "back_href": reverse("ui:admin-users"), "submit": _("Create user"),
+    })
+
+
+# --- Plans -----------------------------------------------------------------------------------
+
+@admin_only
+def plan_list(request):
+    plans = Plan.objects.annotate(server_count=Count("servers")).order_by("id")
+    return render(request, "ui/admin/plan_list.html", {"page": paginate(request, plans)})
+
+
+@admin_only
+def plan_create(request):
+    form = PlanForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        plan = form.save()
+        audit.record(actor(request), "plan.create", plan)
+        messages.success(request, _("Plan “%(name)s” created.") % {"name": plan.name})
+        return redirect("ui:admin-plans")
+    return render(request, "ui/admin/form.html", {
+        "form": form, "title": _("New plan"), "back_href": reverse("ui:admin-plans"), "submit": _("Create plan"),
+    })
+
+
+@admin_only
+def plan_edit(request, plan_id: int):
+    act = actor(request)
+    plan = act.get_or_404(Plan.objects.all(), "pk", pk=plan_id)
+    form = PlanForm(request.POST or None, instance=plan)
+    if request.method == "POST" and form.is_valid():
+        if form.has_changed():
+            form.save()
+            audit.record(act, "plan.update", plan, **_changes(form))
+        messages.success(request, _("Plan “%(name)s” saved.") % {"name": plan.name})
+        return redirect("ui:admin-plans")
+    return render(request, "ui/admin/form.html", {
+        "form": form, "title": _("Edit plan %(name)s") % {"name": plan.name}, "back_href": reverse("ui:admin-plans"),
+        "submit": _("Save"), "note": _("Changing a plan does not resize existing servers."),
+    })
+
+
+# --- Nodes -----------------------------------------------------------------------------------
+
+@admin_only
+def node_list(request):
+    nodes = Node.objects.annotate(
+        server_count=Count("servers", filter=~Q(servers__state=ServerState.DELETING)),
+        drift_count=Count("drifts", filter=Q(drifts__repaired=False), distinct=True),
+    ).order_by("id")
+    return render(request, "ui/admin/node_list.html", {"page": paginate(request, nodes)})
+
+
+@admin_only
+def node_detail(request, node_id: int):
+    act = actor(request)
+    node = act.get_or_404(Node.objects.all(), "pk", pk=node_id)
+    drifts = node.drifts.select_related("server").order_by("-id")
+    show = request.GET.get("show", "open")
+    if show != "all":
+        drifts = drifts.filter(repaired=False)
+    return render(request, "ui/admin/node_detail.html", {
+        "node": node, "page": paginate(request, drifts), "show": show,
+        "servers": node.servers.select_related("customer", "plan").order_by("id")[:50],
+    })
+
+
+# --- Servers ---------------------------------------------------------------------------------
+
+@admin_only
+def server_list(request):
+    servers = VirtualServer.objects.select_related("plan", "node", "customer").order_by("id")
+    state, customer = request.GET.get("state", ""), request.GET.get("customer", "")
+    if state in ServerState.values:
+        servers = servers.filter(state=state)
+    if customer.isdigit():
+        servers = servers.filter(customer_id=int(customer))
+    query = request.GET.get("q", "").strip()
+    if query:
+        servers = servers.filter(hostname__icontains=query)
+    return render(request, "ui/admin/server_list.html", {
+        "page": paginate(request, servers), "states": ServerState.choices, "state": state,
+        "customer": customer, "customers": Customer.objects.order_by("name"), "q": query,
+    })
+
+
+@admin_only
+def server_create(request):
+    form = ServerCreateForm(request.POST or None, initial={"customer": request.GET.get("customer")})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            server, _op = lifecycle.create_server(
+                actor(request), customer=data["customer"], plan=data["plan"], hostname=data["hostname"],
+                os_template=data["os_template"], node=data["node"],
+            )
+        except lifecycle.Refused as refused:
+            form.add_error(refused.field if refused.field in form.fields else None, refused.message)
+        else:
+            messages.success(request, _("Server “%(name)s” is being created.") % {"name": server.hostname})
+            return redirect("ui:server", server_id=server.pk)
+    return render(request, "ui/admin/form.html", {
+        "form": form, "title": _("New server"), "back_href": reverse("ui:admin-servers"), "submit": _("Create server"),
+    })
+
+
+# --- Operations and audit log ----------------------------------------------------------------
+
+@admin_only
+def operation_list(request):
+    operations = Operation.objects.select_related("customer", "server")
+    status, kind = request.GET.get("status", ""), request.GET.get("kind", "")
+    if status in Operation.Status.values:
+        operations = operations.filter(status=status)
+    if kind in Operation.Kind.values:
+        operations = operations.filter(kind=kind)
+    return render(request, "ui/admin/operation_list.html", {
+        "page": paginate(request, operations.order_by("-id")), "status": status, "kind": kind,
+        "statuses": [(value, live.status_label(value)) for value in Operation.Status.values], "kinds": Operation.Kind.choices,
+    })
+
+
+@admin_only
+def audit_log(request):
+    entries = AuditEntry.objects.select_related("customer").order_by("-id")
+    action = request.GET.get("action", "").strip()
+    if action:
+        entries = entries.filter(action__startswith=action)
+    return render(request, "ui/admin/audit.html", {"page": paginate(request, entries, 50), "action": action})

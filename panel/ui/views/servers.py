@@ -1,0 +1,113 @@
+"""Server pages shared by customers and admins: every object through the Actor."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from panel.ui import live
+from panel.ui.forms import SuspendForm
+from panel.ui.views.common import actor, paginate
+from panel.vps import lifecycle
+from panel.vps.models import Operation, ServerState, VirtualServer
+
+# Button name in the URL -> (operation kind, extra params).
+ACTIONS = {
+    "start": ("start", {}),
+    "stop": ("stop", {}),
+    "force-stop": ("stop", {"force": True}),
+    "reboot": ("reboot", {}),
+    "suspend": ("suspend", {}),
+    "unsuspend": ("unsuspend", {}),
+    "delete": ("delete", {}),
+}
+
+
+def requested_message(action: str) -> str:
+    return {
+        "start": _("Start requested."),
+        "stop": _("Shutdown requested."),
+        "force-stop": _("Forced power off requested."),
+        "reboot": _("Reboot requested."),
+        "suspend": _("Suspension requested."),
+        "unsuspend": _("Unsuspension requested."),
+        "delete": _("Deletion requested."),
+    }[action]
+
+
+@login_required
+def server_list(request):
+    act = actor(request)
+    servers = act.restrict(VirtualServer.objects.select_related("plan", "node", "customer"))
+    state = request.GET.get("state", "")
+    if state in ServerState.values:
+        servers = servers.filter(state=state)
+    return render(request, "ui/server_list.html", {
+        "page": paginate(request, servers.order_by("id")), "states": ServerState.choices, "state": state,
+    })
+
+
+@login_required
+def server_detail(request, server_id: int):
+    act = actor(request)
+    server = act.get_or_404(VirtualServer.objects.select_related("plan", "node", "customer"), pk=server_id)
+    operations = list(Operation.objects.filter(server=server).order_by("-id")[:10])
+    snap = live.snapshot(server, act, operations[0] if operations else None)
+    buttons = [
+        {"name": name, "kind": kind, "enabled": kind in snap["actions"] and not snap["busy"]}
+        for name, kind, admin_only in live.BUTTONS
+        if act.acts_for_all_customers or not admin_only
+    ]
+    return render(request, "ui/server_detail.html", {
+        "server": server, "operations": operations, "snap": snap,
+        "buttons": {b["name"]: b for b in buttons}, "is_admin": act.is_admin,
+        "js_i18n": {
+            "offline": _("Live updates are unavailable; reload the page to see changes."),
+            "deleted": _("This server has been deleted."),
+            "noOperations": _("No operations yet."),
+            "noReason": _("no reason given"),
+        },
+    })
+
+
+@require_POST
+@login_required
+def server_action(request, server_id: int, action: str):
+    act = actor(request)
+    server = act.get_or_404(VirtualServer.objects.all(), pk=server_id)
+    if action not in ACTIONS:
+        raise Http404
+    kind, params = ACTIONS[action]
+    params = dict(params)
+    if kind == "suspend":
+        form = SuspendForm(request.POST)
+        params["reason"] = form.cleaned_data["reason"] if form.is_valid() else ""
+    wants_json = request.headers.get("X-Requested-With") == "XMLHttpRequest"
+    try:
+        op = lifecycle.request_action(act, server.pk, kind, params)
+    except lifecycle.Refused as refused:
+        if wants_json:
+            return JsonResponse({"ok": False, "message": refused.message, "code": refused.code},
+                                status=refused.status)
+        messages.error(request, refused.message)
+    else:
+        if wants_json:
+            # The page stays open (and keeps its websocket); it shows the queued operation now.
+            current = VirtualServer.objects.filter(pk=server.pk).first()
+            return JsonResponse({
+                "ok": True, "message": requested_message(action),
+                "snapshot": live.snapshot(current, act) if current else live.deleted_snapshot(op),
+            })
+        messages.success(request, requested_message(action))
+    if kind == "delete" and not VirtualServer.objects.filter(pk=server.pk).exists():
+        return redirect("ui:admin-servers" if act.is_admin else "ui:servers")
+    return redirect("ui:server", server_id=server.pk)
+
+
+@login_required
+def operation_detail(request, operation_id: int):
+    act = actor(request)
+    op = act.get_or_404(Operation.objects.select_related("server", "customer"), pk=operation_id)
+    return render(request, "ui/operation_detail.html", {"op": op, "is_admin": act.is_admin})
