@@ -75,7 +75,11 @@ def actor_for(request) -> Actor:
             is_admin=key.scope == ApiKey.Scope.ADMIN,
             address=address,
         )
-    user = request.user
+    return actor_for_user(request.user, address)
+
+
+def actor_for_user(user: User, address: str | None = None) -> Actor:
+    """The Actor of a logged-in user (a session request, or the websocket consumer)."""
     if user.is_provider_admin:
         return Actor(user=user, api_key=None, customer_id=None, is_admin=True, address=address)
     # A customer's user without a customer sees nothing: -1 matches no row.

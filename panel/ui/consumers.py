@@ -15,6 +15,7 @@ from django.http import Http404
 from django.utils import translation
 
 from panel.accounts.middleware import SESSION_OTP_PENDING
+from panel.accounts.tenancy import actor_for_user
 from panel.ui import live
 from panel.vps.models import Operation, ServerState, VirtualServer
 from panel.vps.progress import server_group
@@ -106,7 +107,7 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
             return False
         if session is not None and session.get(SESSION_OTP_PENDING):
             return False  # the password is not enough while a second factor is pending
-        self.actor = live.actor_for_user(user)
+        self.actor = actor_for_user(user)
         self.language = (session.get("panel_language") if session is not None else None) \
             or user.preferred_language or "en"
         return True

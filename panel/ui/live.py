@@ -2,7 +2,6 @@
 
 from django.utils.translation import pgettext_lazy
 
-from panel.accounts.models import User
 from panel.accounts.tenancy import Actor
 from panel.vps import lifecycle
 from panel.vps.models import Operation, ServerState, VirtualServer
@@ -33,11 +32,6 @@ def status_label(status: str) -> str:
     return str(OPERATION_STATUS_LABELS.get(status, status))
 
 
-def actor_for_user(user: User) -> Actor:
-    """The Actor of a logged-in user outside a request (the websocket consumer)."""
-    if user.is_provider_admin:
-        return Actor(user=user, api_key=None, customer_id=None, is_admin=True)
-    return Actor(user=user, api_key=None, customer_id=user.customer_id or -1, is_admin=False)
 
 
 def operation_data(op: Operation | None) -> dict | None:
