@@ -57,7 +57,8 @@ def test_a_server_lives_its_whole_life_on_real_libvirt(live_panel, plan_id, alic
 
     # Reboot: a new QEMU boot (new domain id) and the guest's uptime starts again.
     _, boot_id = libvirt_state(name)
-    time.sleep(2)
+    # Let the uptime grow well past what a boot takes (TCG on a busy machine: up to ~10 s).
+    wait_for(lambda: uptimes(serial_log(uuid_hex))[-1] >= 20, 60, "the guest's uptime to reach 20 s")
     offset = len(serial_log(uuid_hex))
     uptime_before = uptimes(serial_log(uuid_hex))[-1]
     r = panel.call(alice.key, "POST", f"/api/v1/servers/{sid}/reboot/")
