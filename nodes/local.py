@@ -1,40 +1,61 @@
 """The panel's own host as the first node, when libvirt answers there."""
 
 import logging
+import os
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from nodes.connection import driver_for
 from nodes.driver import DriverError
-from nodes.models import Node
+from nodes.models import Cluster, Node, Storage
 
 log = logging.getLogger(__name__)
 
-STORAGE_POOL = "panel"
-
 
 def register_local_node() -> Node | None:
-    """Create or refresh the `local` node for settings.LOCAL_LIBVIRT_URI; None without libvirt."""
+    """Create or refresh the `local` node for settings.LOCAL_LIBVIRT_URI; None without libvirt.
+
+    The node gets a cluster and a directory storage of its own (STORAGE_DIR), so placement
+    treats it like any other node.
+    """
     uri = settings.LOCAL_LIBVIRT_URI
     try:
         driver = driver_for(uri)
         host = driver.host_info()
-        driver.ensure_pool(STORAGE_POOL, str(settings.STORAGE_DIR))
     except (DriverError, ImportError) as exc:
         log.info("no local node: libvirt does not answer at %s (%s)", uri, exc)
         return None
-    facts = {
-        "cpus": host.cpus,
-        "ram_mib": host.ram_mib,
-        "virt_type": host.virt_type,
-        "libvirt_version": host.libvirt_version,
-        "storage_dir": str(settings.STORAGE_DIR),
-        "state": Node.State.ONLINE,
-        "last_error": "",
-        "checked_at": timezone.now(),
-    }
-    node, created = Node.objects.update_or_create(uri=uri, defaults=facts, create_defaults={**facts, "name": "local"})
+    with transaction.atomic():
+        node = Node.objects.filter(uri=uri).select_related("cluster").first()
+        cluster = node.cluster if node and node.cluster else Cluster.objects.get_or_create(name="local")[0]
+        storage = cluster.storages.filter(kind=Storage.Kind.DIR).first() or Storage.objects.create(
+            cluster=cluster, name="local", kind=Storage.Kind.DIR, path=str(settings.STORAGE_DIR))
+        facts = {
+            "cluster": cluster,
+            "cpus": host.cpus,
+            "ram_mib": host.ram_mib,
+            "virt_type": host.virt_type,
+            "libvirt_version": host.libvirt_version,
+            "storage_dir": storage.path,
+            "state": Node.State.ONLINE,
+            "last_error": "",
+            "checked_at": timezone.now(),
+        }
+        node, created = Node.objects.update_or_create(uri=uri, defaults=facts,
+                                                      create_defaults={**facts, "name": "local"})
+    try:
+        driver.ensure_pool(storage.pool_name, storage.path)
+    except DriverError as exc:
+        Node.objects.filter(pk=node.pk).update(state=Node.State.DEGRADED, last_error=f"storage {storage.path}: {exc}")
+        log.warning("local node: storage %s unusable: %s", storage.path, exc)
+        return node
+    stat = os.statvfs(storage.path)
+    gib = 1024 ** 3
+    node.storage_capacity = {str(storage.id): {"total_gib": stat.f_blocks * stat.f_frsize // gib,
+                                               "free_gib": stat.f_bavail * stat.f_frsize // gib}}
+    node.save(update_fields=["storage_capacity"])
     log.info("%s local node %s: %s CPUs, %s MiB, virt type %s", "registered" if created else "refreshed",
              uri, host.cpus, host.ram_mib, host.virt_type)
     return node

@@ -1,30 +1,25 @@
 """A node is a KVM host the panel manages through libvirt."""
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 
-class Node(models.Model):
-    """A hypervisor host. Its live state is written by jobs (health, reconciler), never fetched here."""
+class Cluster(models.Model):
+    """Nodes of one OS family that share storages and networks, with over-commit ratios."""
 
-    class State(models.TextChoices):
-        ONLINE = "online", _("Online")
-        DEGRADED = "degraded", _("Degraded")
-        OFFLINE = "offline", _("Offline")
-        MAINTENANCE = "maintenance", _("Maintenance")
+    class Family(models.TextChoices):
+        APT = "apt", _("Debian / Ubuntu")
+        DNF = "dnf", _("RHEL family")
 
     name = models.CharField(max_length=100, unique=True)
-    # libvirt URI: qemu:///system for the panel's own host, qemu+ssh://… for remote nodes,
-    # fake://NAME for the in-memory driver of the unit tests.
-    uri = models.CharField(max_length=300, unique=True)
-    state = models.CharField(max_length=12, choices=State.choices, default=State.ONLINE)
-    last_error = models.TextField(blank=True)
-    virt_type = models.CharField(max_length=8, blank=True, help_text=_("kvm, or qemu (software emulation)"))
-    cpus = models.PositiveIntegerField(default=0)
-    ram_mib = models.PositiveBigIntegerField(default=0)
-    storage_dir = models.CharField(max_length=300, help_text=_("Directory on the node for server disks"))
-    libvirt_version = models.CharField(max_length=20, blank=True)
-    checked_at = models.DateTimeField(null=True, blank=True)
+    os_family = models.CharField(max_length=3, choices=Family.choices, default=Family.APT)
+    # Guests rarely use all their vCPUs at once; RAM is not over-committed by default.
+    cpu_overcommit = models.DecimalField(max_digits=4, decimal_places=2, default=4,
+                                         validators=[MinValueValidator(1), MaxValueValidator(32)])
+    ram_overcommit = models.DecimalField(max_digits=4, decimal_places=2, default=1,
+                                         validators=[MinValueValidator(1), MaxValueValidator(4)])
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -32,6 +27,121 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Storage(models.Model):
+    """Where a cluster's server disks live: a local directory, an NFS share or an LVM group."""
+
+    class Kind(models.TextChoices):
+        DIR = "dir", _("Local directory (qcow2 files)")
+        NFS = "nfs", _("NFS share")
+        LVM = "lvm", _("LVM volume group")
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="storages")
+    name = models.CharField(max_length=50, validators=[RegexValidator(r"^[a-z][a-z0-9_-]*$")])
+    kind = models.CharField(max_length=3, choices=Kind.choices, default=Kind.DIR)
+    # dir and nfs: the directory on every node (the NFS mount point); lvm: unused.
+    path = models.CharField(max_length=300, blank=True, validators=[RegexValidator(r"^/[A-Za-z0-9._/-]*$")])
+    nfs_source = models.CharField(max_length=300, blank=True, help_text=_("host:/export, for NFS"),
+                                  validators=[RegexValidator(r"^[A-Za-z0-9.-]+:/[A-Za-z0-9._/-]*$")])
+    volume_group = models.CharField(max_length=100, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_.+-]+$")])
+    holds_templates = models.BooleanField(default=False, help_text=_("The OS-template share"))
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["cluster", "name"], name="unique_storage_name")]
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.name}"
+
+    def clean(self) -> None:
+        if self.kind in (self.Kind.DIR, self.Kind.NFS) and not self.path:
+            raise ValidationError({"path": _("A directory or NFS storage needs a path.")})
+        if self.kind == self.Kind.NFS and not self.nfs_source:
+            raise ValidationError({"nfs_source": _("An NFS storage needs its source (host:/export).")})
+        if self.kind == self.Kind.LVM and not self.volume_group:
+            raise ValidationError({"volume_group": _("An LVM storage needs a volume group.")})
+
+    @property
+    def pool_name(self) -> str:
+        """The libvirt storage pool of this storage on every node."""
+        return f"panel-{self.name}"
+
+
+class Node(models.Model):
+    """A hypervisor host. Its live state is written by jobs (health, installer), never fetched here."""
+
+    class State(models.TextChoices):
+        INSTALLING = "installing", _("Installing")
+        ONLINE = "online", _("Online")
+        DEGRADED = "degraded", _("Degraded")
+        OFFLINE = "offline", _("Offline")
+        MAINTENANCE = "maintenance", _("Maintenance")
+
+    name = models.CharField(max_length=100, unique=True)
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes")
+    # libvirt URI: qemu:///system for the panel's own host, qemu+ssh://… for remote nodes,
+    # fake://NAME for the in-memory driver of the unit tests.
+    uri = models.CharField(max_length=300, unique=True)
+    # Empty (NULL) for the panel's own host; unique with the port, so a node cannot be added twice.
+    address = models.CharField(max_length=253, null=True, blank=True)
+    ssh_port = models.PositiveIntegerField(default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    ssh_user = models.CharField(max_length=32, default="root", validators=[RegexValidator(r"^[a-z_][a-z0-9_-]*$")])
+    # Pinned at first contact: "<type> <base64>"; a different key refuses the connection.
+    host_key = models.TextField(blank=True)
+    # A different key seen later, kept for the admin to inspect and accept.
+    offered_host_key = models.TextField(blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.ONLINE)
+    last_error = models.TextField(blank=True)
+    os_name = models.CharField(max_length=100, blank=True)
+    virt_type = models.CharField(max_length=8, blank=True, help_text=_("kvm, or qemu (software emulation)"))
+    cpus = models.PositiveIntegerField(default=0)
+    ram_mib = models.PositiveBigIntegerField(default=0)
+    # {"<storage id>": {"total_gib": …, "free_gib": …}} as read by the installer and health checks.
+    storage_capacity = models.JSONField(default=dict, blank=True)
+    storage_dir = models.CharField(max_length=300, help_text=_("Directory on the node for server disks"))
+    libvirt_version = models.CharField(max_length=20, blank=True)
+    qemu_version = models.CharField(max_length=20, blank=True)
+    # What servers placed here take; kept in the placement transaction (nodes/placement.py)
+    # and recomputed by the reconciler.
+    alloc_vcpus = models.PositiveIntegerField(default=0)
+    alloc_ram_mib = models.PositiveBigIntegerField(default=0)
+    alloc_disk_gib = models.PositiveBigIntegerField(default=0)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["address", "ssh_port"], name="unique_node_address"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.address)
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        from nodes.ssh import fingerprint
+
+        return fingerprint(self.host_key) if self.host_key else ""
+
+    @property
+    def offered_host_key_fingerprint(self) -> str:
+        from nodes.ssh import fingerprint
+
+        return fingerprint(self.offered_host_key) if self.offered_host_key else ""
+
+
+class PanelIdentity(models.Model):
+    """The panel's own SSH key pair, installed on every node it manages."""
+
+    private_key = models.TextField(help_text=_("OpenSSH private key, encrypted"))
+    public_key = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
 
 
 class Drift(models.Model):

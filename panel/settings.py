@@ -188,6 +188,14 @@ LOCAL_LIBVIRT_URI = envstr("LOCAL_LIBVIRT_URI", "qemu:///system")
 STORAGE_DIR = Path(envstr("STORAGE_DIR", "/var/lib/libvirt/images/panel"))
 # The demo guest booted by direct kernel boot until OS templates exist.
 TINY_GUEST_DIR = Path(envstr("TINY_GUEST_DIR", str(BASE_DIR / ".cache" / "tiny-guest")))
+# Encrypts node credentials at rest (panel/crypto.py); keep it with your backups.
+CREDENTIALS_KEY = envstr("CREDENTIALS_KEY") or secret_in_file(DATA_DIR / "credentials_key")
+# SSH client files (the panel's key, known_hosts of pinned node keys) for libvirt's ssh transport.
+SSH_DIR = DATA_DIR / "ssh"
+# Node health: every node is checked this often; libvirt keepalive notices a dead link too.
+HEALTH_INTERVAL_SECONDS = envint("HEALTH_INTERVAL_SECONDS", 5)
+# How placement ranks the nodes that fit: "spread" (most free RAM first) or "pack".
+PLACEMENT_WEIGHER = envstr("PLACEMENT_WEIGHER", "spread")
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)

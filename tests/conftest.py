@@ -57,11 +57,21 @@ def _inline_operations(request, monkeypatch, settings, tmp_path):
     FakeDriver.reset()
 
 
+def fake_node(name: str, **fields):
+    """A node on the in-memory driver, in cluster c1 with a 1000 GiB directory storage."""
+    from nodes.models import Cluster, Node, Storage
+
+    cluster = Cluster.objects.get_or_create(name="c1")[0]
+    storage = Storage.objects.get_or_create(cluster=cluster, name="disks", defaults={"kind": "dir", "path": "/fake"})[0]
+    values = {"uri": f"fake://{name}", "ram_mib": 16384, "cpus": 8, "virt_type": "qemu", "storage_dir": "/fake",
+              "cluster": cluster, "storage_capacity": {str(storage.id): {"total_gib": 1000, "free_gib": 900}}}
+    return Node.objects.create(name=name, **{**values, **fields})
+
+
 @pytest.fixture
 def world(db) -> World:
     from panel.accounts.models import ApiKey, Customer, User
     from panel.vps.models import Plan
-    from nodes.models import Node
 
     admin = User.objects.create_user("admin", password="admin-pass-123", role=User.Role.ADMIN)
     alice_customer = Customer.objects.create(name="Alice Ltd", email="alice@example.com", external_id="A-1")
@@ -69,8 +79,7 @@ def world(db) -> World:
     alice = User.objects.create_user("alice", password="alice-pass-123", customer=alice_customer)
     bob = User.objects.create_user("bob", password="bob-pass-1234", customer=bob_customer)
     plan = Plan.objects.create(name="small", vcpus=1, ram_mib=256, disk_gib=1)
-    node = Node.objects.create(name="fake1", uri="fake://fake1", ram_mib=16384, cpus=8, virt_type="qemu",
-                               storage_dir="/fake")
+    node = fake_node("fake1")
     return World(
         admin=admin, alice=alice, bob=bob, alice_customer=alice_customer, bob_customer=bob_customer,
         plan=plan, node=node,

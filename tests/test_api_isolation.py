@@ -101,7 +101,7 @@ def snapshot(a: Alices) -> dict:
     return {
         "server": (server.state, server.suspend_reason, server.state_before_suspend, server.hostname),
         "domain": (domain["state"], domain["boot_id"]),
-        "disk": a.server.disk_volume in FakeDriver("fake://fake1").host.pools["panel"],
+        "disk": a.server.disk_volume in FakeDriver("fake://fake1").host.pools["panel-disks"],
         "operations": list(Operation.objects.order_by("id").values_list("id", "status")),
         "customer": (customer.name, customer.email, customer.external_id),
         "key_revoked_at": ApiKey.objects.get(pk=a.key.pk).revoked_at,

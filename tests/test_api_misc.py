@@ -1,6 +1,8 @@
 """The API's conventions: error format, pagination, filters, refusals, schema, idempotency, query counts."""
 
 import pytest
+
+from tests.conftest import fake_node
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -124,8 +126,7 @@ def ids(r) -> list[int]:
 def test_server_filters(world):
     from nodes.models import Node
 
-    other_node = Node.objects.create(name="fake2", uri="fake://fake2", ram_mib=16384, cpus=8, virt_type="qemu",
-                                     storage_dir="/fake")
+    other_node = fake_node("fake2")
     a_running = make_servers(world, 2, prefix="ar")
     a_stopped = make_servers(world, 1, state="stopped", prefix="as")
     b_running = make_servers(world, 2, customer=world.bob_customer, prefix="br")

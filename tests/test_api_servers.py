@@ -24,7 +24,7 @@ def test_it_creates_a_server_and_answers_202_with_the_operation(world):
     assert server.state == "running" and server.node == world.node
     host = FakeDriver("fake://fake1").host
     assert host.domains[server.domain_name]["state"] == "running"
-    assert server.disk_volume in host.pools["panel"]
+    assert server.disk_volume in host.pools["panel-disks"]
     assert AuditEntry.objects.filter(action="server.create", object_id=str(server.id)).exists()
 
 
@@ -75,7 +75,7 @@ def test_delete_removes_domain_disk_and_row(world, alice_server):
     assert not VirtualServer.objects.filter(pk=alice_server.pk).exists()
     host = FakeDriver("fake://fake1").host
     assert alice_server.domain_name not in host.domains
-    assert alice_server.disk_volume not in host.pools["panel"]
+    assert alice_server.disk_volume not in host.pools["panel-disks"]
     # The owner still sees the finished operation, and a stop on the deleted server is a 404.
     alice = world.client(world.alice_key)
     assert alice.get(f"/api/v1/operations/{r.data['id']}/").status_code == 200
@@ -130,7 +130,7 @@ def test_a_failed_create_cleans_up_and_shows_the_error(world):
     server = VirtualServer.objects.get()
     assert server.state == "error" and "qemu said no" in server.error
     host = FakeDriver("fake://fake1").host
-    assert host.domains == {} and host.pools["panel"] == {}
+    assert host.domains == {} and host.pools["panel-disks"] == {}
 
 
 def test_idempotency_key_replays_the_first_answer(world):

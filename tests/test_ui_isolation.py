@@ -4,6 +4,8 @@ the admin area answers 404 to customers, and the live-progress websocket follows
 from dataclasses import dataclass
 
 import pytest
+
+from tests.conftest import fake_node
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -71,8 +73,7 @@ def ui_world(db, ui_inline) -> UiWorld:
     alice = User.objects.create_user("ui-alice", password="alice-pass-123", customer=alice_customer)
     bob = User.objects.create_user("ui-bob", password="bob-pass-1234", customer=bob_customer)
     plan = Plan.objects.create(name="ui-small", vcpus=1, ram_mib=256, disk_gib=1)
-    node = Node.objects.create(name="ui-fake", uri="fake://ui-fake", ram_mib=16384, cpus=8, virt_type="qemu",
-                               storage_dir="/fake")
+    node = fake_node("ui-fake")
     alice_server, _ = lifecycle.create_server(SYSTEM, customer=alice_customer, plan=plan, hostname="alice-web")
     bob_server, _ = lifecycle.create_server(SYSTEM, customer=bob_customer, plan=plan, hostname="bob-db")
     alice_server.refresh_from_db()

@@ -16,3 +16,24 @@ class IdempotentRequest(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["principal", "key"], name="unique_idempotency_key")]
+
+
+class Event(models.Model):
+    """Something billing systems and admins are told about (API.md's webhook events).
+
+    Written when it happens; webhook delivery (a later issue) sends each one to the
+    subscriptions that want it, with this row's id as the unique delivery id.
+    """
+
+    NAMES = ["server.created", "server.active", "server.state_changed", "server.suspended", "server.unsuspended",
+             "server.deleted", "server.failed", "operation.finished", "backup.finished", "node.down", "node.up"]
+
+    event = models.CharField(max_length=40, choices=[(n, n) for n in NAMES], db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    data = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.id}"

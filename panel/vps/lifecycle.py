@@ -9,15 +9,14 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, Sum
-from django.db.models.functions import Coalesce
 from django.utils.translation import gettext as _
 
 from panel.accounts import audit
 from panel.accounts.models import Customer
 from panel.accounts.tenancy import Actor
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
-from nodes.models import Node
+from nodes import placement
+from nodes.models import Cluster, Node
 
 S = ServerState
 K = Operation.Kind
@@ -113,16 +112,6 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
     return op
 
 
-def pick_node(ram_mib: int) -> Node:
-    """The online node with the most free RAM (full placement comes with cluster nodes)."""
-    used = Coalesce(Sum("servers__ram_mib", filter=~Q(servers__state=S.DELETING)), 0)
-    nodes = Node.objects.filter(state=Node.State.ONLINE).annotate(used_ram=used)
-    fitting = [node for node in nodes if node.ram_mib - node.used_ram >= ram_mib]
-    if not fitting:
-        raise Refused(_("No online node has room for this server."), "no_capacity", 409)
-    return max(fitting, key=lambda node: node.ram_mib - node.used_ram)
-
-
 def boot_images() -> dict[str, dict]:
     """OS images a server can boot now. Until OS templates exist: the tiny demo guest."""
     kernel, initrd = settings.TINY_GUEST_DIR / "vmlinuz", settings.TINY_GUEST_DIR / "initrd.img"
@@ -132,25 +121,31 @@ def boot_images() -> dict[str, dict]:
 
 
 def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str, os_template: str = "tiny",
-                  node: Node | None = None) -> tuple[VirtualServer, Operation]:
+                  node: Node | None = None, cluster: Cluster | None = None) -> tuple[VirtualServer, Operation]:
     """Create a server record and its `create` operation. Inputs are validated by the caller's
     serializer; here are the checks that need the database or the actor."""
     if not actor.acts_for_all_customers and customer.pk != actor.customer_id:
         raise Refused(_("Unknown customer."), "invalid", 400, field="customer")
-    if node is not None and not actor.is_admin:
-        raise Refused(_("Only admins choose the node."), "permission_denied", 403, field="node")
+    if (node is not None or cluster is not None) and not actor.is_admin:
+        raise Refused(_("Only admins choose the node or cluster."), "permission_denied", 403,
+                      field="node" if node is not None else "cluster")
     if os_template not in boot_images():
         raise Refused(_("Unknown or unavailable OS template."), "invalid", 400, field="os_template")
     with transaction.atomic():
-        if node is None:
-            node = pick_node(plan.ram_mib)
-        elif node.state != Node.State.ONLINE:
-            raise Refused(_("That node is not online."), "node_unavailable", 409, field="node")
+        want = placement.Request(plan.vcpus, plan.ram_mib, plan.disk_gib, cluster.pk if cluster else None)
+        try:
+            decision = placement.reserve(want, only=node)
+        except placement.NoCapacity as exc:
+            # Admins read why each node was filtered out; customers are not told about nodes.
+            detail = exc.decision.explain() if actor.is_admin else _("no capacity for this plan right now")
+            raise Refused(_("No node can take this server: %(why)s") % {"why": detail}, "no_capacity", 409)
         server = VirtualServer.objects.create(
-            customer=customer, plan=plan, node=node, hostname=hostname, os_template=os_template,
-            vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib, state=S.CREATING,
+            customer=customer, plan=plan, node=decision.node, storage=decision.storage, hostname=hostname,
+            os_template=os_template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib,
+            state=S.CREATING,
         )
         op = _new_operation(actor, server, K.CREATE, {})
-        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=node.name)
+        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name,
+                     placement=decision.explain())
         after_commit(lambda: enqueue(op.id))
     return server, op

@@ -8,7 +8,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from panel.accounts.models import Customer, User
-from nodes.models import Node
+from nodes.models import Node, Storage
 
 # RFC 1123 hostname: labels of letters, digits and inner hyphens. Rejects every shell character.
 hostname_validator = RegexValidator(
@@ -57,6 +57,7 @@ class VirtualServer(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="servers")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="servers")
     node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.PROTECT, related_name="servers")
+    storage = models.ForeignKey(Storage, null=True, blank=True, on_delete=models.PROTECT, related_name="servers")
     hostname = models.CharField(max_length=253, validators=[hostname_validator])
     os_template = models.CharField(max_length=100, blank=True)
     state = models.CharField(max_length=12, choices=ServerState.choices, default=ServerState.CREATING, db_index=True)
@@ -103,6 +104,7 @@ class Operation(models.Model):
         SUSPEND = "suspend", _("Suspend")
         UNSUSPEND = "unsuspend", _("Unsuspend")
         DELETE = "delete", _("Delete")
+        NODE_INSTALL = "node_install", _("Install node")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
@@ -119,6 +121,7 @@ class Operation(models.Model):
     error = models.TextField(blank=True)
     params = models.JSONField(default=dict, blank=True)
     server = models.ForeignKey(VirtualServer, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
     # Kept on the row so the owner still sees the operation after its server is deleted.
     customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
     target_repr = models.CharField(max_length=253, blank=True)

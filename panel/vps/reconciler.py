@@ -12,11 +12,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from nodes.connection import driver_for
 from nodes.driver import DomainState, DriverError
-from nodes.local import STORAGE_POOL
 from nodes.models import Drift, Node
 from panel.vps.models import Operation, ServerState, VirtualServer
 
@@ -68,7 +68,7 @@ def reconcile_node(node: Node) -> None:
         return
     busy = set(Operation.objects.filter(status__in=Operation.ACTIVE, server__node=node).values_list("server_id", flat=True))
     known = set()
-    for server in VirtualServer.objects.filter(node=node).select_related("node"):
+    for server in VirtualServer.objects.filter(node=node).select_related("node", "storage"):
         known.add(server.domain_name)
         if server.id in busy:
             continue  # an operation is changing it right now
@@ -87,11 +87,13 @@ def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
     name = server.domain_name
     if server.state == S.DELETING:
         # The delete operation was interrupted: finish it (idempotent removal).
+        from panel.vps.tasks import delete_record
+
         driver = driver_for(node.uri)
         driver.undefine(name)
-        driver.delete_volume(STORAGE_POOL, server.disk_volume)
+        driver.delete_volume(server.storage.pool_name, server.disk_volume)
         _drift(node, Drift.Kind.STATE_MISMATCH, f"{server}: finished an interrupted delete", domain=name, repaired=True)
-        server.delete()
+        delete_record(server)
         return
     if dom is None:
         if server.state != S.ERROR:
@@ -114,10 +116,29 @@ def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
                server=server, domain=name, repaired=True)
 
 
+def recount_allocations() -> None:
+    """Make every node's allocation counters equal the sum of its servers (they drift only
+    through a crash between two writes, but placement trusts them)."""
+    sums = {row["node"]: row for row in VirtualServer.objects.exclude(node=None).values("node").annotate(
+        vcpus=Sum("vcpus"), ram=Sum("ram_mib"), disk=Sum("disk_gib"))}
+    for node in Node.objects.all():
+        row = sums.get(node.id, {"vcpus": 0, "ram": 0, "disk": 0})
+        if (node.alloc_vcpus, node.alloc_ram_mib, node.alloc_disk_gib) != (row["vcpus"], row["ram"], row["disk"]):
+            with transaction.atomic():
+                locked = Node.objects.select_for_update().get(pk=node.pk)
+                fresh = VirtualServer.objects.filter(node=node).aggregate(
+                    vcpus=Sum("vcpus"), ram=Sum("ram_mib"), disk=Sum("disk_gib"))
+                locked.alloc_vcpus = fresh["vcpus"] or 0
+                locked.alloc_ram_mib = fresh["ram"] or 0
+                locked.alloc_disk_gib = fresh["disk"] or 0
+                locked.save(update_fields=["alloc_vcpus", "alloc_ram_mib", "alloc_disk_gib"])
+
+
 def reconcile_all() -> str:
     """The periodic task: settle stale operations, then compare every node."""
     settled = settle_stale_operations()
-    nodes = list(Node.objects.exclude(state=Node.State.MAINTENANCE))
+    recount_allocations()
+    nodes = list(Node.objects.exclude(state__in=[Node.State.MAINTENANCE, Node.State.INSTALLING, Node.State.OFFLINE]))
     for node in nodes:
         reconcile_node(node)
     return f"{len(nodes)} nodes, {settled} stale operations settled"

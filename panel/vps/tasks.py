@@ -10,7 +10,7 @@ from django.utils import timezone
 from nodes.connection import driver_for
 from nodes.domain_xml import Disk, DomainSpec, KernelBoot
 from nodes.driver import DomainState, Driver, DriverError
-from nodes.local import STORAGE_POOL
+from nodes import placement
 from panel.vps import progress
 from panel.vps.lifecycle import boot_images
 from panel.vps.models import Operation, ServerState, VirtualServer
@@ -51,7 +51,7 @@ def domain_spec(server: VirtualServer) -> DomainSpec:
     if image is None:
         raise DriverError(f"OS image {server.os_template!r} is not available on this panel")
     driver = driver_for(server.node.uri)
-    disk_path = driver.create_volume(STORAGE_POOL, server.disk_volume, server.disk_gib)
+    disk_path = driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib)
     return DomainSpec(
         name=server.domain_name,
         uuid=str(server.uuid),
@@ -67,8 +67,8 @@ def domain_spec(server: VirtualServer) -> DomainSpec:
 
 
 def _create(step: Step, server: VirtualServer, driver: Driver) -> None:
-    step(10, "preparing storage on the node")
-    driver.ensure_pool(STORAGE_POOL, server.node.storage_dir)
+    step(10, f"preparing storage {server.storage.name} on the node")
+    driver.ensure_pool(server.storage.pool_name, server.storage.path)
     step(30, f"creating a {server.disk_gib} GiB disk")
     spec = domain_spec(server)
     step(50, f"defining the domain ({spec.virt_type})")
@@ -79,7 +79,7 @@ def _create(step: Step, server: VirtualServer, driver: Driver) -> None:
     except DriverError:
         # A failed create leaves nothing behind on the node.
         driver.undefine(server.domain_name)
-        driver.delete_volume(STORAGE_POOL, server.disk_volume)
+        driver.delete_volume(server.storage.pool_name, server.disk_volume)
         raise
     _set_state(server, S.RUNNING, error="")
 
@@ -137,8 +137,15 @@ def _delete(step: Step, server: VirtualServer, driver: Driver) -> None:
     step(20, "removing the domain")
     driver.undefine(server.domain_name)
     step(60, "removing the disk")
-    driver.delete_volume(STORAGE_POOL, server.disk_volume)
-    server.delete()
+    driver.delete_volume(server.storage.pool_name, server.disk_volume)
+    delete_record(server)
+
+
+def delete_record(server: VirtualServer) -> None:
+    """Remove a server whose domain and disk are gone, and give its capacity back."""
+    with transaction.atomic():
+        placement.release(server.node_id, server.vcpus, server.ram_mib, server.disk_gib)
+        server.delete()
 
 
 HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
@@ -183,7 +190,9 @@ def run_operation(operation_id: int) -> str:
     if op is None:
         return "skipped"
     step = Step(op)
-    server = VirtualServer.objects.select_related("node").filter(pk=op.server_id).first()
+    if op.kind == K.NODE_INSTALL:
+        return run_node_operation(op, step)
+    server = VirtualServer.objects.select_related("node", "storage").filter(pk=op.server_id).first()
     try:
         if server is None:
             raise DriverError("the server no longer exists")
@@ -205,7 +214,45 @@ def run_operation(operation_id: int) -> str:
         op.status = Operation.Status.SUCCEEDED
         op.progress = 100
         op.log += f"{timezone.now():%H:%M:%S} done\n"
-    op.finished_at = timezone.now()
-    op.save(update_fields=["status", "progress", "error", "log", "finished_at"])
+    _finish(op)
     progress.publish(op, server.state if server is not None and server.pk else None)
+    return op.status
+
+
+def _finish(op: Operation) -> None:
+    op.finished_at = timezone.now()
+    op.save(update_fields=["status", "progress", "error", "log", "finished_at", "params"])
+
+
+def run_node_operation(op: Operation, step: Step) -> str:
+    """Install (or re-install) a node. A node whose first install fails is removed again:
+    the operation keeps the reason, and no half-registered node is left."""
+    from nodes.installer import install
+    from nodes.models import Node
+    from panel.crypto import decrypt
+
+    # The password or key given for the first contact is used once and then forgotten.
+    secret = decrypt(op.params.pop("secret", ""))
+    kind = op.params.get("auth", "")
+    node = Node.objects.select_related("cluster").filter(pk=op.node_id).first()
+    first = op.params.get("first_install", False)
+    try:
+        if node is None:
+            raise DriverError("the node no longer exists")
+        install(step, node, password=secret if kind == "password" else "",
+                private_key=secret if kind == "key" else "")
+    except Exception as exc:  # every failure ends the operation visibly, with its reason
+        op.status, op.error = Operation.Status.FAILED, str(exc) or exc.__class__.__name__
+        op.log += f"{timezone.now():%H:%M:%S} failed: {op.error}\n"
+        if node is not None:
+            if first:
+                op.log += f"{timezone.now():%H:%M:%S} removed the node: its first install did not finish\n"
+                node.delete()
+            else:
+                Node.objects.filter(pk=node.pk, state=Node.State.INSTALLING).update(state=Node.State.OFFLINE)
+                Node.objects.filter(pk=node.pk).update(last_error=op.error[:2000])
+    else:
+        op.status, op.progress = Operation.Status.SUCCEEDED, 100
+        op.log += f"{timezone.now():%H:%M:%S} done\n"
+    _finish(op)
     return op.status

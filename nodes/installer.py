@@ -1,0 +1,199 @@
+"""Installing a node over SSH, idempotently: every step checks before it changes anything.
+
+Run by the worker as the `node_install` operation. A second run on an installed node changes
+nothing and says so in the operation's log.
+"""
+
+import re
+from collections.abc import Callable
+
+from django.db import transaction
+from django.utils import timezone
+
+from nodes.connection import driver_for, forget
+from nodes.models import Node, Storage
+from nodes.ssh import NodeShell, SshError, load_private_key, panel_identity
+from panel.api.events import emit
+from nodes.sshfiles import node_uri, write_client_files
+
+# What a node needs, by OS family: the package, and a command that proves it works.
+REQUIREMENTS = {
+    "apt": [
+        ("qemu-system-x86", ["qemu-system-x86_64", "--version"]),
+        ("qemu-utils", ["qemu-img", "--version"]),
+        ("libvirt-daemon-system", ["libvirtd", "--version"]),
+        ("libvirt-clients", ["virsh", "--version"]),
+        ("lvm2", ["lvm", "version"]),
+        ("bridge-utils", ["bridge", "-V"]),
+    ],
+    "dnf": [
+        ("qemu-kvm", ["/usr/libexec/qemu-kvm", "--version"]),
+        ("qemu-img", ["qemu-img", "--version"]),
+        ("libvirt", ["libvirtd", "--version"]),
+        ("libvirt-client", ["virsh", "--version"]),
+        ("lvm2", ["lvm", "version"]),
+        ("iproute", ["bridge", "-V"]),
+    ],
+}
+
+Step = Callable[[int, str], None]
+
+
+def detect_family(shell: NodeShell) -> tuple[str, str]:
+    """('apt'|'dnf', pretty OS name) from /etc/os-release."""
+    text = shell.run(["cat", "/etc/os-release"]).out
+    fields = dict(re.findall(r'^([A-Z_]+)="?([^"\n]*)"?$', text, re.M))
+    ids = {fields.get("ID", "")} | set(fields.get("ID_LIKE", "").split())
+    name = fields.get("PRETTY_NAME", fields.get("ID", "unknown"))
+    if ids & {"debian", "ubuntu"}:
+        return "apt", name
+    if ids & {"rhel", "centos", "fedora", "rocky", "almalinux"}:
+        return "dnf", name
+    raise SshError(f"unsupported OS {name!r}: the panel installs Debian/Ubuntu (apt) or RHEL-family (dnf) nodes")
+
+
+def _works(shell: NodeShell, argv: list[str]) -> bool:
+    return shell.run(argv, check=False, timeout=60).code == 0
+
+
+def install_packages(shell: NodeShell, family: str, step: Step) -> None:
+    missing = [package for package, probe in REQUIREMENTS[family] if not _works(shell, probe)]
+    if not missing:
+        step(35, "virtualization packages: already installed")
+        return
+    step(25, f"installing {' '.join(missing)}")
+    if family == "apt":
+        shell.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "update", "-q"], check=False, timeout=900)
+        command = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", *missing]
+    else:
+        command = ["dnf", "install", "-y", "-q", *missing]
+    try:
+        shell.run(command, timeout=1800)
+    except SshError as exc:
+        raise SshError(f"installing the virtualization packages failed: {exc}") from exc
+    still = [package for package, probe in REQUIREMENTS[family] if not _works(shell, probe)]
+    if still:
+        raise SshError(f"after installing, these still do not work: {' '.join(still)}")
+    step(35, "virtualization packages installed")
+
+
+START_LIBVIRTD = r"""
+if virsh -c qemu:///system version >/dev/null 2>&1; then echo running; exit 0; fi
+if [ -d /run/systemd/system ]; then
+  systemctl enable --now virtlogd libvirtd >/dev/null 2>&1 || systemctl enable --now virtqemud >/dev/null 2>&1
+else
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  libvirtd -d
+fi
+for i in $(seq 1 40); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && { echo started; exit 0; }
+  sleep 0.5
+done
+echo "libvirtd does not answer on qemu:///system" >&2; exit 1
+"""
+
+
+def start_libvirtd(shell: NodeShell, step: Step) -> None:
+    result = shell.script(START_LIBVIRTD, timeout=120)
+    step(45, "libvirtd: already running" if "running" in result.out else "libvirtd: started")
+
+
+def cpu_virtualization(shell: NodeShell) -> bool:
+    result = shell.script("grep -cE '(vmx|svm)' /proc/cpuinfo; test -e /dev/kvm", check=False)
+    return result.code == 0 and int((result.out.split() or ["0"])[0]) > 0
+
+
+PREPARE_STORAGE = {
+    Storage.Kind.DIR: 'if [ -d "$1" ]; then echo exists; else mkdir -p "$1" && echo created; fi',
+    Storage.Kind.NFS: ('if mountpoint -q "$1"; then echo exists; '
+                       'else mkdir -p "$1" && mount -t nfs "$2" "$1" && echo created; fi'),
+    Storage.Kind.LVM: 'vgs "$3" >/dev/null && echo exists',
+}
+
+CAPACITY = {
+    Storage.Kind.DIR: 'df -B1G --output=size,avail "$1" | tail -n 1',
+    Storage.Kind.NFS: 'df -B1G --output=size,avail "$1" | tail -n 1',
+    Storage.Kind.LVM: 'vgs --noheadings --nosuffix --units g -o vg_size,vg_free "$3"',
+}
+
+
+def prepare_storages(shell: NodeShell, node: Node, step: Step) -> dict:
+    capacity = {}
+    for storage in node.cluster.storages.all():
+        args = (storage.path or "/", storage.nfs_source or "-", storage.volume_group or "-")
+        try:
+            done = shell.script(PREPARE_STORAGE[storage.kind], *args).out.strip()
+            size, free = shell.script(CAPACITY[storage.kind], *args).out.split()[:2]
+        except SshError as exc:
+            raise SshError(f"storage {storage.name} ({storage.kind}): {exc}") from exc
+        capacity[str(storage.id)] = {"total_gib": int(float(size)), "free_gib": int(float(free))}
+        step(60, f"storage {storage.name}: {'already there' if done == 'exists' else 'prepared'}, "
+                 f"{capacity[str(storage.id)]['free_gib']} of {capacity[str(storage.id)]['total_gib']} GiB free")
+    return capacity
+
+
+def authorize_panel_key(shell: NodeShell, step: Step) -> None:
+    public = panel_identity()[1]
+    result = shell.script(
+        'mkdir -p ~/.ssh && chmod 700 ~/.ssh && touch ~/.ssh/authorized_keys && '
+        'if grep -qxF "$1" ~/.ssh/authorized_keys; then echo present; '
+        'else printf "%s\\n" "$1" >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && echo added; fi',
+        public,
+    )
+    step(15, "the panel's SSH key: already authorized" if "present" in result.out else "the panel's SSH key: installed")
+
+
+def install(step: Step, node: Node, password: str = "", private_key: str = "") -> None:
+    """Install and connect `node`; raises SshError/DriverError with a clear reason on failure."""
+    step(5, f"connecting to {node.ssh_user}@{node.address}:{node.ssh_port}")
+    key = load_private_key(private_key) if private_key else None
+    with NodeShell(node.address, node.ssh_port, node.ssh_user, node.host_key, password=password,
+                   private_key=key) as shell:
+        if not node.host_key:
+            node.host_key = shell.host_key
+            node.save(update_fields=["host_key"])
+            step(10, f"host key pinned at first contact: {node.host_key_fingerprint}")
+        if password or key:
+            authorize_panel_key(shell, step)
+    # From here on, only the panel's own key: the password (or the admin's key) is done with.
+    with NodeShell(node.address, node.ssh_port, node.ssh_user, node.host_key) as shell:
+        family, os_name = detect_family(shell)
+        step(20, f"{os_name} ({family} family)")
+        if node.cluster.os_family != family:
+            raise SshError(f"cluster {node.cluster} is {node.cluster.os_family}, this node is {family}")
+        has_virt = cpu_virtualization(shell)
+        step(22, "hardware virtualization: yes" if has_virt else "hardware virtualization: no (software emulation)")
+        install_packages(shell, family, step)
+        start_libvirtd(shell, step)
+        capacity = prepare_storages(shell, node, step)
+        qemu_binary = "qemu-system-x86_64" if family == "apt" else "/usr/libexec/qemu-kvm"
+        qemu = re.search(r"version (\d+\.\d+(\.\d+)?)", shell.run([qemu_binary, "--version"]).out)
+
+    write_client_files()
+    uri = node_uri(node.address, node.ssh_port, node.ssh_user)
+    forget(uri)
+    step(70, "connecting libvirt over SSH (the first capabilities probe may take a while)")
+    driver = driver_for(uri)
+    host = driver.host_info()
+    for storage in node.cluster.storages.exclude(kind=Storage.Kind.LVM):
+        driver.ensure_pool(storage.pool_name, storage.path)
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        was_online = node.state == Node.State.ONLINE
+        node.uri = uri
+        node.os_name = os_name
+        node.cpus, node.ram_mib = host.cpus, host.ram_mib
+        node.virt_type = host.virt_type if has_virt else "qemu"
+        node.libvirt_version = host.libvirt_version
+        node.qemu_version = qemu.group(1) if qemu else ""
+        node.storage_capacity = capacity
+        node.storage_dir = next((s.path for s in node.cluster.storages.all() if s.path), "")
+        if node.state != Node.State.MAINTENANCE:
+            node.state = Node.State.ONLINE
+        node.last_error = ""
+        node.checked_at = timezone.now()
+        node.save()
+    if not was_online and node.state == Node.State.ONLINE:
+        emit("node.up", node=node.id, name=node.name)
+    step(95, f"online: {host.cpus} CPUs, {host.ram_mib} MiB RAM, libvirt {host.libvirt_version}, "
+             f"QEMU {node.qemu_version or '?'}, domains of type {node.virt_type}")

@@ -1,0 +1,130 @@
+"""Placement: which node gets a new server.
+
+Filters drop nodes that cannot take the server (not online, in maintenance, not enough RAM,
+vCPU or disk after the cluster's over-commit), each with the reason an admin reads; the weigher
+ranks the rest (spread by default: the most free RAM share wins). `reserve()` takes the
+capacity on the chosen node in the caller's transaction, under that node's row lock, so
+concurrent creates never over-fill a node.
+"""
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import F
+
+from nodes.models import Node, Storage
+
+
+class NoCapacity(Exception):
+    def __init__(self, decision: "Decision"):
+        super().__init__(decision.explain())
+        self.decision = decision
+
+
+@dataclass(frozen=True)
+class Request:
+    vcpus: int
+    ram_mib: int
+    disk_gib: int
+    cluster_id: int | None = None
+
+
+@dataclass
+class Decision:
+    node: Node | None = None
+    storage: Storage | None = None
+    rejected: dict[str, str] = field(default_factory=dict)  # node name → why not
+
+    def explain(self) -> str:
+        lines = [f"chose {self.node}" if self.node else "no node can take this server"]
+        lines += [f"{name}: {why}" for name, why in sorted(self.rejected.items())]
+        return "; ".join(lines)
+
+
+def disk_storage(node: Node) -> Storage | None:
+    """The storage new disks go to: the cluster's first storage that is not only for templates."""
+    storages = [s for s in node.cluster.storages.all() if not s.holds_templates] if node.cluster_id else []
+    return storages[0] if storages else None
+
+
+def why_not(node: Node, want: Request) -> str:
+    """'' when `node` can take `want`, else the reason."""
+    if node.state != Node.State.ONLINE:
+        return f"{node.get_state_display().lower()}" + (f" ({node.last_error[:120]})" if node.last_error else "")
+    cluster = node.cluster
+    if cluster is None:
+        return "not in a cluster"
+    free_vcpus = int(node.cpus * cluster.cpu_overcommit) - node.alloc_vcpus
+    if free_vcpus < want.vcpus:
+        return f"not enough vCPUs: {max(free_vcpus, 0)} free (×{cluster.cpu_overcommit} over-commit), needs {want.vcpus}"
+    free_ram = int(node.ram_mib * cluster.ram_overcommit) - node.alloc_ram_mib
+    if free_ram < want.ram_mib:
+        return f"not enough RAM: {max(free_ram, 0)} MiB free, needs {want.ram_mib} MiB"
+    storage = disk_storage(node)
+    if storage is None:
+        return "its cluster has no storage for disks"
+    total = node.storage_capacity.get(str(storage.id), {}).get("total_gib", 0)
+    if total - node.alloc_disk_gib < want.disk_gib:
+        return f"not enough disk on {storage.name}: {max(total - node.alloc_disk_gib, 0)} GiB free, needs {want.disk_gib}"
+    return ""
+
+
+def score(node: Node) -> float:
+    """Higher is better. spread: the most free RAM share; pack: the least."""
+    ram = node.ram_mib * node.cluster.ram_overcommit or 1
+    free_share = float((ram - node.alloc_ram_mib) / ram)
+    return free_share if settings.PLACEMENT_WEIGHER == "spread" else -free_share
+
+
+def decide(want: Request, only: Node | None = None) -> Decision:
+    nodes = Node.objects.select_related("cluster").prefetch_related("cluster__storages")
+    if only is not None:
+        nodes = nodes.filter(pk=only.pk)
+    elif want.cluster_id:
+        nodes = nodes.filter(cluster_id=want.cluster_id)
+    decision = Decision()
+    fitting = []
+    for node in nodes:
+        reason = why_not(node, want)
+        if reason:
+            decision.rejected[node.name] = reason
+        else:
+            fitting.append(node)
+    if fitting:
+        decision.node = max(fitting, key=lambda n: (score(n), -n.id))
+        decision.storage = disk_storage(decision.node)
+    return decision
+
+
+def reserve(want: Request, only: Node | None = None) -> Decision:
+    """Pick a node and take the capacity on it. Call inside transaction.atomic().
+
+    The choice is made without locks, then the chosen node's row is locked and re-read: if a
+    concurrent create took the room meanwhile, the choice is made again.
+    """
+    for _attempt in range(5):
+        decision = decide(want, only)
+        if decision.node is None:
+            raise NoCapacity(decision)
+        locked = Node.objects.select_for_update().select_related("cluster").get(pk=decision.node.pk)
+        reason = why_not(locked, want)
+        if reason:
+            continue  # someone else was faster; look again
+        Node.objects.filter(pk=locked.pk).update(alloc_vcpus=F("alloc_vcpus") + want.vcpus,
+                                                 alloc_ram_mib=F("alloc_ram_mib") + want.ram_mib,
+                                                 alloc_disk_gib=F("alloc_disk_gib") + want.disk_gib)
+        decision.node = locked
+        return decision
+    raise NoCapacity(decide(want, only))
+
+
+def release(node_id: int, vcpus: int, ram_mib: int, disk_gib: int) -> None:
+    """Give a deleted server's capacity back (never below zero: the columns are unsigned)."""
+    from django.db.models import Case, When
+
+    def minus(field: str, amount: int):
+        return Case(When(**{f"{field}__gte": amount}, then=F(field) - amount), default=0)
+
+    Node.objects.filter(pk=node_id).update(alloc_vcpus=minus("alloc_vcpus", vcpus),
+                                           alloc_ram_mib=minus("alloc_ram_mib", ram_mib),
+                                           alloc_disk_gib=minus("alloc_disk_gib", disk_gib))
