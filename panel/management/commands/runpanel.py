@@ -1,4 +1,5 @@
-"""`manage.py runpanel`: the web process (daphne) and the worker (django-q2) together.
+"""`manage.py runpanel`: the web processes (daphne), the worker (django-q2) and the node
+health monitor together.
 
 Registers the local libvirt host as a node and the reconciler's schedule first. Ctrl-C (or
 SIGTERM) stops both children cleanly; if one of them dies, the other is stopped too.
@@ -6,6 +7,7 @@ SIGTERM) stops both children cleanly; if one of them dies, the other is stopped 
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,9 +22,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--bind", default=os.environ.get("BIND", "0.0.0.0"))
-        parser.add_argument("--no-worker", action="store_true", help="web only (run `manage.py qcluster` elsewhere)")
+        parser.add_argument("--web-processes", type=int,
+                            default=int(os.environ.get("WEB_PROCESSES", min(os.cpu_count() or 1, 4))))
+        parser.add_argument("--no-worker", action="store_true", help="no worker (run `manage.py qcluster` elsewhere)")
 
-    def handle(self, *args, port, bind, no_worker, **options):
+    def handle(self, *args, port, bind, web_processes, no_worker, **options):
         from nodes.local import register_local_node
         from panel.vps.schedules import ensure_schedules
 
@@ -34,13 +38,20 @@ class Command(BaseCommand):
         ensure_schedules()
 
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-        children = {
-            "web": subprocess.Popen([sys.executable, "-m", "daphne", "-b", bind, "-p", str(port),
-                                     "--proxy-headers", "panel.asgi:application"], cwd=settings.BASE_DIR),
-        }
+        # One listening socket shared by several daphne processes: a Python process serves one
+        # request at a time on one core, so more processes serve more at once.
+        listener = socket.create_server((bind, port), backlog=512, reuse_port=False)
+        listener.set_inheritable(True)
+        children = {}
+        for index in range(max(1, web_processes)):
+            children[f"web{index + 1}"] = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), "--proxy-headers",
+                 "panel.asgi:application"], cwd=settings.BASE_DIR, pass_fds=[listener.fileno()])
+        listener.close()
+        children["monitor"] = subprocess.Popen([*manage, "monitor_nodes"], cwd=settings.BASE_DIR)
         if not no_worker:
             children["worker"] = subprocess.Popen([*manage, "qcluster"], cwd=settings.BASE_DIR)
-        self.stdout.write(f"panel on http://{bind}:{port}/ (Ctrl-C stops it)")
+        self.stdout.write(f"panel on http://{bind}:{port}/ with {web_processes} web processes (Ctrl-C stops it)")
 
         stopping = False
 
