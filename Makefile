@@ -36,7 +36,10 @@ test: venv
 	tests/infra/start_services.sh
 	tests/infra/build_tiny_guest.sh
 	$(MAKE) --no-print-directory prepare
-	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -n 2 --dist loadgroup -q tests
+	# Unit tests in parallel; then the end-to-end tests in one process: one live panel, one
+	# test cluster, and QEMU guests that want the CPUs for themselves.
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -n 2 -q -m "not e2e and not browser" tests
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -p no:xdist -q -m "e2e or browser" tests
 
 unit: prepare
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -n 2 -q -m "not e2e and not browser" tests

@@ -149,6 +149,11 @@ def record(node_id: int, state: str, error: str) -> None:
         if node is None or node.state in SKIPPED:
             return
         previous = node.state
+        if node.offered_host_key and state == Node.State.ONLINE:
+            # Running servers may still answer, but the node cannot be managed until an admin
+            # decides about the new key.
+            state = Node.State.DEGRADED
+            error = f"SSH host key changed: offered {node.offered_host_key_fingerprint}; accept it or investigate"
         node.state, node.last_error, node.checked_at = state, error[:2000], timezone.now()
         node.save(update_fields=["state", "last_error", "checked_at"])
     if previous != state:

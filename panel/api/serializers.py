@@ -5,7 +5,7 @@ from rest_framework import serializers
 
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.vps.models import Operation, Plan, VirtualServer, hostname_validator
-from nodes.models import Node
+from nodes.models import Cluster, Node, Storage
 
 
 class CustomerSerializer(serializers.ModelSerializer):
@@ -44,12 +44,18 @@ class ServerCreateSerializer(serializers.Serializer):
     os_template = serializers.CharField(max_length=100, default="tiny")
     hostname = serializers.CharField(max_length=253, validators=[hostname_validator])
     node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
+    cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.all(), required=False, allow_null=True)
 
 
 class OperationSerializer(serializers.ModelSerializer):
+    params = serializers.SerializerMethodField()
+
+    def get_params(self, op) -> dict:
+        return {k: v for k, v in op.params.items() if k != "secret"}  # a node credential, even encrypted
+
     class Meta:
         model = Operation
-        fields = ["id", "kind", "status", "progress", "error", "server", "customer", "params", "requested_by",
+        fields = ["id", "kind", "status", "progress", "error", "server", "node", "customer", "params", "requested_by",
                   "created_at", "started_at", "finished_at"]
         read_only_fields = fields
 
@@ -162,8 +168,80 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
 
 class NodeSerializer(serializers.ModelSerializer):
+    host_key_fingerprint = serializers.CharField(read_only=True)
+    offered_host_key_fingerprint = serializers.CharField(read_only=True)
+
     class Meta:
         model = Node
-        fields = ["id", "name", "uri", "state", "last_error", "virt_type", "cpus", "ram_mib", "storage_dir",
-                  "libvirt_version", "checked_at", "created_at"]
+        fields = ["id", "name", "cluster", "address", "ssh_port", "ssh_user", "uri", "state", "last_error",
+                  "host_key_fingerprint", "offered_host_key_fingerprint", "os_name", "virt_type", "cpus", "ram_mib",
+                  "storage_capacity", "alloc_vcpus", "alloc_ram_mib", "alloc_disk_gib", "libvirt_version",
+                  "qemu_version", "checked_at", "created_at"]
         read_only_fields = fields
+
+
+class NodeCreateSerializer(serializers.Serializer):
+    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", required=False)
+    cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.all())
+    address = serializers.CharField(max_length=253)
+    ssh_port = serializers.IntegerField(min_value=1, max_value=65535, default=22)
+    ssh_user = serializers.RegexField(r"^[a-z_][a-z0-9_-]{0,31}$", default="root")
+    ssh_password = serializers.CharField(required=False, write_only=True, style={"input_type": "password"})
+    ssh_private_key = serializers.CharField(required=False, write_only=True)
+
+    def validate_address(self, value: str) -> str:
+        import ipaddress
+        import re
+
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            if re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
+                            value):
+                return value.lower()
+        raise serializers.ValidationError("An IP address or a host name.")
+
+    def validate_ssh_private_key(self, value: str) -> str:
+        from nodes.ssh import SshError, load_private_key
+
+        try:
+            load_private_key(value)
+        except SshError as exc:
+            raise serializers.ValidationError(str(exc))
+        return value
+
+    def validate(self, attrs):
+        if bool(attrs.get("ssh_password")) == bool(attrs.get("ssh_private_key")):
+            raise serializers.ValidationError({"ssh_password": ["Give ssh_password or ssh_private_key (one of them)."]})
+        return attrs
+
+
+class AcceptHostKeySerializer(serializers.Serializer):
+    fingerprint = serializers.CharField(help_text="The offered key's SHA256 fingerprint, as the admin checked it")
+
+
+class MaintenanceSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+
+
+class ClusterSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Cluster
+        fields = ["id", "name", "os_family", "cpu_overcommit", "ram_overcommit", "created_at"]
+
+
+class StorageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Storage
+        fields = ["id", "cluster", "name", "kind", "path", "nfs_source", "volume_group", "holds_templates"]
+
+    def validate(self, attrs):
+        probe = Storage(**{**({f: getattr(self.instance, f) for f in self.Meta.fields[1:]} if self.instance else {}),
+                           **attrs})
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        try:
+            probe.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict)
+        return attrs

@@ -11,5 +11,7 @@ router.register("api-keys", views.ApiKeyViewSet)
 router.register("users", views.UserViewSet)
 router.register("audit-log", views.AuditLogViewSet)
 router.register("nodes", views.NodeViewSet)
+router.register("clusters", views.ClusterViewSet)
+router.register("storages", views.StorageViewSet)
 
 urlpatterns = router.urls

@@ -16,7 +16,8 @@ from panel.api.permissions import IsAdmin, IsAdminOrReadOnly, IsProviderOrReadOn
 from panel.vps import lifecycle
 from panel.vps.lifecycle import Refused
 from panel.vps.models import Operation, Plan, VirtualServer
-from nodes.models import Node
+from nodes import actions as node_actions
+from nodes.models import Cluster, Node, Storage
 
 
 class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
@@ -105,7 +106,8 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
                 raise Refused("customer: this field is required.", "invalid", 400, field="customer")
             customer = Customer.objects.get(pk=who.customer_id)
         _server, op = lifecycle.create_server(who, customer=customer, plan=v["plan"], hostname=v["hostname"],
-                                              os_template=v["os_template"], node=v.get("node"))
+                                              os_template=v["os_template"], node=v.get("node"),
+                                              cluster=v.get("cluster"))
         return accepted(op)
 
     @extend_schema(responses={202: s.AcceptedSerializer})
@@ -216,8 +218,88 @@ class AuditLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelVie
 
 
 class NodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
-    queryset = Node.objects.all()
+    """Nodes (admins): add one by address and credentials; the install is a 202 Operation."""
+
+    queryset = Node.objects.select_related("cluster")
     serializer_class = s.NodeSerializer
     permission_classes = [IsAdmin]
     customer_field = None
-    filterset_fields = ["state", "name"]
+    filterset_fields = ["state", "name", "cluster"]
+
+    @extend_schema(request=s.NodeCreateSerializer, responses={202: s.AcceptedSerializer})
+    def create(self, request):
+        data = s.NodeCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        _node, op = node_actions.add_node(actor(request), **data.validated_data)
+        return accepted(op)
+
+    @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def install(self, request, pk=None):
+        """Run the installer again (idempotent: an installed node is left as it is)."""
+        return accepted(node_actions.reinstall_node(actor(request), self.get_object().pk))
+
+    @extend_schema(request=s.AcceptHostKeySerializer, responses={200: s.NodeSerializer})
+    @action(detail=True, methods=["post"], url_path="accept-host-key")
+    def accept_host_key(self, request, pk=None):
+        data = s.AcceptHostKeySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = node_actions.accept_host_key(actor(request), self.get_object().pk, data.validated_data["fingerprint"])
+        return Response(s.NodeSerializer(node).data)
+
+    @extend_schema(request=s.MaintenanceSerializer, responses={200: s.NodeSerializer})
+    @action(detail=True, methods=["post"])
+    def maintenance(self, request, pk=None):
+        data = s.MaintenanceSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = node_actions.set_maintenance(actor(request), self.get_object().pk, data.validated_data["enabled"])
+        return Response(s.NodeSerializer(node).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        node_actions.remove_node(actor(request), self.get_object().pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ClusterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    queryset = Cluster.objects.all()
+    serializer_class = s.ClusterSerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_fields = ["name", "os_family"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("cluster.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("cluster.update", serializer.save(), **{k: str(v) for k, v in serializer.validated_data.items()})
+
+    def perform_destroy(self, instance):
+        if instance.nodes.exists():
+            raise Refused("The cluster still has nodes.", "cluster_has_nodes")
+        self.audit("cluster.delete", instance)
+        instance.delete()
+
+
+class StorageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    queryset = Storage.objects.all()
+    serializer_class = s.StorageSerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_fields = ["cluster", "kind"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("storage.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("storage.update", serializer.save())
+
+    def perform_destroy(self, instance):
+        if instance.servers.exists():
+            raise Refused("Servers have disks on this storage.", "storage_in_use")
+        self.audit("storage.delete", instance)
+        instance.delete()

@@ -229,10 +229,12 @@ def run_node_operation(op: Operation, step: Step) -> str:
     the operation keeps the reason, and no half-registered node is left."""
     from nodes.installer import install
     from nodes.models import Node
+    from nodes.ssh import HostKeyChanged
     from panel.crypto import decrypt
 
     # The password or key given for the first contact is used once and then forgotten.
     secret = decrypt(op.params.pop("secret", ""))
+    Operation.objects.filter(pk=op.pk).update(params=op.params)
     kind = op.params.get("auth", "")
     node = Node.objects.select_related("cluster").filter(pk=op.node_id).first()
     first = op.params.get("first_install", False)
@@ -250,7 +252,8 @@ def run_node_operation(op: Operation, step: Step) -> str:
                 node.delete()
             else:
                 Node.objects.filter(pk=node.pk, state=Node.State.INSTALLING).update(state=Node.State.OFFLINE)
-                Node.objects.filter(pk=node.pk).update(last_error=op.error[:2000])
+                offered = {"offered_host_key": exc.offered} if isinstance(exc, HostKeyChanged) else {}
+                Node.objects.filter(pk=node.pk).update(last_error=op.error[:2000], **offered)
     else:
         op.status, op.progress = Operation.Status.SUCCEEDED, 100
         op.log += f"{timezone.now():%H:%M:%S} done\n"

@@ -1,8 +1,8 @@
 """A live panel for end-to-end tests: its own MariaDB database, daphne, a django-q2 worker,
 and the real local libvirtd + QEMU booting the tiny guest.
 
-One panel per pytest worker (the e2e tests share an xdist group, so usually one in all).
-Every domain it makes carries its own instance id, and all of them are removed at the end.
+The e2e tests run in one process (`make test` runs them without xdist), so one panel serves
+them all. Every domain it makes carries its own instance id, and all of them are removed at the end.
 """
 
 import os
@@ -26,7 +26,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 def free_port() -> int:
@@ -221,3 +220,30 @@ def make_tenant(panel: LivePanel, name: str) -> Tenant:
 def serial_log(server_uuid_hex: str) -> str:
     path = Path(f"/var/log/libvirt/qemu/vps-{server_uuid_hex[:12]}-serial.log")
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def test_cluster():
+    """Three nodes (network namespaces with their own sshd and libvirtd) and a broken fourth."""
+    from tests.cluster import Cluster
+
+    cluster = Cluster()
+    cluster.start(count=3, extra_broken=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def panel_db_rows(panel: LivePanel, sql: str, *args) -> list[tuple]:
+    """Read the live panel's database directly (for what the API does not show yet)."""
+    import MySQLdb
+
+    conn = MySQLdb.connect(user="root", unix_socket=os.environ.get("MYSQL_SOCKET", "/run/mysqld/mysqld.sock"),
+                           database=f"panel_{panel.instance}")
+    try:
+        cur = conn.cursor()
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+    finally:
+        conn.close()
