@@ -5,7 +5,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from nodes.models import Node
+from nodes.models import Cluster, Node, Storage
 from panel.accounts.models import LANGUAGE_CHOICES, ApiKey, Customer, User
 from panel.vps.lifecycle import boot_images
 from panel.vps.models import Plan, hostname_validator
@@ -126,3 +126,102 @@ class ApiKeyForm(forms.Form):
 
 class CustomerApiKeyForm(forms.Form):
     name = forms.CharField(label=_("Name"), max_length=100)
+
+
+# --- Nodes, clusters, storages ---------------------------------------------------------------
+
+class NodeAddForm(forms.Form):
+    """The API's NodeCreateSerializer decides what is valid; this form only says it in the UI's words."""
+
+    cluster = forms.ModelChoiceField(label=_("Cluster"), queryset=Cluster.objects.order_by("name"))
+    name = forms.CharField(label=_("Name"), max_length=100, required=False,
+                           help_text=_("Optional; the address when empty."))
+    address = forms.CharField(label=_("Address"), max_length=253, help_text=_("IP address or host name"),
+                              widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}))
+    ssh_port = forms.IntegerField(label=_("SSH port"), min_value=1, max_value=65535, initial=22)
+    ssh_user = forms.CharField(label=_("SSH user"), max_length=32, initial="root",
+                               help_text=_("root, or a user with password-less sudo"))
+    ssh_password = forms.CharField(label=_("SSH password"), required=False, strip=False,
+                                   widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    ssh_private_key = forms.CharField(
+        label=_("SSH private key"), required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "autocomplete": "off",
+                                     "placeholder": "-----BEGIN OPENSSH PRIVATE KEY-----"}),
+        help_text=_("Give the password or the private key, not both. It is used once, to install the "
+                    "panel's own key, and is not kept."),
+    )
+
+    # The serializer's messages are the API's (English); these say the same in the UI's language.
+    messages_by_field = {
+        "name": _("Letters, digits, dots, dashes and underscores, starting with a letter or digit."),
+        "address": _("Enter an IP address or a host name."),
+        "ssh_user": _("A user name: lowercase letters, digits, “_” and “-”."),
+        "ssh_private_key": _("This is not an unencrypted OpenSSH or PEM ed25519, ECDSA or RSA private key."),
+    }
+
+    def clean(self):
+        from panel.api.serializers import NodeCreateSerializer
+
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        if bool(cleaned.get("ssh_password")) == bool(cleaned.get("ssh_private_key", "").strip()):
+            self.add_error("ssh_password", _("Give the SSH password or the private key (one of them)."))
+            return cleaned
+        data = {key: value for key, value in cleaned.items() if value not in ("", None)}
+        data["cluster"] = cleaned["cluster"].pk
+        serializer = NodeCreateSerializer(data=data)
+        if not serializer.is_valid():
+            for field, errors in serializer.errors.items():
+                target = field if field in self.fields else None
+                self.add_error(target, self.messages_by_field.get(field) or [str(e) for e in errors])
+            return cleaned
+        validated = dict(serializer.validated_data)
+        validated.setdefault("name", "")
+        validated.setdefault("ssh_password", "")
+        validated.setdefault("ssh_private_key", "")
+        return validated
+
+
+class AcceptHostKeyForm(forms.Form):
+    fingerprint = forms.CharField(
+        label=_("Offered key's fingerprint, as you checked it on the node"), max_length=120,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "placeholder": "SHA256:…"}),
+        help_text=_("On the node: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"),
+    )
+
+    def clean_fingerprint(self) -> str:
+        value = "".join(self.cleaned_data["fingerprint"].split())
+        return value if value.startswith("SHA256:") else f"SHA256:{value}"
+
+
+class ClusterForm(forms.ModelForm):
+    class Meta:
+        model = Cluster
+        fields = ["name", "os_family", "cpu_overcommit", "ram_overcommit"]
+        labels = {"name": _("Name"), "os_family": _("OS family of the nodes"),
+                  "cpu_overcommit": _("vCPU over-commit"), "ram_overcommit": _("RAM over-commit")}
+        help_texts = {"cpu_overcommit": _("vCPUs placed per physical CPU, 1 to 32."),
+                      "ram_overcommit": _("RAM placed per MiB of the node's RAM, 1 to 4; 1 means none.")}
+
+
+class StorageForm(forms.ModelForm):
+    """The cluster is the instance's; Storage.clean() checks the kind's fields."""
+
+    class Meta:
+        model = Storage
+        fields = ["name", "kind", "path", "nfs_source", "volume_group", "holds_templates"]
+        labels = {"name": _("Name"), "kind": _("Kind"), "path": _("Path"), "nfs_source": _("NFS source"),
+                  "volume_group": _("Volume group"), "holds_templates": _("Holds OS templates")}
+        help_texts = {"name": _("Lowercase letters, digits, “_” and “-”; the libvirt pool is panel-NAME."),
+                      "path": _("Directory on every node (the mount point, for NFS)."),
+                      "nfs_source": _("host:/export, for NFS"),
+                      "volume_group": _("For LVM: the volume group on every node."),
+                      "holds_templates": _("The OS-template share; new server disks do not go here.")}
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        others = Storage.objects.filter(cluster_id=self.instance.cluster_id, name=name).exclude(pk=self.instance.pk)
+        if others.exists():
+            raise ValidationError(_("This cluster has a storage of that name."))
+        return name

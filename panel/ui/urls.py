@@ -1,6 +1,6 @@
 from django.urls import path
 
-from panel.ui.views import admin, auth, keys, servers
+from panel.ui.views import admin, auth, keys, nodes, servers
 
 app_name = "ui"
 
@@ -29,8 +29,21 @@ urlpatterns = [
     path("admin/plans/", admin.plan_list, name="admin-plans"),
     path("admin/plans/new/", admin.plan_create, name="admin-plan-create"),
     path("admin/plans/<int:plan_id>/edit/", admin.plan_edit, name="admin-plan-edit"),
-    path("admin/nodes/", admin.node_list, name="admin-nodes"),
-    path("admin/nodes/<int:node_id>/", admin.node_detail, name="admin-node"),
+    path("admin/nodes/", nodes.node_list, name="admin-nodes"),
+    path("admin/nodes/new/", nodes.node_create, name="admin-node-create"),
+    path("admin/nodes/<int:node_id>/", nodes.node_detail, name="admin-node"),
+    path("admin/nodes/<int:node_id>/install/", nodes.node_install, name="admin-node-install"),
+    path("admin/nodes/<int:node_id>/maintenance/", nodes.node_maintenance, name="admin-node-maintenance"),
+    path("admin/nodes/<int:node_id>/remove/", nodes.node_remove, name="admin-node-remove"),
+    path("admin/nodes/<int:node_id>/accept-host-key/", nodes.node_accept_host_key, name="admin-node-accept-key"),
+    path("admin/clusters/", nodes.cluster_list, name="admin-clusters"),
+    path("admin/clusters/new/", nodes.cluster_create, name="admin-cluster-create"),
+    path("admin/clusters/<int:cluster_id>/", nodes.cluster_detail, name="admin-cluster"),
+    path("admin/clusters/<int:cluster_id>/edit/", nodes.cluster_edit, name="admin-cluster-edit"),
+    path("admin/clusters/<int:cluster_id>/delete/", nodes.cluster_delete, name="admin-cluster-delete"),
+    path("admin/clusters/<int:cluster_id>/storages/new/", nodes.storage_create, name="admin-storage-create"),
+    path("admin/storages/<int:storage_id>/edit/", nodes.storage_edit, name="admin-storage-edit"),
+    path("admin/storages/<int:storage_id>/delete/", nodes.storage_delete, name="admin-storage-delete"),
     path("admin/servers/", admin.server_list, name="admin-servers"),
     path("admin/servers/new/", admin.server_create, name="admin-server-create"),
     path("admin/operations/", admin.operation_list, name="admin-operations"),

@@ -107,7 +107,10 @@ class LivePanel:
             op = self.call(key, "GET", f"/api/v1/operations/{op_id}/").json()
             return op if op["status"] in ("succeeded", "failed") else None
 
-        return wait_for(finished, timeout, f"operation {op_id}", interval=0.2)
+        op = wait_for(finished, timeout, f"operation {op_id}", interval=0.2)
+        if op["status"] == "failed":
+            print(f"operation {op_id} ({op['kind']}) failed: {op['error']}")
+        return op
 
 
 def _mysql(sql: str) -> None:

@@ -35,7 +35,12 @@ def nodes(live_panel, test_cluster):
         op = panel.wait_operation(admin, op_id, timeout=180)
         assert op["status"] == "succeeded", panel.call(admin, "GET", f"/api/v1/operations/{op_id}/").json()
         found[i] = panel.call(admin, "GET", f"/api/v1/nodes/{op['node']}/").json()
-    return {"cluster": cluster_id, **found}
+    yield {"cluster": cluster_id, **found}
+    # The nodes leave the panel with the test cluster, so later tests never place on them.
+    for node in panel.call(admin, "GET", f"/api/v1/nodes/?cluster={cluster_id}").json()["results"]:
+        r = panel.call(admin, "DELETE", f"/api/v1/nodes/{node['id']}/")
+        assert r.status_code == 204, r.text
+    assert panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster_id}/").status_code == 204
 
 
 def test_three_nodes_are_installed_online_with_their_capacity(live_panel, test_cluster, nodes):

@@ -12,6 +12,7 @@ from panel.accounts.models import AuditEntry, Customer, User
 from panel.ui import live
 from panel.ui.forms import CustomerForm, PlanForm, ServerCreateForm, UserCreateForm
 from panel.ui.views.common import actor, admin_only, paginate
+from panel.ui.views.nodes import annotated_nodes, nodes_with_usage, placement_preview
 from panel.vps import lifecycle
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 
@@ -32,10 +33,7 @@ def dashboard(request):
         "nodes": Node.objects.count(),
         "active_operations": Operation.objects.filter(status__in=Operation.ACTIVE).count(),
     }
-    nodes = Node.objects.annotate(
-        server_count=Count("servers", filter=~Q(servers__state=ServerState.DELETING)),
-        drift_count=Count("drifts", filter=Q(drifts__repaired=False), distinct=True),
-    )
+    nodes = nodes_with_usage(annotated_nodes())
     return render(request, "ui/admin/dashboard.html", {
         "counts": counts,
         "nodes": nodes,
@@ -167,31 +165,6 @@ def plan_edit(request, plan_id: int):
     })
 
 
-# --- Nodes -----------------------------------------------------------------------------------
-
-@admin_only
-def node_list(request):
-    nodes = Node.objects.annotate(
-        server_count=Count("servers", filter=~Q(servers__state=ServerState.DELETING)),
-        drift_count=Count("drifts", filter=Q(drifts__repaired=False), distinct=True),
-    ).order_by("id")
-    return render(request, "ui/admin/node_list.html", {"page": paginate(request, nodes)})
-
-
-@admin_only
-def node_detail(request, node_id: int):
-    act = actor(request)
-    node = act.get_or_404(Node.objects.all(), "pk", pk=node_id)
-    drifts = node.drifts.select_related("server").order_by("-id")
-    show = request.GET.get("show", "open")
-    if show != "all":
-        drifts = drifts.filter(repaired=False)
-    return render(request, "ui/admin/node_detail.html", {
-        "node": node, "page": paginate(request, drifts), "show": show,
-        "servers": node.servers.select_related("customer", "plan").order_by("id")[:50],
-    })
-
-
 # --- Servers ---------------------------------------------------------------------------------
 
 @admin_only
@@ -213,7 +186,8 @@ def server_list(request):
 
 @admin_only
 def server_create(request):
-    form = ServerCreateForm(request.POST or None, initial={"customer": request.GET.get("customer")})
+    form = ServerCreateForm(request.POST or None, initial={"customer": request.GET.get("customer"),
+                                                           "plan": request.GET.get("plan")})
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -226,8 +200,13 @@ def server_create(request):
         else:
             messages.success(request, _("Server “%(name)s” is being created.") % {"name": server.hostname})
             return redirect("ui:server", server_id=server.pk)
-    return render(request, "ui/admin/form.html", {
+    # "Where would it go?": the placement's verdict on every node for the chosen plan.
+    plans = list(Plan.objects.order_by("id"))
+    wanted = request.POST.get("plan") if request.method == "POST" else request.GET.get("plan")
+    preview_plan = next((p for p in plans if str(p.pk) == wanted), plans[0] if plans else None)
+    return render(request, "ui/admin/server_create.html", {
         "form": form, "title": _("New server"), "back_href": reverse("ui:admin-servers"), "submit": _("Create server"),
+        "plans": plans, "preview_plan": preview_plan, "preview": placement_preview(preview_plan),
     })
 
 

@@ -109,5 +109,5 @@ def server_action(request, server_id: int, action: str):
 @login_required
 def operation_detail(request, operation_id: int):
     act = actor(request)
-    op = act.get_or_404(Operation.objects.select_related("server", "customer"), pk=operation_id)
+    op = act.get_or_404(Operation.objects.select_related("server", "customer", "node"), pk=operation_id)
     return render(request, "ui/operation_detail.html", {"op": op, "is_admin": act.is_admin})
