@@ -110,9 +110,10 @@ PREPARE_STORAGE = {
     Storage.Kind.LVM: 'vgs "$3" >/dev/null && echo exists',
 }
 
+# `out=$(df …) &&`: a failing df (a stale NFS handle) must fail the script, not vanish in a pipe.
 CAPACITY = {
-    Storage.Kind.DIR: 'df -B1G --output=size,avail "$1" | tail -n 1',
-    Storage.Kind.NFS: 'df -B1G --output=size,avail "$1" | tail -n 1',
+    Storage.Kind.DIR: 'out=$(df -B1G --output=size,avail "$1") && printf "%s\\n" "$out" | tail -n 1',
+    Storage.Kind.NFS: 'out=$(df -B1G --output=size,avail "$1") && printf "%s\\n" "$out" | tail -n 1',
     Storage.Kind.LVM: 'vgs --noheadings --nosuffix --units g -o vg_size,vg_free "$3"',
 }
 
@@ -123,9 +124,13 @@ def prepare_storages(shell: NodeShell, node: Node, step: Step) -> dict:
         args = (storage.path or "/", storage.nfs_source or "-", storage.volume_group or "-")
         try:
             done = shell.script(PREPARE_STORAGE[storage.kind], *args).out.strip()
-            size, free = shell.script(CAPACITY[storage.kind], *args).out.split()[:2]
+            out = shell.script(CAPACITY[storage.kind], *args).out
+            size, free = out.split()[:2]
+            float(size), float(free)
         except SshError as exc:
             raise SshError(f"storage {storage.name} ({storage.kind}): {exc}") from exc
+        except ValueError:
+            raise SshError(f"storage {storage.name} ({storage.kind}): cannot read its capacity from {out!r}") from None
         capacity[str(storage.id)] = {"total_gib": int(float(size)), "free_gib": int(float(free))}
         step(60, f"storage {storage.name}: {'already there' if done == 'exists' else 'prepared'}, "
                  f"{capacity[str(storage.id)]['free_gib']} of {capacity[str(storage.id)]['total_gib']} GiB free")

@@ -8,9 +8,11 @@ concurrent creates never over-fill a node.
 """
 
 from dataclasses import dataclass, field
+import json
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import DecimalField, ExpressionWrapper, F, FloatField
+from django.db.models.functions import Cast
 
 from nodes.models import Node, Storage
 
@@ -76,12 +78,8 @@ def score(node: Node) -> float:
     return free_share if settings.PLACEMENT_WEIGHER == "spread" else -free_share
 
 
-def decide(want: Request, only: Node | None = None) -> Decision:
-    nodes = Node.objects.select_related("cluster").prefetch_related("cluster__storages")
-    if only is not None:
-        nodes = nodes.filter(pk=only.pk)
-    elif want.cluster_id:
-        nodes = nodes.filter(cluster_id=want.cluster_id)
+def _explained(want: Request, nodes) -> Decision:
+    """Every node checked in Python, with the reason for each one that does not fit."""
     decision = Decision()
     fitting = []
     for node in nodes:
@@ -96,26 +94,69 @@ def decide(want: Request, only: Node | None = None) -> Decision:
     return decision
 
 
+def _scope(want: Request, only: Node | None):
+    nodes = Node.objects.select_related("cluster").prefetch_related("cluster__storages")
+    if only is not None:
+        return nodes.filter(pk=only.pk)
+    return nodes.filter(cluster_id=want.cluster_id) if want.cluster_id else nodes
+
+
+def decide(want: Request, only: Node | None = None, explain: bool = False) -> Decision:
+    """Choose a node for `want`. With `explain` (the admin's preview), every node's reason is
+    given; otherwise the database filters and ranks, and reasons are worked out only when no
+    node fits, so one decision stays fast with a thousand nodes."""
+    if explain or only is not None:
+        return _explained(want, _scope(want, only))
+    cap_vcpus = ExpressionWrapper(F("cpus") * F("cluster__cpu_overcommit"), output_field=DecimalField())
+    cap_ram = ExpressionWrapper(F("ram_mib") * F("cluster__ram_overcommit"), output_field=DecimalField())
+    # Written as alloc + want <= capacity: the counters are unsigned, a difference could underflow.
+    candidates = (
+        Node.objects.filter(state=Node.State.ONLINE, cluster__isnull=False)
+        .annotate(cap_vcpus=cap_vcpus, cap_ram=cap_ram)
+        .filter(alloc_vcpus__lte=F("cap_vcpus") - want.vcpus, alloc_ram_mib__lte=F("cap_ram") - want.ram_mib)
+        .annotate(used_share=Cast("alloc_ram_mib", FloatField()) / Cast("cap_ram", FloatField()))
+        .order_by("used_share" if settings.PLACEMENT_WEIGHER == "spread" else "-used_share", "id")
+        .values_list("id", "cluster_id", "alloc_disk_gib", "storage_capacity")
+    )
+    if want.cluster_id:
+        candidates = candidates.filter(cluster_id=want.cluster_id)
+    disk_storages = {}
+    for storage in Storage.objects.filter(holds_templates=False).order_by("cluster_id", "id"):
+        disk_storages.setdefault(storage.cluster_id, storage)
+    for node_id, cluster_id, alloc_disk, capacity in candidates:
+        storage = disk_storages.get(cluster_id)
+        if storage is None:
+            continue
+        if isinstance(capacity, str):  # some backends hand JSON back undecoded in values_list
+            capacity = json.loads(capacity)
+        total = (capacity or {}).get(str(storage.id), {}).get("total_gib", 0)
+        if total - alloc_disk >= want.disk_gib:
+            node = _scope(want, None).get(pk=node_id)
+            return Decision(node=node, storage=disk_storage(node))
+    return _explained(want, _scope(want, None))
+
+
 def reserve(want: Request, only: Node | None = None) -> Decision:
     """Pick a node and take the capacity on it. Call inside transaction.atomic().
 
-    The choice is made without locks, then the chosen node's row is locked and re-read: if a
+    The choice is made without locks, then only the chosen node's row is locked and re-read
+    (not its cluster's: creates in one cluster must not queue behind each other). If a
     concurrent create took the room meanwhile, the choice is made again.
     """
     for _attempt in range(5):
         decision = decide(want, only)
         if decision.node is None:
             raise NoCapacity(decision)
-        locked = Node.objects.select_for_update().select_related("cluster").get(pk=decision.node.pk)
-        reason = why_not(locked, want)
-        if reason:
+        locked = Node.objects.select_for_update().get(pk=decision.node.pk)
+        locked.cluster = decision.node.cluster  # already read, with its storages
+        if why_not(locked, want):
             continue  # someone else was faster; look again
         Node.objects.filter(pk=locked.pk).update(alloc_vcpus=F("alloc_vcpus") + want.vcpus,
                                                  alloc_ram_mib=F("alloc_ram_mib") + want.ram_mib,
                                                  alloc_disk_gib=F("alloc_disk_gib") + want.disk_gib)
         decision.node = locked
         return decision
-    raise NoCapacity(decide(want, only))
+    raise NoCapacity(decide(want, only, explain=True))
 
 
 def release(node_id: int, vcpus: int, ram_mib: int, disk_gib: int) -> None:

@@ -363,10 +363,6 @@ def test_a_failed_nfs_mount_names_the_storage():
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(strict=True, reason="product bug: `df … | tail -n 1` hides df's exit code, so a failing df "
-                                       "(e.g. a stale NFS handle) gives empty output and prepare_storages raises "
-                                       "ValueError('not enough values to unpack') instead of SshError naming the "
-                                       "storage — nodes/installer.py prepare_storages / CAPACITY")
 def test_a_failing_df_is_an_ssh_error_naming_the_storage():
     node = fake_node("n1")
     shell = storage_world(table=[(script_has("df -B1G"), Result(0, "", "df: /fake: Stale file handle"))])
@@ -410,11 +406,14 @@ def test_the_model_validator_rejects_hostile_storage_values(fields, bad_field):
 
 @pytest.mark.parametrize("kind, script", sorted(installer.PREPARE_STORAGE.items()) + sorted(installer.CAPACITY.items()))
 def test_the_storage_scripts_only_read_positional_parameters(kind, script):
-    """Every `$` in the fixed scripts is a double-quoted "$1", "$2" or "$3": values come from
-    nowhere else and are never split or globbed."""
+    """Every `$` in the fixed scripts is a double-quoted "$1", "$2" or "$3" (or the script's own
+    quoted "$out" and a command substitution): values come from nowhere else and are never
+    split or globbed."""
     import re
 
-    assert script.count("$") == len(re.findall(r'"\$[123]"', script)) > 0, script
+    positional = len(re.findall(r'"\$[123]"', script))
+    own = len(re.findall(r'"\$out"', script)) + script.count("$(")
+    assert positional > 0 and script.count("$") == positional + own, script
 
 
 def test_the_dir_script_really_is_idempotent_with_a_hostile_name(tmp_path):

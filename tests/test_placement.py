@@ -47,7 +47,8 @@ def test_it_explains_why_each_node_was_filtered_out(db):
     fake_node("full-ram", alloc_ram_mib=16384 - 512)
     fake_node("full-cpu", alloc_vcpus=8 * 4)
     fake_node("full-disk", alloc_disk_gib=995)
-    decision = placement.decide(want(ram=1024, disk=10))
+    assert placement.decide(want(ram=1024, disk=10)).node.name == "ok"
+    decision = placement.decide(want(ram=1024, disk=10), explain=True)
     assert decision.node.name == "ok"
     why = decision.rejected
     assert why["down"].startswith("offline") and "libvirtd does not answer" in why["down"]
@@ -62,6 +63,7 @@ def test_cpu_and_ram_over_commit_come_from_the_cluster(db):
     node = fake_node("n")  # 8 CPUs, 16384 MiB
     Cluster.objects.filter(pk=node.cluster_id).update(cpu_overcommit=Decimal("2"), ram_overcommit=Decimal("1.5"))
     assert placement.decide(want(vcpus=16, ram=1024)).node is not None
+    assert placement.decide(want(vcpus=17, ram=1024)).node is None
     assert "vCPUs" in placement.decide(want(vcpus=17, ram=1024)).rejected["n"]
     assert placement.decide(want(ram=24576)).node is not None
     assert "RAM" in placement.decide(want(ram=24577)).rejected["n"]

@@ -145,7 +145,6 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
             state=S.CREATING,
         )
         op = _new_operation(actor, server, K.CREATE, {})
-        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name,
-                     placement=decision.explain())
+        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name)
         after_commit(lambda: enqueue(op.id))
     return server, op

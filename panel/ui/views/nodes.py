@@ -362,7 +362,7 @@ def placement_preview(plan) -> list[dict]:
 
     if plan is None:
         return []
-    decision = decide(Request(vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib))
+    decision = decide(Request(vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib), explain=True)
     rows = []
     for node in Node.objects.select_related("cluster").order_by("name"):
         chosen = decision.node is not None and decision.node.pk == node.pk
