@@ -10,8 +10,6 @@ dropped.
 
 import contextlib
 import math
-import os
-import secrets
 import shutil
 import signal
 import sys
@@ -22,15 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.e2e.conftest import (  # noqa: E402
-    TINY_GUEST,
-    LivePanel,
-    _answers,
-    _mysql,
-    _remove_domains,
-    free_port,
-    wait_for,
-)
+from tests.e2e.conftest import TINY_GUEST, running_panel  # noqa: E402
 
 
 def _sigterm_to_interrupt() -> None:
@@ -48,45 +38,13 @@ def live_panel(*, worker: bool = True, env: dict | None = None, tag: str = "benc
     if worker and not (TINY_GUEST / "vmlinuz").exists():
         raise SystemExit("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
     _sigterm_to_interrupt()
-    instance = f"{tag}{secrets.token_hex(4)}"
-    database = f"panel_{instance}"
-    data = Path(tempfile.mkdtemp(prefix=f"{instance}-"))
-    port = free_port()
-    panel_env = {
-        **os.environ,
-        "DATABASE_URL": f"mysql://root@localhost/{database}",
-        "PANEL_DATA_DIR": str(data),
-        "PANEL_INSTANCE_ID": instance,
-        "TINY_GUEST_DIR": str(TINY_GUEST),
-        "STOP_TIMEOUT_SECONDS": "20",
-        "OPERATION_STALE_SECONDS": "6",
-        "RECONCILE_INTERVAL_MINUTES": "60",
-        "WORKERS": "2",
-        "PORT": str(port),
-        **(env or {}),
-    }
-    panel_env.pop("REDIS_URL", None)
-    panel = LivePanel(url=f"http://127.0.0.1:{port}", env=panel_env, admin_password="", admin_key="",
-                      instance=instance, logs=data)
+    data = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
     ok = False
-    _mysql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
     try:
-        panel.manage("migrate", "--noinput", "-v", "0")
-        panel.manage("collectstatic", "--noinput", "-v", "0")
-        panel.admin_password = panel.manage("create_admin").strip().split(" / ")[-1]
-        panel.admin_key = panel.manage("create_api_key", "--scope", "admin", "--name", "bench").strip().splitlines()[-1]
-        panel.spawn("web", "runpanel", "--no-worker", "--bind", "127.0.0.1", "--port", str(port))
-        if worker:
-            panel.start_worker()
-        wait_for(lambda: _answers(panel.url + "/login/"), 60, "the panel to answer")
-        yield panel
+        with running_panel(data, tag=tag, worker=worker, env=env) as panel:
+            yield panel
         ok = True
     finally:
-        panel.stop_all()
-        if worker:
-            with contextlib.suppress(Exception):
-                _remove_domains(instance)
-        _mysql(f"DROP DATABASE IF EXISTS {database}")
         if ok:
             shutil.rmtree(data, ignore_errors=True)
         else:

@@ -124,7 +124,6 @@ def ids(r) -> list[int]:
 
 
 def test_server_filters(world):
-    from nodes.models import Node
 
     other_node = fake_node("fake2")
     a_running = make_servers(world, 2, prefix="ar")

@@ -63,7 +63,6 @@ def ui_inline(monkeypatch, settings, tmp_path):
 
 @pytest.fixture
 def ui_world(db, ui_inline) -> UiWorld:
-    from nodes.models import Node
     from panel.accounts.tenancy import SYSTEM
     from panel.vps import lifecycle
 

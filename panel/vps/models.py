@@ -7,7 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from panel.accounts.models import Customer, User
+from panel.accounts.models import Customer
 from nodes.models import Node, Storage
 
 # RFC 1123 hostname: labels of letters, digits and inner hyphens. Rejects every shell character.

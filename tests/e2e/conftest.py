@@ -5,6 +5,7 @@ The e2e tests run in one process (`make test` runs them without xdist), so one p
 them all. Every domain it makes carries its own instance id, and all of them are removed at the end.
 """
 
+import contextlib
 import os
 import secrets
 import signal
@@ -141,16 +142,16 @@ def _remove_domains(instance: str) -> None:
         conn.close()
 
 
-@pytest.fixture(scope="session")
-def live_panel(tmp_path_factory) -> LivePanel:
-    if not (TINY_GUEST / "vmlinuz").exists():
-        pytest.fail("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
-    instance = f"e2e{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def running_panel(data: Path, *, tag: str = "e2e", worker: bool = True, env: dict | None = None):
+    """A panel on its own MariaDB database: `runpanel --no-worker` (web, local node, monitor)
+    and, with `worker`, a separate `qcluster` that tests can kill. On leaving, the processes
+    stop, the panel's domains go and the database is dropped. Used by the e2e fixture and the
+    benchmarks alike."""
+    instance = f"{tag}{secrets.token_hex(4)}"
     database = f"panel_{instance}"
-    data = tmp_path_factory.mktemp("panel-data")
-    _mysql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
     port = free_port()
-    env = {
+    panel_env = {
         **os.environ,
         "DATABASE_URL": f"mysql://root@localhost/{database}",
         "PANEL_DATA_DIR": str(data),
@@ -161,23 +162,35 @@ def live_panel(tmp_path_factory) -> LivePanel:
         "RECONCILE_INTERVAL_MINUTES": "60",
         "WORKERS": "2",
         "PORT": str(port),
+        **(env or {}),
     }
-    env.pop("REDIS_URL", None)
-    panel = LivePanel(url=f"http://127.0.0.1:{port}", env=env, admin_password="", admin_key="", instance=instance,
-                      logs=data)
+    panel_env.pop("REDIS_URL", None)
+    panel = LivePanel(url=f"http://127.0.0.1:{port}", env=panel_env, admin_password="", admin_key="",
+                      instance=instance, logs=data)
+    _mysql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
     try:
         panel.manage("migrate", "--noinput", "-v", "0")
         panel.manage("collectstatic", "--noinput", "-v", "0")
         panel.admin_password = panel.manage("create_admin").strip().split(" / ")[-1]
-        panel.admin_key = panel.manage("create_api_key", "--scope", "admin", "--name", "e2e").strip().splitlines()[-1]
+        panel.admin_key = panel.manage("create_api_key", "--scope", "admin", "--name", tag).strip().splitlines()[-1]
         panel.spawn("web", "runpanel", "--no-worker", "--bind", "127.0.0.1", "--port", str(port))
-        panel.start_worker()
+        if worker:
+            panel.start_worker()
         wait_for(lambda: _answers(panel.url + "/login/"), 60, "the panel to answer")
         yield panel
     finally:
         panel.stop_all()
-        _remove_domains(instance)
+        with contextlib.suppress(Exception):
+            _remove_domains(instance)
         _mysql(f"DROP DATABASE IF EXISTS {database}")
+
+
+@pytest.fixture(scope="session")
+def live_panel(tmp_path_factory) -> LivePanel:
+    if not (TINY_GUEST / "vmlinuz").exists():
+        pytest.fail("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
+    with running_panel(tmp_path_factory.mktemp("panel-data")) as panel:
+        yield panel
 
 
 def _answers(url: str) -> bool:
