@@ -47,6 +47,7 @@ unit: prepare
 benchmarks: venv
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/power_action.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/server_list.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/placement.py
 
 clean:
 	rm -rf $(VENV) data .cache
