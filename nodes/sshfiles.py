@@ -8,6 +8,8 @@ keeps it encrypted.
 
 import os
 import shlex
+import tempfile
+import threading
 from urllib.parse import quote
 from pathlib import Path
 
@@ -16,11 +18,13 @@ from django.conf import settings
 from panel.crypto import decrypt
 
 _written_in_this_process = False
+# Health checks run in threads, and worker, monitor and web run as processes: each write goes
+# to its own temporary file and is renamed into place, so readers never see half a file.
+_lock = threading.Lock()
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.chmod(tmp, mode)
@@ -33,6 +37,11 @@ def wrapper_path() -> Path:
 
 def write_client_files() -> Path:
     """(Re)write key, known_hosts, config and wrapper from the database; returns the wrapper."""
+    with _lock:
+        return _write_client_files()
+
+
+def _write_client_files() -> Path:
     global _written_in_this_process
     from nodes.models import Node, PanelIdentity
     from nodes.ssh import panel_identity

@@ -36,7 +36,11 @@ def nodes(live_panel, test_cluster):
         assert op["status"] == "succeeded", panel.call(admin, "GET", f"/api/v1/operations/{op_id}/").json()
         found[i] = panel.call(admin, "GET", f"/api/v1/nodes/{op['node']}/").json()
     yield {"cluster": cluster_id, **found}
-    # The nodes leave the panel with the test cluster, so later tests never place on them.
+    # The nodes leave the panel with the test cluster, so later tests never place on them
+    # (with whatever servers a failed test left there).
+    for node in panel.call(admin, "GET", f"/api/v1/nodes/?cluster={cluster_id}").json()["results"]:
+        for server in panel.call(admin, "GET", f"/api/v1/servers/?node={node['id']}").json()["results"]:
+            panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
     for node in panel.call(admin, "GET", f"/api/v1/nodes/?cluster={cluster_id}").json()["results"]:
         r = panel.call(admin, "DELETE", f"/api/v1/nodes/{node['id']}/")
         assert r.status_code == 204, r.text
