@@ -26,6 +26,35 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio NIC on a bridge. `ips` feed libvirt's clean-traffic filter (anti-spoofing);
+    `average_kbytes` caps each direction (libvirt <bandwidth>, KiB/s)."""
+
+    bridge: str
+    mac: str
+    ips: tuple[str, ...] = ()
+    average_kbytes: int = 0
+
+    def element(self) -> ET.Element:
+        nic = ET.Element("interface", type="bridge")
+        ET.SubElement(nic, "source", bridge=self.bridge)
+        ET.SubElement(nic, "mac", address=self.mac)
+        ET.SubElement(nic, "model", type="virtio")
+        if self.ips:
+            filterref = ET.SubElement(nic, "filterref", filter="clean-traffic")
+            for ip in self.ips:
+                ET.SubElement(filterref, "parameter", name="IP", value=ip)
+        if self.average_kbytes:
+            bandwidth = ET.SubElement(nic, "bandwidth")
+            for direction in ("inbound", "outbound"):
+                ET.SubElement(bandwidth, direction, average=str(self.average_kbytes))
+        return nic
+
+    def to_xml(self) -> str:
+        return ET.tostring(self.element(), encoding="unicode")
+
+
+@dataclass(frozen=True)
 class KernelBoot:
     """Direct kernel boot: the demo guest, and network installers later."""
 
@@ -49,7 +78,7 @@ class DomainSpec:
     # Written into <metadata> so the reconciler knows whose domain it is.
     panel_instance: str = ""
     server_id: int | None = None
-    network: str | None = None  # a libvirt network to attach one virtio NIC to
+    nics: tuple[Nic, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -61,6 +90,9 @@ class DomainSpec:
         _check_text("serial log path", self.serial_log or "")
         for disk in self.disks:
             _check_text("disk path", disk.path)
+        for nic in self.nics:
+            for value in (nic.bridge, nic.mac, *nic.ips):
+                _check_text("nic", value)
         if self.kernel_boot:
             for value in (self.kernel_boot.kernel, self.kernel_boot.initrd, self.kernel_boot.cmdline):
                 _check_text("kernel boot", value)
@@ -99,10 +131,8 @@ class DomainSpec:
             ET.SubElement(d, "driver", name="qemu", type=disk.format, discard="unmap")
             ET.SubElement(d, "source", file=disk.path)
             ET.SubElement(d, "target", dev=disk.target, bus="virtio")
-        if self.network:
-            nic = ET.SubElement(devices, "interface", type="network")
-            ET.SubElement(nic, "source", network=self.network)
-            ET.SubElement(nic, "model", type="virtio")
+        for nic in self.nics:
+            devices.append(nic.element())
         if self.serial_log:
             serial = ET.SubElement(devices, "serial", type="file")
             ET.SubElement(serial, "source", path=self.serial_log, append="on")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Callable
 
-from nodes.domain_xml import DomainSpec, dir_pool_xml, read_metadata, volume_xml
+from nodes.domain_xml import DomainSpec, Nic, dir_pool_xml, read_metadata, volume_xml
 
 
 class DriverError(Exception):
@@ -71,6 +71,7 @@ class Driver:
     def request_shutdown(self, name: str) -> None: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
+    def update_nic(self, name: str, nic: "Nic") -> None: ...
     def info(self, name: str) -> DomainInfo | None: ...
     def list_domains(self) -> list[DomainInfo]: ...
 
@@ -254,6 +255,11 @@ class LibvirtDriver(Driver):
             return
         flags = self._libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | self._libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
         self._call("undefine", dom.undefineFlags, flags)
+
+    def update_nic(self, name: str, nic: Nic) -> None:
+        """Change a running domain's NIC (matched by MAC): its filter parameters, its bandwidth."""
+        dom = self._require(name)
+        self._call("update interface", dom.updateDeviceFlags, nic.to_xml(), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def _require(self, name: str):
         dom = self._domain(name)

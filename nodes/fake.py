@@ -133,6 +133,15 @@ class FakeDriver(Driver):
         with _lock:
             self.host.domains.pop(name, None)
 
+    def update_nic(self, name: str, nic) -> None:
+        self._enter("update_nic", name)
+        with _lock:
+            dom = self._get(name)
+            spec: DomainSpec = dom["spec"]
+            if not any(n.mac == nic.mac for n in spec.nics):
+                raise DriverError(f"domain {name} has no NIC {nic.mac}")
+            dom.setdefault("live_nics", {})[nic.mac] = nic
+
     def info(self, name: str) -> DomainInfo | None:
         with _lock:
             dom = self.host.domains.get(name)

@@ -68,6 +68,63 @@ class Storage(models.Model):
         return f"panel-{self.name}"
 
 
+class Network(models.Model):
+    """A network of a cluster that servers' NICs attach to, made on every node by the installer.
+
+    bridged: a bridge over a physical interface (optionally a VLAN on it) — public addresses;
+    nat: a bridge the node routes and masquerades for a private range (the node is its .1).
+    """
+
+    class Kind(models.TextChoices):
+        BRIDGED = "bridged", _("Public, bridged")
+        NAT = "nat", _("Private, with NAT")
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="networks")
+    name = models.CharField(max_length=50, validators=[RegexValidator(r"^[a-z][a-z0-9_-]*$")])
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.BRIDGED)
+    # Linux interface names are at most 15 characters.
+    bridge = models.CharField(max_length=15, validators=[RegexValidator(r"^[a-z][a-z0-9_-]{0,14}$")])
+    interface = models.CharField(max_length=15, blank=True, help_text=_("bridged: the uplink on every node"),
+                                 validators=[RegexValidator(r"^[a-z][a-z0-9_.-]{0,14}$")])
+    vlan = models.PositiveSmallIntegerField(null=True, blank=True,
+                                            validators=[MinValueValidator(1), MaxValueValidator(4094)])
+    nat_cidr = models.CharField(max_length=43, blank=True, help_text=_("nat: the private range, e.g. 10.0.0.0/24"))
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="unique_network_name"),
+            models.UniqueConstraint(fields=["cluster", "bridge"], name="unique_network_bridge"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.name}"
+
+    def clean(self) -> None:
+        import ipaddress
+
+        if self.kind == self.Kind.BRIDGED and not self.interface:
+            raise ValidationError({"interface": _("A bridged network needs the nodes' uplink interface.")})
+        if self.kind == self.Kind.NAT:
+            try:
+                net = ipaddress.ip_network(self.nat_cidr, strict=True)
+            except ValueError:
+                raise ValidationError({"nat_cidr": _("A NAT network needs its private range, e.g. 10.0.0.0/24.")})
+            if net.version != 4 or not net.is_private or net.num_addresses < 4:
+                raise ValidationError({"nat_cidr": _("A private IPv4 range of at least 4 addresses.")})
+
+    @property
+    def uplink(self) -> str:
+        """The interface the bridge is built on: the VLAN sub-interface when tagged."""
+        return f"{self.interface}.{self.vlan}" if self.vlan else self.interface
+
+    @property
+    def nat_gateway(self) -> str:
+        import ipaddress
+
+        return str(next(ipaddress.ip_network(self.nat_cidr).hosts()))
+
+
 class Node(models.Model):
     """A hypervisor host. Its live state is written by jobs (health, installer), never fetched here."""
 

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "panel.accounts",
     "panel.vps",
     "panel.api",
+    "panel.ipam",
     "panel.ui",
     "nodes",
 ]
@@ -196,6 +197,8 @@ SSH_DIR = DATA_DIR / "ssh"
 HEALTH_INTERVAL_SECONDS = envint("HEALTH_INTERVAL_SECONDS", 5)
 # How placement ranks the nodes that fit: "spread" (most free RAM first) or "pack".
 PLACEMENT_WEIGHER = envstr("PLACEMENT_WEIGHER", "spread")
+# A released IP address waits this long before it is handed out again (per pool, this default).
+IP_QUARANTINE_MINUTES = envint("IP_QUARANTINE_MINUTES", 24 * 60)
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from nodes.domain_xml import METADATA_NS, Disk, DomainSpec, KernelBoot, read_metadata, volume_xml
+from nodes.domain_xml import METADATA_NS, Disk, DomainSpec, KernelBoot, read_metadata, volume_xml, Nic
 from nodes.driver import DomainState, choose_virt_type
 from nodes.fake import FakeDriver
 
@@ -55,10 +55,26 @@ def test_qemu_domains_have_no_host_passthrough_cpu_and_disk_boot_without_a_kerne
     assert root.find("devices/serial").get("type") == "pty"
 
 
-def test_network_and_vnc_password_are_rendered():
-    root = ET.fromstring(spec(network="panel-net", vnc_password="s3cret").to_xml())
-    assert root.find("devices/interface/source").get("network") == "panel-net"
+def nic(bridge="br-pub", ips=("203.0.113.5",), kbytes=12207):
+    return Nic(bridge=bridge, mac="52:54:00:aa:bb:cc", ips=ips, average_kbytes=kbytes)
+
+
+def test_nics_with_anti_spoofing_bandwidth_and_vnc_password_are_rendered():
+    root = ET.fromstring(spec(nics=(nic(ips=("203.0.113.5", "203.0.113.6")),), vnc_password="s3cret").to_xml())
+    interface = root.find("devices/interface")
+    assert interface.get("type") == "bridge" and interface.find("source").get("bridge") == "br-pub"
+    assert interface.find("mac").get("address") == "52:54:00:aa:bb:cc"
+    assert interface.find("filterref").get("filter") == "clean-traffic"
+    assert [p.get("value") for p in interface.findall("filterref/parameter[@name='IP']")] == ["203.0.113.5",
+                                                                                              "203.0.113.6"]
+    assert interface.find("bandwidth/inbound").get("average") == "12207"
+    assert interface.find("bandwidth/outbound").get("average") == "12207"
     assert root.find("devices/graphics").get("passwd") == "s3cret"
+
+
+def test_a_nic_without_addresses_or_limit_has_no_filter_or_bandwidth():
+    root = ET.fromstring(spec(nics=(nic(ips=(), kbytes=0),)).to_xml())
+    assert root.find("devices/interface/filterref") is None and root.find("devices/interface/bandwidth") is None
 
 
 HOSTILE = [
@@ -82,10 +98,11 @@ def test_a_hostile_name_stays_text(hostile):
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_hostile_cmdline_paths_and_passwords_stay_text(hostile):
-    expected = shape(ET.fromstring(spec(vnc_password="p", network="n").to_xml()))
+    expected = shape(ET.fromstring(spec(vnc_password="p", nics=(nic(ips=("n",)),)).to_xml()))
     hostile_spec = spec(
         kernel_boot=KernelBoot(kernel=hostile, initrd=hostile, cmdline=hostile),
-        disks=(Disk(path=hostile),), serial_log=hostile, vnc_password=hostile, network=hostile,
+        disks=(Disk(path=hostile),), serial_log=hostile, vnc_password=hostile,
+        nics=(nic(bridge=hostile, ips=(hostile,)),),
         panel_instance=hostile,
     )
     root = ET.fromstring(hostile_spec.to_xml())
@@ -93,7 +110,8 @@ def test_hostile_cmdline_paths_and_passwords_stay_text(hostile):
     assert root.findtext("os/cmdline") == hostile and root.findtext("os/kernel") == hostile
     assert root.find("devices/disk/source").get("file") == hostile
     assert root.find("devices/graphics").get("passwd") == hostile
-    assert root.find("devices/interface/source").get("network") == hostile
+    assert root.find("devices/interface/source").get("bridge") == hostile
+    assert root.find("devices/interface/filterref/parameter").get("value") == hostile
     assert read_metadata(hostile_spec.to_xml())["instance"] == hostile
 
 

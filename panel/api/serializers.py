@@ -5,7 +5,8 @@ from rest_framework import serializers
 
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.vps.models import Operation, Plan, VirtualServer, hostname_validator
-from nodes.models import Cluster, Node, Storage
+from nodes.models import Cluster, Network, Node, Storage
+from panel.ipam.models import IpAddress, IpPool
 
 
 class CustomerSerializer(serializers.ModelSerializer):
@@ -32,10 +33,11 @@ class ServerSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_ipv4(self, obj) -> list[str]:
-        return []  # IP pools are not built yet: servers have no public addresses
+        # From the prefetched addresses (ServerViewSet): one query per page, not per server.
+        return [a.address for a in obj.ip_addresses.all() if a.version == 4]
 
     def get_ipv6(self, obj) -> list[str]:
-        return []
+        return [a.address for a in obj.ip_addresses.all() if a.version == 6]
 
 
 class ServerCreateSerializer(serializers.Serializer):
@@ -45,6 +47,7 @@ class ServerCreateSerializer(serializers.Serializer):
     hostname = serializers.CharField(max_length=253, validators=[hostname_validator])
     node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
     cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.all(), required=False, allow_null=True)
+    private_network = serializers.BooleanField(default=False, help_text="Also a NIC on the cluster's NAT network")
 
 
 class OperationSerializer(serializers.ModelSerializer):
@@ -245,3 +248,73 @@ class StorageSerializer(serializers.ModelSerializer):
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict)
         return attrs
+
+
+class NetworkSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Network
+        fields = ["id", "cluster", "name", "kind", "bridge", "interface", "vlan", "nat_cidr"]
+
+    def validate(self, attrs):
+        return model_clean(Network, self.instance, attrs)
+
+
+def model_clean(model, instance, attrs):
+    """Run the model's clean() on the merged values: the same invariants as the UI's forms."""
+    from django.core.exceptions import ValidationError as DjangoValidationError
+
+    values = {f.name: getattr(instance, f.name) for f in model._meta.concrete_fields if instance} if instance else {}
+    probe = model(**{**values, **attrs})
+    try:
+        probe.clean()
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.message_dict)
+    return attrs
+
+
+class IpPoolSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(read_only=True)
+    usage = serializers.SerializerMethodField()
+
+    class Meta:
+        model = IpPool
+        fields = ["id", "name", "network", "cidr", "version", "first", "last", "gateway", "dns", "excluded", "assign",
+                  "quarantine_minutes", "usage", "created_at"]
+
+    def get_usage(self, pool) -> dict:
+        from panel.ipam.allocation import usage
+
+        return usage(pool)
+
+    def validate(self, attrs):
+        return model_clean(IpPool, self.instance, attrs)
+
+
+class IpAddressSerializer(serializers.ModelSerializer):
+    prefix_len = serializers.SerializerMethodField()
+    network = serializers.SerializerMethodField()
+
+    class Meta:
+        model = IpAddress
+        fields = ["id", "pool", "network", "address", "prefix_len", "server", "ptr", "allocated_at", "released_at"]
+        read_only_fields = ["pool", "network", "address", "prefix_len", "server", "allocated_at", "released_at"]
+
+    def get_prefix_len(self, row) -> int:
+        return row.pool.prefix_len
+
+    def get_network(self, row) -> int:
+        return row.pool.network_id
+
+
+class IpAddressCreateSerializer(serializers.Serializer):
+    server = serializers.PrimaryKeyRelatedField(queryset=VirtualServer.objects.all())
+    pool = serializers.PrimaryKeyRelatedField(queryset=IpPool.objects.all())
+    address = serializers.CharField(required=False, allow_blank=True, default="",
+                                    help_text="A specific address of the pool; else the next free one")
+
+
+class IpAddressUpdateSerializer(serializers.Serializer):
+    server = serializers.PrimaryKeyRelatedField(queryset=VirtualServer.objects.all(), required=False,
+                                                help_text="Move the address to this server (admins)")
+    ptr = serializers.CharField(max_length=253, required=False, allow_blank=True,
+                                validators=[hostname_validator], help_text="Reverse DNS name")

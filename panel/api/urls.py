@@ -13,5 +13,8 @@ router.register("audit-log", views.AuditLogViewSet)
 router.register("nodes", views.NodeViewSet)
 router.register("clusters", views.ClusterViewSet)
 router.register("storages", views.StorageViewSet)
+router.register("networks", views.NetworkViewSet)
+router.register("ip-pools", views.IpPoolViewSet)
+router.register("ip-addresses", views.IpAddressViewSet)
 
 urlpatterns = router.urls

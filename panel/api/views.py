@@ -17,7 +17,9 @@ from panel.vps import lifecycle
 from panel.vps.lifecycle import Refused
 from panel.vps.models import Operation, Plan, VirtualServer
 from nodes import actions as node_actions
-from nodes.models import Cluster, Node, Storage
+from nodes.models import Cluster, Network, Node, Storage
+from panel.ipam import actions as ipam_actions
+from panel.ipam.models import IpAddress, IpPool
 
 
 class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
@@ -90,7 +92,7 @@ class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
 
 
 class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
-    queryset = VirtualServer.objects.all()
+    queryset = VirtualServer.objects.prefetch_related("ip_addresses")
     serializer_class = s.ServerSerializer
     filterset_class = ServerFilter
 
@@ -107,7 +109,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
             customer = Customer.objects.get(pk=who.customer_id)
         _server, op = lifecycle.create_server(who, customer=customer, plan=v["plan"], hostname=v["hostname"],
                                               os_template=v["os_template"], node=v.get("node"),
-                                              cluster=v.get("cluster"))
+                                              cluster=v.get("cluster"), private_network=v["private_network"])
         return accepted(op)
 
     @extend_schema(responses={202: s.AcceptedSerializer})
@@ -303,3 +305,100 @@ class StorageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
             raise Refused("Servers have disks on this storage.", "storage_in_use")
         self.audit("storage.delete", instance)
         instance.delete()
+
+
+class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    """Networks of a cluster (admins); the node installer makes their bridges on every node."""
+
+    queryset = Network.objects.all()
+    serializer_class = s.NetworkSerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_fields = ["cluster", "kind"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("network.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("network.update", serializer.save())
+
+    def perform_destroy(self, instance):
+        if instance.nics.exists() or instance.ip_pools.exists():
+            raise Refused("Servers or IP pools use this network.", "network_in_use")
+        self.audit("network.delete", instance)
+        instance.delete()
+
+
+class IpPoolViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                    mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    queryset = IpPool.objects.select_related("network")
+    serializer_class = s.IpPoolSerializer
+    permission_classes = [IsAdmin]
+    customer_field = None
+    filterset_fields = ["network", "name"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit("ip_pool.create", serializer.save())
+
+    def perform_update(self, serializer):
+        self.audit("ip_pool.update", serializer.save())
+
+    def perform_destroy(self, instance):
+        if instance.addresses.filter(server__isnull=False).exists():
+            raise Refused("Addresses of this pool are in use.", "pool_in_use")
+        self.audit("ip_pool.delete", instance)
+        instance.addresses.all().delete()
+        instance.delete()
+
+
+class IpAddressViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
+    """Addresses in use or in quarantine. Admins add, move and remove them; the owning customer
+    may set the reverse DNS name of theirs."""
+
+    queryset = IpAddress.objects.select_related("pool")
+    serializer_class = s.IpAddressSerializer
+    customer_field = "server__customer"
+    filterset_fields = ["pool", "server", "address"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        qs = super().get_queryset()
+        # Customers see their servers' addresses only; quarantined ones belong to no one.
+        return qs if actor(self.request).is_admin else qs.filter(server__isnull=False)
+
+    def _admin_only(self):
+        if not actor(self.request).is_admin:
+            raise Refused("Only the provider manages addresses.", "permission_denied", 403)
+
+    @extend_schema(request=s.IpAddressCreateSerializer, responses={201: s.IpAddressSerializer})
+    def create(self, request):
+        self._admin_only()
+        data = s.IpAddressCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        row = ipam_actions.add_address(actor(request), v["server"].pk, v["pool"], v["address"])
+        return Response(s.IpAddressSerializer(row).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.IpAddressUpdateSerializer, responses={200: s.IpAddressSerializer})
+    def partial_update(self, request, pk=None):
+        row = self.get_object()
+        data = s.IpAddressUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        if "server" in v:
+            self._admin_only()
+            row = ipam_actions.move_address(actor(request), row.pk, v["server"].pk)
+        if "ptr" in v:
+            row.ptr = v["ptr"]
+            row.save(update_fields=["ptr"])
+            self.audit("ip.ptr", row, ptr=row.ptr, customer_id=row.server.customer_id if row.server else None)
+        return Response(s.IpAddressSerializer(row).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        self._admin_only()
+        ipam_actions.remove_address(actor(request), self.get_object().pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)

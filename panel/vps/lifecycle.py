@@ -121,7 +121,8 @@ def boot_images() -> dict[str, dict]:
 
 
 def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str, os_template: str = "tiny",
-                  node: Node | None = None, cluster: Cluster | None = None) -> tuple[VirtualServer, Operation]:
+                  node: Node | None = None, cluster: Cluster | None = None,
+                  private_network: bool = False) -> tuple[VirtualServer, Operation]:
     """Create a server record and its `create` operation. Inputs are validated by the caller's
     serializer; here are the checks that need the database or the actor."""
     if not actor.acts_for_all_customers and customer.pk != actor.customer_id:
@@ -144,6 +145,10 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
             os_template=os_template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib,
             state=S.CREATING,
         )
+        from panel.ipam.allocation import allocate_for_new_server
+
+        # In the same transaction: an exhausted pool undoes the server and its placement too.
+        allocate_for_new_server(server, private_network)
         op = _new_operation(actor, server, K.CREATE, {})
         audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name)
         after_commit(lambda: enqueue(op.id))

@@ -93,6 +93,28 @@ class VirtualServer(models.Model):
         return f"/var/log/libvirt/qemu/{self.domain_name}-serial.log"
 
 
+def random_mac() -> str:
+    import secrets
+
+    # 52:54:00 is the prefix QEMU/KVM guests use by convention.
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+class ServerNic(models.Model):
+    """A server's network card on one network of its cluster."""
+
+    server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="nics")
+    network = models.ForeignKey("nodes.Network", on_delete=models.PROTECT, related_name="nics")
+    mac = models.CharField(max_length=17, unique=True, default=random_mac)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["server", "network"], name="unique_server_network")]
+
+    def __str__(self) -> str:
+        return f"{self.server} on {self.network}"
+
+
 class Operation(models.Model):
     """One slow action, run by the worker: status, progress, log and error live here."""
 
@@ -104,6 +126,7 @@ class Operation(models.Model):
         SUSPEND = "suspend", _("Suspend")
         UNSUSPEND = "unsuspend", _("Unsuspend")
         DELETE = "delete", _("Delete")
+        NETWORK_UPDATE = "network_update", _("Update network settings")
         NODE_INSTALL = "node_install", _("Install node")
 
     class Status(models.TextChoices):

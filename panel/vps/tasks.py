@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from nodes.connection import driver_for
-from nodes.domain_xml import Disk, DomainSpec, KernelBoot
+from nodes.domain_xml import Disk, DomainSpec, KernelBoot, Nic
 from nodes.driver import DomainState, Driver, DriverError
 from nodes import placement
 from panel.vps import progress
@@ -46,12 +46,37 @@ def _set_state(server: VirtualServer, state: str, **fields) -> None:
     server.save(update_fields=["state", "updated_at", *fields])
 
 
+def nics_of(server: VirtualServer) -> tuple[list[Nic], list[str]]:
+    """The server's NICs (in order: eth0, eth1, …) and the kernel arguments that tell the guest
+    its addresses (`panel.ip=<dev>,<address/prefix>,<gateway>` and `panel.dns=`)."""
+    from panel.ipam.models import IpAddress
+
+    nics, args, dns = [], [], []
+    # The plan's bandwidth in Mbit/s as libvirt's KiB/s (1 Mbit/s = 125 kB/s ≈ 122 KiB/s).
+    kbytes = server.plan.bandwidth_mbit * 1000 // 8 * 1000 // 1024 if server.plan.bandwidth_mbit else 0
+    for index, nic in enumerate(server.nics.select_related("network")):
+        addresses = list(IpAddress.objects.filter(server=server, pool__network=nic.network).select_related("pool"))
+        nics.append(Nic(bridge=nic.network.bridge, mac=nic.mac, ips=tuple(a.address for a in addresses),
+                        average_kbytes=kbytes))
+        gateways_given = set()
+        for address in addresses:
+            gateway = address.pool.gateway if address.version not in gateways_given else ""
+            gateways_given.add(address.version)
+            args.append(f"panel.ip=eth{index},{address.with_prefix},{gateway}")
+            dns += [d for d in address.pool.dns_servers() if d not in dns]
+    if dns:
+        args.append("panel.dns=" + ",".join(dns))
+    return nics, args
+
+
 def domain_spec(server: VirtualServer) -> DomainSpec:
     image = boot_images().get(server.os_template)
     if image is None:
         raise DriverError(f"OS image {server.os_template!r} is not available on this panel")
     driver = driver_for(server.node.uri)
     disk_path = driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib)
+    nics, net_args = nics_of(server)
+    cmdline = " ".join(["console=ttyS0", "panic=1", f"hostname={server.hostname}", *net_args])
     return DomainSpec(
         name=server.domain_name,
         uuid=str(server.uuid),
@@ -59,7 +84,8 @@ def domain_spec(server: VirtualServer) -> DomainSpec:
         ram_mib=server.ram_mib,
         virt_type=server.node.virt_type or "qemu",
         disks=(Disk(path=disk_path),),
-        kernel_boot=KernelBoot(image["kernel"], image["initrd"], f"console=ttyS0 panic=1 hostname={server.hostname}"),
+        kernel_boot=KernelBoot(image["kernel"], image["initrd"], cmdline),
+        nics=tuple(nics),
         serial_log=server.serial_log,
         panel_instance=settings.PANEL_INSTANCE_ID,
         server_id=server.id,
@@ -142,14 +168,29 @@ def _delete(step: Step, server: VirtualServer, driver: Driver) -> None:
 
 
 def delete_record(server: VirtualServer) -> None:
-    """Remove a server whose domain and disk are gone, and give its capacity back."""
+    """Remove a server whose domain and disk are gone; its capacity and addresses go back."""
+    from panel.ipam.allocation import release
+    from panel.ipam.models import IpAddress
+
     with transaction.atomic():
         placement.release(server.node_id, server.vcpus, server.ram_mib, server.disk_gib)
+        release(IpAddress.objects.filter(server=server))
         server.delete()
 
 
+def _network_update(step: Step, server: VirtualServer, driver: Driver) -> None:
+    """Addresses changed: redefine the domain (next boot) and update its NICs' filters live."""
+    step(30, "updating the domain's network settings")
+    spec = domain_spec(server)
+    driver.define(spec)
+    if driver.state(server.domain_name) == DomainState.RUNNING:
+        for nic in spec.nics:
+            driver.update_nic(server.domain_name, nic)
+        step(70, "anti-spoofing filters updated live; the guest configures new addresses itself")
+
+
 HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
-            K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete}
+            K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete, K.NETWORK_UPDATE: _network_update}
 
 
 def _claim(operation_id: int) -> Operation | None:
