@@ -137,6 +137,51 @@ def prepare_storages(shell: NodeShell, node: Node, step: Step) -> dict:
     return capacity
 
 
+# Values arrive as positional parameters: $1 bridge, $2 uplink (or gateway/prefix), $3 …
+BRIDGED_NETWORK = r"""
+ip link show "$3" >/dev/null 2>&1 || { echo "no interface $3 on this node" >&2; exit 1; }
+if [ -n "$4" ] && ! ip link show "$2" >/dev/null 2>&1; then ip link add link "$3" name "$2" type vlan id "$4"; fi
+if ip link show "$1" >/dev/null 2>&1; then state=exists; else ip link add "$1" type bridge; state=created; fi
+ip link set "$2" master "$1" && ip link set "$2" up && ip link set "$1" up && echo "$state"
+"""
+
+NAT_NETWORK = r"""
+if ip link show "$1" >/dev/null 2>&1; then state=exists; else ip link add "$1" type bridge; state=created; fi
+ip -o addr show dev "$1" | grep -qF " $2 " || ip addr add "$2" dev "$1"
+ip link set "$1" up
+sysctl -qw net.ipv4.ip_forward=1
+iptables -t nat -C POSTROUTING -s "$3" ! -d "$3" -j MASQUERADE 2>/dev/null \
+  || iptables -t nat -A POSTROUTING -s "$3" ! -d "$3" -j MASQUERADE
+iptables -C FORWARD -i "$1" -j ACCEPT 2>/dev/null || iptables -I FORWARD -i "$1" -j ACCEPT
+iptables -C FORWARD -o "$1" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT 2>/dev/null \
+  || iptables -I FORWARD -o "$1" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+echo "$state"
+"""
+
+
+def prepare_networks(shell: NodeShell, node: Node, step: Step) -> None:
+    """Make the bridges of the cluster's networks (runtime configuration, re-applied by every
+    install run)."""
+    import ipaddress
+
+    from nodes.models import Network
+
+    for network in node.cluster.networks.all():
+        try:
+            if network.kind == Network.Kind.BRIDGED:
+                state = shell.script(BRIDGED_NETWORK, network.bridge, network.uplink, network.interface,
+                                     str(network.vlan or "")).out.strip()
+                what = f"bridge {network.bridge} over {network.uplink}"
+            else:
+                prefix = ipaddress.ip_network(network.nat_cidr).prefixlen
+                state = shell.script(NAT_NETWORK, network.bridge, f"{network.nat_gateway}/{prefix}",
+                                     network.nat_cidr).out.strip()
+                what = f"NAT bridge {network.bridge} for {network.nat_cidr}"
+        except SshError as exc:
+            raise SshError(f"network {network.name}: {exc}") from exc
+        step(65, f"{what}: {'already there' if state == 'exists' else 'created'}")
+
+
 def authorize_panel_key(shell: NodeShell, step: Step) -> None:
     public = panel_identity()[1]
     result = shell.script(
@@ -171,6 +216,7 @@ def install(step: Step, node: Node, password: str = "", private_key: str = "") -
         install_packages(shell, family, step)
         start_libvirtd(shell, step)
         capacity = prepare_storages(shell, node, step)
+        prepare_networks(shell, node, step)
         qemu_binary = "qemu-system-x86_64" if family == "apt" else "/usr/libexec/qemu-kvm"
         qemu = re.search(r"version (\d+\.\d+(\.\d+)?)", shell.run([qemu_binary, "--version"]).out)
 

@@ -611,3 +611,58 @@ def test_install_refuses_a_dnf_node_in_an_apt_cluster_before_changing_anything(m
     assert shell.argvs == [["cat", "/etc/os-release"]]  # no password: the key step is skipped
     node.refresh_from_db()
     assert node.state == Node.State.INSTALLING
+
+
+# -- networks ------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_networks_become_bridges_with_values_only_as_arguments():
+    from nodes.models import Network
+
+    node = fake_node("n1")
+    Network.objects.create(cluster=node.cluster, name="public", kind="bridged", bridge="br-pub", interface="eth1",
+                           vlan=100)
+    Network.objects.create(cluster=node.cluster, name="private", kind="nat", bridge="br-nat",
+                           nat_cidr="10.0.8.0/24")
+    shell = FakeShell(default=Result(0, "created\n", ""))
+    steps = Steps()
+    installer.prepare_networks(shell, node, steps)
+    bridged, nat = shell.scripts()
+    assert bridged[2] == installer.BRIDGED_NETWORK and bridged[4:] == ["br-pub", "eth1.100", "eth1", "100"]
+    assert nat[2] == installer.NAT_NETWORK and nat[4:] == ["br-nat", "10.0.8.1/24", "10.0.8.0/24"]
+    assert "bridge br-pub over eth1.100: created" in steps.messages
+    assert "NAT bridge br-nat for 10.0.8.0/24: created" in steps.messages
+
+
+@pytest.mark.django_db
+def test_a_missing_uplink_fails_naming_the_network():
+    from nodes.models import Network
+
+    node = fake_node("n1")
+    Network.objects.create(cluster=node.cluster, name="public", kind="bridged", bridge="br-pub", interface="eth9")
+    shell = FakeShell(table=[(script_has("ip link show"), Result(1, "", "no interface eth9 on this node"))])
+    with pytest.raises(SshError, match=r"(?s)^network public: .*no interface eth9"):
+        installer.prepare_networks(shell, node, Steps())
+
+
+def test_the_bridged_network_script_is_idempotent_in_a_real_shell(tmp_path):
+    """Run the script with a stub `ip` that records calls: the second run creates nothing."""
+    import os
+
+    state = tmp_path / "links"
+    state.write_text("eth1\n")
+    stub = tmp_path / "ip"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f"S={state}\n"
+        'case "$1 $2" in\n'
+        '  "link show") grep -qx "$3" "$S" ;;\n'
+        '  "link add") echo "$3" >> "$S"; echo "add $*" >> "$S.log" ;;\n'
+        '  *) echo "$*" >> "$S.log" ;;\n'
+        "esac\n")
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    argv = ["sh", "-c", installer.BRIDGED_NETWORK, "sh", "br-pub", "eth1", "eth1", ""]
+    first = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+    second = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+    assert first.stdout.strip() == "created" and second.stdout.strip() == "exists"
+    assert (tmp_path / "links.log").read_text().count("link add") == 1
