@@ -181,3 +181,28 @@ def test_fifty_concurrent_creates_against_forty_free_addresses():
     assert len(addresses) == len(set(addresses)) == 40
     assert VirtualServer.objects.count() == 40
     assert not VirtualServer.objects.filter(ip_addresses=None).exists()
+
+
+def test_ipv6_single_addresses_and_64_delegations(world, public):
+    network, _pool = public
+    world.plan.ipv6_count = 1
+    world.plan.save()
+    v6 = IpPool.objects.create(name="pub6", network=network, cidr="2001:db8:77::/64", gateway="2001:db8:77::1")
+    r = create(world, hostname="six")
+    assert r.status_code == 202, r.data
+    assert r.data["server_state"]["ipv6"] == ["2001:db8:77::2"]
+    from nodes.fake import FakeDriver
+
+    spec = FakeDriver("fake://fake1").host.domains[VirtualServer.objects.get(pk=r.data["server"]).domain_name]["spec"]
+    assert "panel.ip=eth0,2001:db8:77::2/64,2001:db8:77::1" in spec.kernel_boot.cmdline
+    assert spec.nics[0].ips == ("203.0.113.3", "2001:db8:77::2")
+    IpAddress.objects.filter(pool=v6).delete()
+    v6.delete()
+    delegated = IpPool.objects.create(name="pub6-64", network=network, cidr="2001:db8:78::/56", assign="prefix64")
+    assert delegated.size() == 256
+    r = create(world, hostname="six64")
+    assert r.data["server_state"]["ipv6"] == ["2001:db8:78::"]
+    row = IpAddress.objects.get(pool=delegated)
+    assert row.with_prefix == "2001:db8:78::/64"
+    r = create(world, hostname="six64b")
+    assert r.data["server_state"]["ipv6"] == ["2001:db8:78:1::"]

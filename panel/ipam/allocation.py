@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from nodes.models import Network
-from panel.ipam.models import IpAddress, IpPool
+from panel.ipam.models import IpAddress, IpPool, ordinal_key
 from panel.vps.lifecycle import Refused
 from panel.vps.models import ServerNic, VirtualServer
 
@@ -40,7 +40,7 @@ def free_ordinals(pool: IpPool, count: int) -> list[int]:
 def _take(pool: IpPool, server: VirtualServer, ordinal: int) -> IpAddress:
     address = str(ipaddress.ip_address(ordinal) if pool.version == 4 else ipaddress.IPv6Address(ordinal))
     row, _created = IpAddress.objects.update_or_create(
-        pool=pool, ordinal=ordinal,
+        pool=pool, ordinal=ordinal_key(ordinal),
         defaults={"address": address, "server": server, "allocated_at": timezone.now(), "released_at": None,
                   "ptr": ""},
     )

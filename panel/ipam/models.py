@@ -144,13 +144,18 @@ class IpPool(models.Model):
 ptr_validator = hostname_validator
 
 
+def ordinal_key(value: int) -> str:
+    return f"{value:039d}"
+
+
 class IpAddress(models.Model):
     """An address taken from a pool: in use by a server, or released and in quarantine."""
 
     pool = models.ForeignKey(IpPool, on_delete=models.PROTECT, related_name="addresses")
     address = models.CharField(max_length=39)
-    # The address as an integer, for ordering and uniqueness (IPv6 needs 39 digits).
-    ordinal = models.DecimalField(max_digits=39, decimal_places=0)
+    # The address as a zero-padded 39-digit integer: exact for IPv6 on every backend (SQLite
+    # keeps decimals as floats), and it sorts as the addresses do.
+    ordinal = models.CharField(max_length=39)
     server = models.ForeignKey(VirtualServer, null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="ip_addresses")
     ptr = models.CharField(max_length=253, blank=True, validators=[ptr_validator],
