@@ -281,6 +281,8 @@ class ClusterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     def perform_destroy(self, instance):
         if instance.nodes.exists():
             raise Refused("The cluster still has nodes.", "cluster_has_nodes")
+        if IpPool.objects.filter(network__cluster=instance).exists() or instance.networks.filter(nics__isnull=False).exists():
+            raise Refused("The cluster's networks still have IP pools or servers.", "cluster_in_use")
         self.audit("cluster.delete", instance)
         instance.delete()
 

@@ -5,10 +5,11 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from nodes.models import Cluster, Node, Storage
+from nodes.models import Cluster, Network, Node, Storage
 from panel.accounts.models import LANGUAGE_CHOICES, ApiKey, Customer, User
+from panel.ipam.models import IpPool
 from panel.vps.lifecycle import boot_images
-from panel.vps.models import Plan, hostname_validator
+from panel.vps.models import Plan, VirtualServer, hostname_validator
 
 
 class LoginForm(forms.Form):
@@ -91,6 +92,9 @@ class ServerCreateForm(forms.Form):
     os_template = forms.ChoiceField(label=_("Operating system"))
     node = forms.ModelChoiceField(label=_("Node"), queryset=Node.objects.all(), required=False,
                                   help_text=_("Leave empty to place the server on the online node with the most free RAM."))
+    private_network = forms.BooleanField(
+        label=_("Also a private network card (NAT)"), required=False,
+        help_text=_("A second card on the cluster's private network, with an address of its pool."))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -225,3 +229,110 @@ class StorageForm(forms.ModelForm):
         if others.exists():
             raise ValidationError(_("This cluster has a storage of that name."))
         return name
+
+
+# --- Networks, IP pools, addresses -----------------------------------------------------------
+
+class NetworkForm(forms.ModelForm):
+    """The cluster is the instance's; Network.clean() checks the kind's fields."""
+
+    class Meta:
+        model = Network
+        fields = ["name", "kind", "bridge", "interface", "vlan", "nat_cidr"]
+        labels = {"name": _("Name"), "kind": _("Kind"), "bridge": _("Bridge"), "interface": _("Uplink interface"),
+                  "vlan": _("VLAN"), "nat_cidr": _("Private range")}
+        help_texts = {"name": _("Lowercase letters, digits, “_” and “-”."),
+                      "bridge": _("The bridge made on every node, e.g. br-public (at most 15 characters)."),
+                      "interface": _("Bridged: the nodes' physical uplink, e.g. eth1."),
+                      "vlan": _("Bridged, optional: a VLAN tag (1–4094) on the uplink."),
+                      "nat_cidr": _("NAT: the private IPv4 range, e.g. 10.0.0.0/24; the node is its first address.")}
+
+    def _unique_in_cluster(self, field: str, message) -> str:
+        value = self.cleaned_data[field]
+        others = Network.objects.filter(cluster_id=self.instance.cluster_id, **{field: value}).exclude(pk=self.instance.pk)
+        if others.exists():
+            raise ValidationError(message)
+        return value
+
+    def clean_name(self) -> str:
+        return self._unique_in_cluster("name", _("This cluster has a network of that name."))
+
+    def clean_bridge(self) -> str:
+        return self._unique_in_cluster("bridge", _("This cluster has a network on that bridge."))
+
+
+class IpPoolForm(forms.ModelForm):
+    """IpPool.clean() checks the subnet, the range, the gateway and overlaps with other pools."""
+
+    class Meta:
+        model = IpPool
+        fields = ["name", "network", "cidr", "first", "last", "gateway", "dns", "excluded", "assign",
+                  "quarantine_minutes"]
+        labels = {"name": _("Name"), "network": _("Network"), "cidr": _("Subnet"), "first": _("First address"),
+                  "last": _("Last address"), "gateway": _("Gateway"), "dns": _("DNS servers"),
+                  "excluded": _("Excluded addresses"), "assign": _("Hand out"),
+                  "quarantine_minutes": _("Quarantine (minutes)")}
+        help_texts = {"cidr": _("The subnet, e.g. 203.0.113.0/24 or 2001:db8::/48."),
+                      "first": _("First address handed out; empty: the subnet's first host."),
+                      "last": _("Last address handed out; empty: the subnet's last host."),
+                      "gateway": _("Never handed out; servers route through it."),
+                      "dns": _("Comma-separated."),
+                      "excluded": _("Never handed out; comma- or line-separated."),
+                      "quarantine_minutes": _("A released address waits this long before it is handed out again.")}
+        widgets = {"excluded": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["network"].queryset = Network.objects.select_related("cluster").order_by("cluster__name", "name")
+
+
+class PoolAddressForm(forms.Form):
+    """An extra address for a server, from the pool of the page (the server by id or from the list)."""
+
+    server = forms.ModelChoiceField(label=_("Server"), queryset=VirtualServer.objects.none(),
+                                    widget=forms.TextInput(attrs={"inputmode": "numeric", "list": "pool-servers",
+                                                                  "autocomplete": "off", "size": 8}),
+                                    help_text=_("The server's number (#) in the panel."),
+                                    error_messages={"invalid_choice": _("No server with that number in this "
+                                                                        "pool's cluster.")})
+    address = forms.CharField(label=_("Address"), max_length=39, required=False,
+                              help_text=_("Optional: this exact address; else the next free one."))
+
+    def __init__(self, *args, pool: IpPool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["server"].queryset = servers_in_cluster(pool.network.cluster_id)
+
+
+class ServerAddressForm(forms.Form):
+    """An extra address for the server of the page, from a pool of its cluster's networks."""
+
+    pool = forms.ModelChoiceField(label=_("Pool"), queryset=IpPool.objects.none())
+    address = forms.CharField(label=_("Address"), max_length=39, required=False,
+                              help_text=_("Optional: this exact address; else the next free one."))
+
+    def __init__(self, *args, server: VirtualServer, **kwargs):
+        super().__init__(*args, **kwargs)
+        cluster_id = server.node.cluster_id if server.node_id else None
+        self.fields["pool"].queryset = IpPool.objects.filter(network__cluster_id=cluster_id).select_related(
+            "network").order_by("name") if cluster_id else IpPool.objects.none()
+
+
+class MoveAddressForm(forms.Form):
+    server = forms.ModelChoiceField(label=_("Move to server"), queryset=VirtualServer.objects.none(),
+                                    widget=forms.TextInput(attrs={"inputmode": "numeric", "list": "pool-servers",
+                                                                  "autocomplete": "off", "size": 8}),
+                                    error_messages={"invalid_choice": _("No server with that number in this "
+                                                                        "pool's cluster.")})
+
+    def __init__(self, *args, cluster_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["server"].queryset = servers_in_cluster(cluster_id)
+
+
+class PtrForm(forms.Form):
+    ptr = forms.CharField(label=_("Reverse DNS name"), max_length=253, required=False,
+                          validators=[hostname_validator])
+
+
+def servers_in_cluster(cluster_id):
+    return VirtualServer.objects.filter(node__cluster_id=cluster_id).exclude(state="deleting").order_by("id")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from panel.ui.views import admin, auth, keys, nodes, servers
+from panel.ui.views import admin, auth, ipam, keys, nodes, servers
 
 app_name = "ui"
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("servers/", servers.server_list, name="servers"),
     path("servers/<int:server_id>/", servers.server_detail, name="server"),
     path("servers/<int:server_id>/actions/<slug:action>/", servers.server_action, name="server-action"),
+    path("servers/<int:server_id>/addresses/<int:address_id>/ptr/", ipam.address_ptr, name="server-address-ptr"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
     path("api-keys/<int:key_id>/revoke/", keys.revoke_key, name="key-revoke"),
@@ -44,6 +45,18 @@ urlpatterns = [
     path("admin/clusters/<int:cluster_id>/storages/new/", nodes.storage_create, name="admin-storage-create"),
     path("admin/storages/<int:storage_id>/edit/", nodes.storage_edit, name="admin-storage-edit"),
     path("admin/storages/<int:storage_id>/delete/", nodes.storage_delete, name="admin-storage-delete"),
+    path("admin/clusters/<int:cluster_id>/networks/new/", ipam.network_create, name="admin-network-create"),
+    path("admin/networks/<int:network_id>/edit/", ipam.network_edit, name="admin-network-edit"),
+    path("admin/networks/<int:network_id>/delete/", ipam.network_delete, name="admin-network-delete"),
+    path("admin/ip-pools/", ipam.pool_list, name="admin-pools"),
+    path("admin/ip-pools/new/", ipam.pool_create, name="admin-pool-create"),
+    path("admin/ip-pools/<int:pool_id>/", ipam.pool_detail, name="admin-pool"),
+    path("admin/ip-pools/<int:pool_id>/edit/", ipam.pool_edit, name="admin-pool-edit"),
+    path("admin/ip-pools/<int:pool_id>/delete/", ipam.pool_delete, name="admin-pool-delete"),
+    path("admin/ip-pools/<int:pool_id>/addresses/new/", ipam.pool_address_add, name="admin-pool-address-add"),
+    path("admin/ip-addresses/<int:address_id>/move/", ipam.address_move, name="admin-address-move"),
+    path("admin/ip-addresses/<int:address_id>/release/", ipam.address_release, name="admin-address-release"),
+    path("admin/servers/<int:server_id>/addresses/new/", ipam.server_address_add, name="admin-server-address-add"),
     path("admin/servers/", admin.server_list, name="admin-servers"),
     path("admin/servers/new/", admin.server_create, name="admin-server-create"),
     path("admin/operations/", admin.operation_list, name="admin-operations"),

@@ -193,7 +193,7 @@ def server_create(request):
         try:
             server, _op = lifecycle.create_server(
                 actor(request), customer=data["customer"], plan=data["plan"], hostname=data["hostname"],
-                os_template=data["os_template"], node=data["node"],
+                os_template=data["os_template"], node=data["node"], private_network=data["private_network"],
             )
         except lifecycle.Refused as refused:
             form.add_error(refused.field if refused.field in form.fields else None, refused.message)

@@ -265,8 +265,10 @@ def cluster_create(request):
 def cluster_detail(request, cluster_id: int):
     cluster = get_object_or_404(Cluster, pk=cluster_id)
     storages = cluster.storages.annotate(server_count=Count("servers")).order_by("id")
+    from panel.ui.views.ipam import cluster_networks
+
     return render(request, "ui/admin/cluster_detail.html", {
-        "cluster": cluster, "storages": storages,
+        "cluster": cluster, "storages": storages, "networks": cluster_networks(cluster),
         "nodes": nodes_with_usage(annotated_nodes().filter(cluster=cluster)),
         "cpu_ratio": ratio_text(cluster.cpu_overcommit), "ram_ratio": ratio_text(cluster.ram_overcommit),
     })
@@ -299,6 +301,9 @@ def cluster_delete(request, cluster_id: int):
         return redirect("ui:admin-cluster", cluster_id=cluster.pk)
     if Storage.objects.filter(cluster=cluster, servers__isnull=False).exists():
         messages.error(request, _("Servers have disks on this cluster's storages."))
+        return redirect("ui:admin-cluster", cluster_id=cluster.pk)
+    if cluster.networks.filter(Q(ip_pools__isnull=False) | Q(nics__isnull=False)).exists():
+        messages.error(request, _("IP pools or servers use this cluster's networks; delete the pools first."))
         return redirect("ui:admin-cluster", cluster_id=cluster.pk)
     audit.record(actor(request), "cluster.delete", cluster)
     cluster.delete()

@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 from panel.ui import live
 from panel.ui.forms import SuspendForm
 from panel.ui.views.common import actor, paginate
+from panel.ui.views.ipam import server_addresses
 from panel.vps import lifecycle
 from panel.vps.models import Operation, ServerState, VirtualServer
 
@@ -53,6 +54,13 @@ def server_list(request):
 def server_detail(request, server_id: int):
     act = actor(request)
     server = act.get_or_404(VirtualServer.objects.select_related("plan", "node", "customer"), pk=server_id)
+    return render_server_detail(request, server)
+
+
+def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_forms: dict | None = None,
+                         add_form=None):
+    """The server page; the address views render it again with their bound forms' errors."""
+    act = actor(request)
     operations = list(Operation.objects.filter(server=server).order_by("-id")[:10])
     snap = live.snapshot(server, act, operations[0] if operations else None)
     buttons = [
@@ -63,13 +71,14 @@ def server_detail(request, server_id: int):
     return render(request, "ui/server_detail.html", {
         "server": server, "operations": operations, "snap": snap,
         "buttons": {b["name"]: b for b in buttons}, "is_admin": act.is_admin,
+        **server_addresses(server, act, ptr_forms=ptr_forms, add_form=add_form),
         "js_i18n": {
             "offline": _("Live updates are unavailable; reload the page to see changes."),
             "deleted": _("This server has been deleted."),
             "noOperations": _("No operations yet."),
             "noReason": _("no reason given"),
         },
-    })
+    }, status=status)
 
 
 @require_POST
