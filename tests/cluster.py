@@ -8,7 +8,7 @@ a private mount and UTS namespace in which the node has its own hostname, ``/run
 ``virtlogd`` and ``libvirtd``. The panel adds such a node over SSH exactly as it
 would add a real server (password login as root on first contact, then keys).
 
-Only addresses in 10.77.0.0/24 and loopback are used. The host's root password,
+Only addresses in 10.77.0.0/24 (10.77.1.0/24 with ``public=True``) and loopback are used. The host's root password,
 ``/root/.ssh`` and libvirtd are never touched. Requires root; stdlib only.
 
     with Cluster() as c:            # or c = Cluster(); c.start(3); ...; c.stop()
@@ -42,6 +42,15 @@ PREFIX_LEN = 24
 SUBNET = "10.77.0.0/24"
 NETNS_PREFIX = "pnl-node"
 VETH_PREFIX = "pnlv"  # host side of node i's veth is "pnlv<i>"; the node side is "eth0"
+# Optional "public" segment (start(public=True)): a second veth per node, host side
+# "pnlq<i>" in the bridge pnltpub0 (10.77.1.1/24 on the host), node side "eth1" without
+# any address (the panel's installer puts a bridge over it for guests).
+PUBLIC_BRIDGE = "pnltpub0"
+PUBLIC_HOST_ADDRESS = "10.77.1.1"
+PUBLIC_PREFIX_LEN = 24
+PUBLIC_SUBNET = "10.77.1.0/24"
+PUBLIC_VETH_PREFIX = "pnlq"
+PUBLIC_IFACE = "eth1"
 BASE_DIR = "/tmp/pnl-cluster"
 LOCK_FILE = "/tmp/pnl-cluster.lock"
 BROKEN_NODE_INDEX = 4
@@ -72,6 +81,7 @@ class Node:
     root_password: str
     broken: bool = False
     dir: str = ""      # per-node files on the host, /tmp/pnl-cluster/node1
+    public_iface: str = ""   # "eth1" with start(public=True): in pnltpub0, no address
 
 
 # --------------------------------------------------------------------------- helpers
@@ -350,8 +360,12 @@ class Cluster:
         except KeyError:
             raise ClusterError(f"no node {i} (nodes: {sorted(self._nodes)})") from None
 
-    def start(self, count: int = 3, extra_broken: bool = False) -> "Cluster":
-        """Create nodes node1..node<count> (+ broken node4 with extra_broken=True)."""
+    def start(self, count: int = 3, extra_broken: bool = False, public: bool = False) -> "Cluster":
+        """Create nodes node1..node<count> (+ broken node4 with extra_broken=True).
+
+        public=True: every node also gets "eth1" (up, no address) plugged into the host
+        bridge pnltpub0 (10.77.1.1/24) through the veth pnlq<i>.
+        """
         if os.geteuid() != 0:
             raise ClusterError("the test cluster needs root")
         if extra_broken and count >= BROKEN_NODE_INDEX:
@@ -372,11 +386,14 @@ class Cluster:
             for i, broken in specs:
                 self._nodes[i] = Node(index=i, name=f"node{i}", address=node_address(i),
                                       netns=f"{NETNS_PREFIX}{i}", root_password=self.root_password,
-                                      broken=broken, dir=os.path.join(self.base_dir, f"node{i}"))
+                                      broken=broken, dir=os.path.join(self.base_dir, f"node{i}"),
+                                      public_iface=PUBLIC_IFACE if public else "")
             if not self._atexit:
                 atexit.register(self.stop)
                 self._atexit = True
             self._make_bridge()
+            if public:
+                self._make_bridge(PUBLIC_BRIDGE, f"{PUBLIC_HOST_ADDRESS}/{PUBLIC_PREFIX_LEN}")
             with ThreadPoolExecutor(max_workers=max(1, len(specs))) as ex:
                 list(ex.map(lambda n: self._prepare_node(n, pw_hash), self.nodes))
                 for n in self.nodes:
@@ -446,7 +463,7 @@ class Cluster:
             if cp.returncode != 0 and ns in _netns_list():
                 errors.append(f"ip netns delete {ns}: {cp.stderr.strip()}")
         for name in sorted(os.listdir("/sys/class/net")):
-            if re.fullmatch(re.escape(VETH_PREFIX) + r"\d+", name) or name == BRIDGE:
+            if _is_cluster_link(name):
                 cp = _sh(["ip", "link", "delete", name], check=False)
                 if cp.returncode != 0 and _link_exists(name):
                     errors.append(f"ip link delete {name}: {cp.stderr.strip()}")
@@ -577,8 +594,8 @@ class Cluster:
 
     def _cleanup_stale(self) -> None:
         leftovers = [n for n in _netns_list() if n.startswith(NETNS_PREFIX)]
-        if leftovers or _link_exists(BRIDGE) or os.path.exists(self.base_dir) or any(
-                re.fullmatch(re.escape(VETH_PREFIX) + r"\d+", x) for x in os.listdir("/sys/class/net")):
+        if leftovers or os.path.exists(self.base_dir) or any(
+                _is_cluster_link(x) for x in os.listdir("/sys/class/net")):
             self._teardown()
 
     @staticmethod
@@ -591,16 +608,16 @@ class Cluster:
                     out.append(mp)
         return out
 
-    def _make_bridge(self) -> None:
-        _sh(["ip", "link", "add", BRIDGE, "type", "bridge"])
-        # no STP delay, no IPv6 on the test bridge (only 10.77.0.0/24 is used)
+    def _make_bridge(self, name: str = BRIDGE, cidr: str = f"{HOST_ADDRESS}/{PREFIX_LEN}") -> None:
+        _sh(["ip", "link", "add", name, "type", "bridge"])
+        # no STP delay, no IPv6 on the test bridges (only 10.77.0.0/24, 10.77.1.0/24 are used)
         for k in ("disable_ipv6",):
-            p = f"/proc/sys/net/ipv6/conf/{BRIDGE}/{k}"
+            p = f"/proc/sys/net/ipv6/conf/{name}/{k}"
             if os.path.exists(p):
                 with open(p, "w") as f:
                     f.write("1")
-        _sh(["ip", "addr", "add", f"{HOST_ADDRESS}/{PREFIX_LEN}", "dev", BRIDGE])
-        _sh(["ip", "link", "set", BRIDGE, "up"])
+        _sh(["ip", "addr", "add", cidr, "dev", name])
+        _sh(["ip", "link", "set", name, "up"])
 
     def _prepare_node(self, n: Node, pw_hash: str) -> None:
         d = n.dir
@@ -618,6 +635,20 @@ class Cluster:
         _sh(["ip", "-n", n.netns, "link", "set", "lo", "up"])
         _sh(["ip", "-n", n.netns, "addr", "add", f"{n.address}/{PREFIX_LEN}", "dev", "eth0"])
         _sh(["ip", "-n", n.netns, "link", "set", "eth0", "up"])
+        if n.public_iface:
+            # public segment: pnlq<i> (host, in pnltpub0) <-> eth1 (node), up, no address
+            pveth = f"{PUBLIC_VETH_PREFIX}{n.index}"
+            _sh(["ip", "link", "add", pveth, "type", "veth", "peer", "name", n.public_iface,
+                 "netns", n.netns])
+            p = f"/proc/sys/net/ipv6/conf/{pveth}/disable_ipv6"
+            if os.path.exists(p):
+                with open(p, "w") as f:
+                    f.write("1")
+            _sh(["ip", "link", "set", pveth, "master", PUBLIC_BRIDGE, "up"])
+            # no IPv6 link-local address on eth1 either (it carries no address at all)
+            _sh(["ip", "netns", "exec", n.netns, "sysctl", "-q", "-w",
+                 f"net.ipv6.conf.{n.public_iface}.disable_ipv6=1"])
+            _sh(["ip", "-n", n.netns, "link", "set", n.public_iface, "up"])
         # identity files
         with open("/etc/shadow") as f:
             shadow = f.read().splitlines()
@@ -736,6 +767,12 @@ class Cluster:
         return "\n".join(_tail(os.path.join(d, f)) for f in (
             "setup.log", "sshd.out", "sshd.log", "virtlogd.out", "libvirtd.out",
             "var-log-libvirt/libvirtd.log"))
+
+
+def _is_cluster_link(name: str) -> bool:
+    """A host link that belongs to the test cluster (bridges and host-side veths)."""
+    return name in (BRIDGE, PUBLIC_BRIDGE) or bool(
+        re.fullmatch(rf"(?:{re.escape(VETH_PREFIX)}|{re.escape(PUBLIC_VETH_PREFIX)})\d+", name))
 
 
 def _write(path: str, text: str, mode: int) -> None:

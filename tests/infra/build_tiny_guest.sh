@@ -8,6 +8,12 @@
 # powers off on an ACPI power-button press (virsh shutdown; the domain needs
 # <features><acpi/></features>) after printing "TINY-GUEST poweroff", and runs a
 # root shell on tty1 (VGA console).
+# Static networking from the kernel command line (before "TINY-GUEST booted"):
+#   panel.ip=<dev>,<address>/<prefix>,<gateway or empty>   (repeatable, IPv4 or IPv6)
+#   panel.dns=<ip>[,<ip>...]                                (repeatable)
+# prints "TINY-GUEST net <dev> <address>/<prefix>" per address, "TINY-GUEST net bad
+# <value>" per rejected value, then "TINY-GUEST net ready" (or "TINY-GUEST net none"
+# when the command line has neither). See tests/infra/README.md.
 # Usage: tests/infra/build_tiny_guest.sh [OUTDIR]   (default <repo>/.cache/tiny-guest)
 set -euo pipefail
 
@@ -144,6 +150,8 @@ for m in $(cat /etc/tiny-guest/modules); do
   insmod "/lib/modules/$kver/$m.ko" >/dev/null 2>&1
 done
 hostname tiny-guest
+# Static network from panel.ip= / panel.dns= on the kernel command line.
+/etc/tiny-guest/net
 # ACPI power button: button.ko exposes it as KEY_POWER on an evdev node; busybox
 # acpid maps that to /etc/acpi/PWRF/00000080. Start it before announcing the
 # boot, and wait (bounded) until it holds the event devices open, so a
@@ -175,6 +183,95 @@ while :; do
 done
 UP
 
+# Network recipe version 1 (panel.ip / panel.dns contract, README "Networking").
+cat >"$R/etc/tiny-guest/net" <<'NET'
+#!/bin/sh
+# panel.ip=<dev>,<addr>/<prefix>,<gw or empty>  panel.dns=<ip>[,<ip>]  (kernel cmdline)
+say() { echo "TINY-GUEST net $*" >/dev/ttyS0; }
+ip link set lo up 2>/dev/null
+set -f                                   # the values are never globbed
+ips=""; dnss=""; seen=0
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    panel.ip|panel.dns|panel.ip=|panel.dns=) say "bad $arg"; seen=1 ;;
+    panel.ip=*)  ips="$ips ${arg#panel.ip=}"; seen=1 ;;
+    panel.dns=*) dnss="$dnss ${arg#panel.dns=}"; seen=1 ;;
+  esac
+done
+[ "$seen" = 1 ] || { say none; exit 0; }
+
+is_v4() {   # a.b.c.d, each 0..255
+  echo "$1" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}$' || return 1
+  local IFS=.; set -- $1
+  [ "$1" -le 255 ] && [ "$2" -le 255 ] && [ "$3" -le 255 ] && [ "$4" -le 255 ]
+}
+is_v6() {   # hex groups and colons (at least two colons); the kernel checks the rest
+  echo "$1" | grep -Eq '^[0-9A-Fa-f:]{2,39}$' && echo "$1" | grep -q ':.*:'
+}
+family() { if is_v4 "$1"; then echo 4; elif is_v6 "$1"; then echo 6; else echo 0; fi; }
+dev_ok() {
+  case "$1" in ""|lo|*[!A-Za-z0-9_.-]*) return 1 ;; esac
+  [ "${#1}" -le 15 ] || return 1
+  local i=0   # virtio_net was just loaded: give the device up to 2 s to appear
+  while [ ! -e "/sys/class/net/$1" ] && [ $i -lt 40 ]; do sleep 0.05; i=$((i + 1)); done
+  [ -e "/sys/class/net/$1" ]
+}
+link_up() {
+  if [ -d "/proc/sys/net/ipv6/conf/$1" ]; then   # static: no SLAAC, no DAD delay
+    echo 0 >"/proc/sys/net/ipv6/conf/$1/accept_ra"
+    echo 0 >"/proc/sys/net/ipv6/conf/$1/autoconf"
+    echo 0 >"/proc/sys/net/ipv6/conf/$1/accept_dad"
+  fi
+  ip link set "$1" up
+}
+
+gw4=""; gw4dev=""; gw6=""; gw6dev=""
+for v in $ips; do
+  case "$v" in *,*,*,*) say "bad $v"; continue ;; *,*,*) ;; *) say "bad $v"; continue ;; esac
+  dev=${v%%,*}; rest=${v#*,}; cidr=${rest%%,*}; gw=${rest#*,}
+  addr=${cidr%/*}; plen=${cidr#*/}
+  case "$cidr" in */*) ;; *) say "bad $v"; continue ;; esac
+  case "$plen" in ""|*[!0-9]*) say "bad $v"; continue ;; esac
+  fam=$(family "$addr")
+  case "$fam" in
+    4) [ "$plen" -le 32 ] || { say "bad $v"; continue; } ;;
+    6) [ "$plen" -le 128 ] || { say "bad $v"; continue; } ;;
+    *) say "bad $v"; continue ;;
+  esac
+  if [ -n "$gw" ] && [ "$(family "$gw")" != "$fam" ]; then say "bad $v"; continue; fi
+  dev_ok "$dev" || { say "bad $v"; continue; }
+  link_up "$dev" 2>/dev/null
+  if ! ip -"$fam" addr add "$addr/$plen" dev "$dev" 2>/dev/null; then say "bad $v"; continue; fi
+  say "$dev $addr/$plen"
+  if [ -n "$gw" ]; then
+    if [ "$fam" = 4 ] && [ -z "$gw4" ]; then gw4=$gw; gw4dev=$dev; fi
+    if [ "$fam" = 6 ] && [ -z "$gw6" ]; then gw6=$gw; gw6dev=$dev; fi
+  fi
+done
+# default routes: the first gateway given per family
+if [ -n "$gw4" ]; then
+  ip -4 route add default via "$gw4" dev "$gw4dev" 2>/dev/null \
+    || ip -4 route add default via "$gw4" dev "$gw4dev" onlink 2>/dev/null \
+    || say "bad gateway $gw4"
+fi
+if [ -n "$gw6" ]; then
+  ip -6 route add default via "$gw6" dev "$gw6dev" 2>/dev/null \
+    || ip -6 route add default via "$gw6" dev "$gw6dev" onlink 2>/dev/null \
+    || say "bad gateway $gw6"
+fi
+: >/etc/resolv.conf
+for d in $dnss; do
+  ok=1
+  case "$d" in ""|,*|*,|*,,*) ok=0 ;; esac
+  for ns in $(echo "$d" | tr ',' ' '); do
+    [ "$(family "$ns")" = 0 ] && ok=0
+  done
+  [ "$ok" = 1 ] || { say "bad $d"; continue; }
+  for ns in $(echo "$d" | tr ',' ' '); do echo "nameserver $ns" >>/etc/resolv.conf; done
+done
+say ready
+NET
+
 cat >"$R/etc/tiny-guest/poweroff" <<'OFF'
 #!/bin/sh
 echo "TINY-GUEST poweroff" >/dev/ttyS0
@@ -190,7 +287,7 @@ PROF
 echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
 echo "root:x:0:" >"$R/etc/group"
 
-chmod 755 "$R/init" "$R/etc/tiny-guest/uptime" "$R/etc/tiny-guest/poweroff"
+chmod 755 "$R/init" "$R/etc/tiny-guest/uptime" "$R/etc/tiny-guest/poweroff" "$R/etc/tiny-guest/net"
 
 # ------------------------------------------------------------------ outputs
 (cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \

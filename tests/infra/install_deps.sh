@@ -15,7 +15,7 @@ PACKAGES=(
   default-libmysqlclient-dev mariadb-server
   chromium
   busybox-static cpio gettext
-  openssh-server openssh-client iproute2
+  openssh-server openssh-client iproute2 iptables
   # to build mysqlclient / libvirt-python from source with pip
   gcc libc6-dev
   # tools used by the infra scripts themselves
