@@ -244,7 +244,7 @@ def test_cluster():
     from tests.cluster import Cluster
 
     cluster = Cluster()
-    cluster.start(count=3, extra_broken=True)
+    cluster.start(count=3, extra_broken=True, public=True)
     try:
         yield cluster
     finally:
