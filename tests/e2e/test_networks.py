@@ -122,3 +122,16 @@ def test_addresses_reach_guests_guests_reach_each_other_nat_works_and_spoofing_d
     assert code != 0, f"a spoofed source address got through: {out}"
     code, out = a.sh(f"ip addr flush dev eth0; ip addr add {a_ip[0]}/24 dev eth0; ping -c 1 -W 3 10.77.1.1")
     assert code == 0, f"A's own address works again: {out}"
+
+    # An admin gives A that address as an extra one: the running domain's filter follows.
+    admin = panel.admin_key
+    pool = panel.call(admin, "GET", "/api/v1/ip-pools/?name=e2e-public").json()["results"][0]
+    r = panel.call(admin, "POST", "/api/v1/ip-addresses/", json={"server": a.server["id"], "pool": pool["id"],
+                                                                 "address": "10.77.1.39"})
+    assert r.status_code == 201, r.text
+    ops = panel.call(admin, "GET", f"/api/v1/operations/?server={a.server['id']}&kind=network_update").json()
+    assert panel.wait_operation(admin, ops["results"][0]["id"])["status"] == "succeeded"
+    live = a.run(["virsh", "-c", "qemu:///system", "dumpxml", a.name]).stdout
+    assert "value='10.77.1.39'" in live
+    code, out = a.sh("ip addr add 10.77.1.39/24 dev eth0; ping -c 2 -W 3 -I 10.77.1.39 10.77.1.1")
+    assert code == 0, f"the extra address does not work after the live filter update: {out}"
