@@ -142,6 +142,21 @@ class FakeDriver(Driver):
                 raise DriverError(f"domain {name} has no NIC {nic.mac}")
             dom.setdefault("live_nics", {})[nic.mac] = nic
 
+    def migrate(self, name: str, dest, dest_address: str, dest_xml: str, unsafe: bool = False) -> None:
+        self._enter("migrate", name)
+        with _lock:
+            dom = self._get(name)
+            if dom["state"] != DomainState.RUNNING:
+                raise DriverError(f"domain {name} is not running")
+            dest.host.domains[name] = self.host.domains.pop(name)
+
+    def vnc_port(self, name: str) -> int:
+        with _lock:
+            dom = self._get(name)
+            if dom["state"] != DomainState.RUNNING:
+                raise DriverError(f"domain {name} has no VNC port (not running?)")
+            return 5900 + dom["boot_id"] % 100
+
     def info(self, name: str) -> DomainInfo | None:
         with _lock:
             dom = self.host.domains.get(name)

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "panel.ipam",
     "panel.ui",
     "nodes",
+    "novnc",
 ]
 
 MIDDLEWARE = [
@@ -107,6 +108,8 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
+# noVNC comes from npm (`make` runs `npm ci`), never copied into the repository.
+STATICFILES_DIRS = [("novnc", BASE_DIR / "node_modules" / "@novnc" / "novnc")]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -199,6 +202,8 @@ HEALTH_INTERVAL_SECONDS = envint("HEALTH_INTERVAL_SECONDS", 5)
 PLACEMENT_WEIGHER = envstr("PLACEMENT_WEIGHER", "spread")
 # A released IP address waits this long before it is handed out again (per pool, this default).
 IP_QUARANTINE_MINUTES = envint("IP_QUARANTINE_MINUTES", 24 * 60)
+# A console token must be used (the websocket opened) within this many seconds.
+CONSOLE_TOKEN_SECONDS = envint("CONSOLE_TOKEN_SECONDS", 60)
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)

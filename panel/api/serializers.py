@@ -83,6 +83,16 @@ class AcceptedSerializer(OperationSerializer):
         return ServerSerializer(server).data if server else None
 
 
+class ConsoleSerializer(serializers.Serializer):
+    url = serializers.URLField(help_text="Open within expires_at; usable once")
+    expires_at = serializers.DateTimeField()
+
+
+class MigrateSerializer(serializers.Serializer):
+    node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all())
+    live = serializers.BooleanField(default=True)
+
+
 class StopSerializer(serializers.Serializer):
     force = serializers.BooleanField(default=False)
     timeout = serializers.IntegerField(min_value=0, max_value=3600, required=False,

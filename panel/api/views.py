@@ -1,6 +1,7 @@
 """API v1 viewsets: validate, call one function, return the object or 202 with the Operation."""
 
 from django.db.models import ProtectedError
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -145,6 +146,24 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
     @action(detail=True, methods=["post"])
     def unsuspend(self, request, pk=None):
         return self._act(request, pk, Operation.Kind.UNSUSPEND)
+
+    @extend_schema(request=s.MigrateSerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def migrate(self, request, pk=None):
+        data = s.MigrateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        return accepted(lifecycle.request_migration(actor(request), pk, v["node"], v["live"]))
+
+    @extend_schema(request=s.EmptySerializer, responses={201: s.ConsoleSerializer})
+    @action(detail=True, methods=["post"])
+    def console(self, request, pk=None):
+        """A one-time console URL: open it in a browser within `expires_at` (the page connects at once)."""
+        from novnc import tokens
+
+        token, raw = tokens.issue(actor(request), pk)
+        url = request.build_absolute_uri(reverse("novnc:console-token", args=[raw]))
+        return Response({"url": url, "expires_at": token.expires_at}, status=status.HTTP_201_CREATED)
 
 
 class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):

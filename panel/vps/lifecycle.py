@@ -153,3 +153,32 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
         audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name)
         after_commit(lambda: enqueue(op.id))
     return server, op
+
+
+def request_migration(actor: Actor, server_id: int, node: Node, live: bool = True) -> Operation:
+    """Move a server to `node` of the same cluster (admins). The destination's capacity is
+    taken now, in this transaction; the source's is given back when the move is done."""
+    if not actor.is_admin:
+        raise Refused(_("Only admins migrate servers."), "permission_denied", 403)
+    with transaction.atomic():
+        server = actor.get_or_404(VirtualServer.objects.select_for_update().select_related("node"), pk=server_id)
+        if node.pk == server.node_id:
+            raise Refused(_("The server is already on that node."), "invalid", 400, field="node")
+        if node.cluster_id != server.node.cluster_id:
+            raise Refused(_("Servers move only within their cluster (its storage is shared)."), "invalid", 400,
+                          field="node")
+        wanted = S.RUNNING if live else S.STOPPED
+        if server.state != wanted:
+            raise Refused(_("A live migration needs a running server, a cold one a stopped server."),
+                          "invalid_state")
+        op = _new_operation(actor, server, K.MIGRATE, {"node": node.pk, "live": live, "state": server.state})
+        try:
+            placement.reserve(placement.Request(server.vcpus, server.ram_mib, server.disk_gib), only=node)
+        except placement.NoCapacity as exc:
+            raise Refused(_("The node cannot take this server: %(why)s") % {"why": exc.decision.explain()},
+                          "no_capacity", 409, field="node")
+        server.state = S.MIGRATING
+        server.save(update_fields=["state", "updated_at"])
+        audit.record(actor, "server.migrate", server, operation=op.id, node=node.name, live=live)
+        after_commit(lambda: enqueue(op.id))
+    return op

@@ -50,6 +50,15 @@ class ServerState(models.TextChoices):
     DELETING = "deleting", _("Deleting")
 
 
+def new_vnc_password() -> str:
+    """A per-server VNC password (VNC uses at most 8 characters), stored encrypted."""
+    import secrets
+
+    from panel.crypto import encrypt
+
+    return encrypt(secrets.token_urlsafe(6)[:8])
+
+
 class VirtualServer(models.Model):
     """A customer's VPS: the desired state; the node's libvirt holds the actual one."""
 
@@ -65,6 +74,8 @@ class VirtualServer(models.Model):
     suspend_reason = models.CharField(max_length=500, blank=True)
     state_before_suspend = models.CharField(max_length=12, choices=ServerState.choices, blank=True)
     error = models.TextField(blank=True)
+    # Only the console proxy uses it (novnc/rfb.py); browsers never see it.
+    vnc_password = models.CharField(max_length=200, default=new_vnc_password, editable=False)
     # Sizes are copied from the plan at creation, so changing a plan does not resize servers.
     vcpus = models.PositiveSmallIntegerField()
     ram_mib = models.PositiveIntegerField()
@@ -127,6 +138,7 @@ class Operation(models.Model):
         UNSUSPEND = "unsuspend", _("Unsuspend")
         DELETE = "delete", _("Delete")
         NETWORK_UPDATE = "network_update", _("Update network settings")
+        MIGRATE = "migrate", _("Migrate")
         NODE_INSTALL = "node_install", _("Install node")
 
     class Status(models.TextChoices):

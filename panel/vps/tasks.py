@@ -11,6 +11,7 @@ from nodes.connection import driver_for
 from nodes.domain_xml import Disk, DomainSpec, KernelBoot, Nic
 from nodes.driver import DomainState, Driver, DriverError
 from nodes import placement
+from panel.crypto import decrypt
 from panel.vps import progress
 from panel.vps.lifecycle import boot_images
 from panel.vps.models import Operation, ServerState, VirtualServer
@@ -69,11 +70,13 @@ def nics_of(server: VirtualServer) -> tuple[list[Nic], list[str]]:
     return nics, args
 
 
-def domain_spec(server: VirtualServer) -> DomainSpec:
+def domain_spec(server: VirtualServer, node=None) -> DomainSpec:
+    """The server's domain as `node` (default: its own) would run it."""
+    node = node or server.node
     image = boot_images().get(server.os_template)
     if image is None:
         raise DriverError(f"OS image {server.os_template!r} is not available on this panel")
-    driver = driver_for(server.node.uri)
+    driver = driver_for(node.uri)
     disk_path = driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib)
     nics, net_args = nics_of(server)
     cmdline = " ".join(["console=ttyS0", "panic=1", f"hostname={server.hostname}", *net_args])
@@ -82,11 +85,15 @@ def domain_spec(server: VirtualServer) -> DomainSpec:
         uuid=str(server.uuid),
         vcpus=server.vcpus,
         ram_mib=server.ram_mib,
-        virt_type=server.node.virt_type or "qemu",
+        virt_type=node.virt_type or "qemu",
         disks=(Disk(path=disk_path),),
         kernel_boot=KernelBoot(image["kernel"], image["initrd"], cmdline),
         nics=tuple(nics),
         serial_log=server.serial_log,
+        # VNC listens only where the panel reaches it: the node's management address (or
+        # loopback on the panel's own host), with the server's own password.
+        vnc_listen=node.address or "127.0.0.1",
+        vnc_password=decrypt(server.vnc_password),
         panel_instance=settings.PANEL_INSTANCE_ID,
         server_id=server.id,
     )
@@ -189,8 +196,39 @@ def _network_update(step: Step, server: VirtualServer, driver: Driver) -> None:
         step(70, "anti-spoofing filters updated live; the guest configures new addresses itself")
 
 
+def _migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
+    from nodes.models import Node, Storage
+
+    dest = Node.objects.get(pk=step.op.params["node"])
+    live = step.op.params.get("live", True)
+    dest_driver = driver_for(dest.uri)
+    try:
+        step(15, f"preparing storage {server.storage.name} on {dest}")
+        dest_driver.ensure_pool(server.storage.pool_name, server.storage.path)
+        spec = domain_spec(server, node=dest)
+        if live:
+            step(30, f"live migration to {dest}")
+            driver.migrate(server.domain_name, dest_driver, dest.address or "127.0.0.1", spec.to_xml(),
+                           unsafe=server.storage.kind == Storage.Kind.DIR)
+        else:
+            step(30, f"moving the stopped server's definition to {dest}")
+            dest_driver.define(spec)
+            driver.undefine(server.domain_name)
+    except Exception:
+        placement.release(dest.pk, server.vcpus, server.ram_mib, server.disk_gib)
+        _set_state(server, step.op.params.get("state", S.RUNNING))
+        raise
+    source = server.node_id
+    server.node = dest
+    server.state = S.RUNNING if live else S.STOPPED
+    server.save(update_fields=["node", "state", "updated_at"])
+    placement.release(source, server.vcpus, server.ram_mib, server.disk_gib)
+    step(95, f"now on {dest}")
+
+
 HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
-            K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete, K.NETWORK_UPDATE: _network_update}
+            K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete, K.NETWORK_UPDATE: _network_update,
+            K.MIGRATE: _migrate}
 
 
 def _claim(operation_id: int) -> Operation | None:

@@ -252,7 +252,7 @@ def test_cluster():
 
 
 def panel_db_rows(panel: LivePanel, sql: str, *args) -> list[tuple]:
-    """Read the live panel's database directly (for what the API does not show yet)."""
+    """Read (or, for a test's setup, change) the live panel's database directly."""
     import MySQLdb
 
     conn = MySQLdb.connect(user="root", unix_socket=os.environ.get("MYSQL_SOCKET", "/run/mysqld/mysqld.sock"),
@@ -260,6 +260,7 @@ def panel_db_rows(panel: LivePanel, sql: str, *args) -> list[tuple]:
     try:
         cur = conn.cursor()
         cur.execute(sql, args)
+        conn.commit()
         return list(cur.fetchall())
     finally:
         conn.close()
