@@ -5,9 +5,10 @@ PY      := $(VENV)/bin/python
 PORT    ?= 8000
 # The suite runs on MariaDB (local socket, root by unix_socket auth).
 TEST_DATABASE_URL ?= mysql://root@localhost/panel
-BUILD_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev default-libmysqlclient-dev gettext
+BUILD_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev default-libmysqlclient-dev gettext \
+                  $(if $(shell command -v npm 2>/dev/null),,npm)
 
-.PHONY: run test venv prepare unit e2e benchmarks clean
+.PHONY: run test venv prepare unit e2e benchmarks clean FORCE
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	@missing=$$(for p in $(BUILD_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -q '^installed$$' || echo $$p; done); \
@@ -19,8 +20,15 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 
 venv: $(VENV)/.installed
 
+# noVNC from npm (package-lock.json); again when the lock is newer or noVNC is missing.
+node_modules/.installed: package-lock.json $(if $(wildcard node_modules/@novnc/novnc/core/rfb.js),,FORCE) | $(VENV)/.installed
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+FORCE:
+
 # Migrations, translations and static files: what both run and test need.
-prepare: venv
+prepare: venv node_modules/.installed
 	$(PY) manage.py compilemessages --ignore=.venv --ignore=.cache -v 0
 	$(PY) manage.py collectstatic --noinput -v 0
 
