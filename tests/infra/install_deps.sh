@@ -16,6 +16,8 @@ PACKAGES=(
   chromium
   busybox-static cpio gettext
   openssh-server openssh-client iproute2 iptables
+  # the TLS-terminating reverse proxy of the console-over-HTTPS tests
+  nginx-light
   # to build mysqlclient / libvirt-python from source with pip
   gcc libc6-dev
   # tools used by the infra scripts themselves
