@@ -309,7 +309,6 @@ def run_node_operation(op: Operation, step: Step) -> str:
     from nodes.installer import install
     from nodes.models import Node
     from nodes.ssh import HostKeyChanged
-    from panel.crypto import decrypt
 
     # The password or key given for the first contact is used once and then forgotten.
     secret = decrypt(op.params.pop("secret", ""))
