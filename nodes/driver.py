@@ -115,6 +115,30 @@ def _is_connection_error(exc) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT)
 
 
+def _reconnecting(method):
+    """Run a driver method; if the kept connection turns out dead (the node's libvirtd was
+    restarted, the SSH link dropped), open a new one and try once more."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except DriverError as exc:
+            if not exc.retryable:
+                raise
+        except self._libvirt.libvirtError as exc:
+            if not _is_connection_error(exc):
+                raise DriverError(f"{method.__name__}: {exc}") from exc
+        self.close()
+        try:
+            return method(self, *args, **kwargs)
+        except self._libvirt.libvirtError as exc:
+            raise DriverError(f"{method.__name__}: {exc}", retryable=_is_connection_error(exc)) from exc
+
+    return wrapper
+
+
 class LibvirtDriver(Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
@@ -170,6 +194,12 @@ class LibvirtDriver(Driver):
             raise DriverError(f"lookup of {name}: {exc}", retryable=_is_connection_error(exc)) from exc
 
     # -- host --------------------------------------------------------------------------------
+    @_reconnecting
+    def ping(self) -> None:
+        """One round trip to libvirtd (reconnecting once if the kept connection is dead)."""
+        self._call("ping", self.conn.getLibVersion)
+
+    @_reconnecting
     def host_info(self) -> HostInfo:
         conn = self.conn
         model, ram_mib, cpus, *_ = self._call("node info", conn.getInfo)
@@ -184,6 +214,7 @@ class LibvirtDriver(Driver):
         )
 
     # -- storage -----------------------------------------------------------------------------
+    @_reconnecting
     def ensure_pool(self, name: str, path: str) -> None:
         conn = self.conn
         try:
@@ -199,6 +230,7 @@ class LibvirtDriver(Driver):
     def _pool(self, name: str):
         return self._call(f"pool {name}", self.conn.storagePoolLookupByName, name)
 
+    @_reconnecting
     def volume_exists(self, pool: str, name: str) -> bool:
         try:
             self._pool(pool).storageVolLookupByName(name)
@@ -208,6 +240,7 @@ class LibvirtDriver(Driver):
                 return False
             raise DriverError(f"volume {name}: {exc}") from exc
 
+    @_reconnecting
     def create_volume(self, pool: str, name: str, capacity_gib: int) -> str:
         p = self._pool(pool)
         try:
@@ -217,6 +250,7 @@ class LibvirtDriver(Driver):
         vol = self._call("create volume", p.createXML, volume_xml(name, capacity_gib), 0)
         return vol.path()
 
+    @_reconnecting
     def delete_volume(self, pool: str, name: str) -> None:
         try:
             vol = self._pool(pool).storageVolLookupByName(name)
@@ -227,19 +261,23 @@ class LibvirtDriver(Driver):
         self._call("delete volume", vol.delete, 0)
 
     # -- domains -----------------------------------------------------------------------------
+    @_reconnecting
     def define(self, spec: DomainSpec) -> None:
         self._call("define", self.conn.defineXML, spec.to_xml())
 
+    @_reconnecting
     def start(self, name: str) -> None:
         dom = self._require(name)
         if not dom.isActive():
             self._call("start", dom.create)
 
+    @_reconnecting
     def request_shutdown(self, name: str) -> None:
         dom = self._domain(name)
         if dom is not None and dom.isActive():
             self._call("shutdown", dom.shutdown)
 
+    @_reconnecting
     def destroy(self, name: str) -> None:
         dom = self._domain(name)
         if dom is None:
@@ -250,6 +288,7 @@ class LibvirtDriver(Driver):
             if exc.get_error_code() != self._libvirt.VIR_ERR_OPERATION_INVALID and not _is_missing(exc):
                 raise DriverError(f"destroy: {exc}", retryable=_is_connection_error(exc)) from exc
 
+    @_reconnecting
     def undefine(self, name: str) -> None:
         self.destroy(name)
         dom = self._domain(name)
@@ -258,11 +297,13 @@ class LibvirtDriver(Driver):
         flags = self._libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | self._libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
         self._call("undefine", dom.undefineFlags, flags)
 
+    @_reconnecting
     def update_nic(self, name: str, nic: Nic) -> None:
         """Change a running domain's NIC (matched by MAC): its filter parameters, its bandwidth."""
         dom = self._require(name)
         self._call("update interface", dom.updateDeviceFlags, nic.to_xml(), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
+    @_reconnecting
     def vnc_port(self, name: str) -> int:
         """The TCP port of a running domain's VNC server."""
         dom = self._require(name)
@@ -273,12 +314,14 @@ class LibvirtDriver(Driver):
             raise DriverError(f"domain {name} has no VNC port (not running?)")
         return port
 
+    @_reconnecting
     def migrate(self, name: str, dest: "LibvirtDriver", dest_address: str, dest_xml: str, unsafe: bool = False) -> None:
         """Live-migrate a running domain to `dest` (shared storage): QEMU streams memory straight
         to the destination node's address; the destination gets `dest_xml` (its own VNC
         listen address) and keeps the definition, the source forgets it. `unsafe` is needed
         where libvirt cannot tell that a directory storage is shared."""
         lv = self._libvirt
+        dest.ping()  # the destination's kept connection may be stale too
         dom = self._require(name)
         flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PERSIST_DEST | lv.VIR_MIGRATE_UNDEFINE_SOURCE
         if unsafe:
@@ -310,6 +353,7 @@ class LibvirtDriver(Driver):
             metadata = {}
         return DomainInfo(dom.name(), dom.UUIDString(), mapped, dom.ID(), metadata)
 
+    @_reconnecting
     def info(self, name: str) -> DomainInfo | None:
         dom = self._domain(name)
         if dom is None:
@@ -322,6 +366,7 @@ class LibvirtDriver(Driver):
                 return None
             raise
 
+    @_reconnecting
     def list_domains(self) -> list[DomainInfo]:
         return [self._info_of(dom) for dom in self._call("list domains", self.conn.listAllDomains, 0)]
 
