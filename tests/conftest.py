@@ -100,3 +100,37 @@ def alice_server(world):
     server.refresh_from_db()
     assert server.state == "running", server.error
     return server
+
+
+def create_concurrently(count: int, *, customer, plan) -> list[str]:
+    """`count` server creates at once, in threads with their own database connections; each
+    result is "ok" or the refusal's code. The hand-over to the worker is left out: what is
+    under test is what the create transaction takes (capacity, addresses)."""
+    import threading
+
+    from django.db import connection
+
+    from panel.accounts.tenancy import SYSTEM
+    from panel.vps import lifecycle
+
+    results = []
+
+    def create(n):
+        try:
+            lifecycle.create_server(SYSTEM, customer=customer, plan=plan, hostname=f"c{n}")
+            results.append("ok")
+        except lifecycle.Refused as exc:
+            results.append(exc.code)
+        finally:
+            connection.close()
+
+    original, lifecycle.after_commit = lifecycle.after_commit, lambda fn: None
+    try:
+        threads = [threading.Thread(target=create, args=(n,)) for n in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        lifecycle.after_commit = original
+    return results

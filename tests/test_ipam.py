@@ -1,17 +1,14 @@
 """IP pools and addresses: validation, allocation, exhaustion, release with quarantine,
 reverse DNS, tenancy — and 50 concurrent creates against 40 free addresses on MariaDB."""
 
-import threading
 
 import pytest
 from django.db import connection
 
 from nodes.models import Network
-from panel.accounts.tenancy import SYSTEM
 from panel.ipam.models import IpAddress, IpPool
-from panel.vps import lifecycle
 from panel.vps.models import Operation, VirtualServer
-from tests.conftest import fake_node
+from tests.conftest import create_concurrently, fake_node
 
 pytestmark = pytest.mark.django_db
 
@@ -155,27 +152,7 @@ def test_fifty_concurrent_creates_against_forty_free_addresses():
                                      interface="eth1")
     IpPool.objects.create(name="forty", network=network, cidr="10.77.50.0/24", first="10.77.50.10",
                           last="10.77.50.49")
-    results = []
-
-    def create(n):
-        try:
-            lifecycle.create_server(SYSTEM, customer=customer, plan=plan, hostname=f"c{n}")
-            results.append("ok")
-        except lifecycle.Refused as exc:
-            results.append(exc.code)
-        finally:
-            connection.close()
-
-    original = lifecycle.after_commit
-    lifecycle.after_commit = lambda fn: None  # allocation is under test, not the worker
-    try:
-        threads = [threading.Thread(target=create, args=(n,)) for n in range(50)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        lifecycle.after_commit = original
+    results = create_concurrently(50, customer=customer, plan=plan)
     assert results.count("ok") == 40 and results.count("pool_exhausted") == 10, results
     addresses = list(IpAddress.objects.filter(server__isnull=False).values_list("address", flat=True))
     assert len(addresses) == len(set(addresses)) == 40

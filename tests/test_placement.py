@@ -1,7 +1,6 @@
 """Placement: filters with reasons, the spread weigher, over-commit, and no over-fill under
 concurrent creates (threads on the suite's database, MariaDB in `make test`)."""
 
-import threading
 from decimal import Decimal
 
 import pytest
@@ -9,10 +8,8 @@ from django.db import connection
 
 from nodes import placement
 from nodes.models import Cluster, Node
-from panel.accounts.tenancy import SYSTEM
-from panel.vps import lifecycle
 from panel.vps.models import VirtualServer
-from tests.conftest import fake_node
+from tests.conftest import create_concurrently, fake_node
 
 pytestmark = pytest.mark.django_db
 
@@ -109,27 +106,7 @@ def test_concurrent_creates_never_over_fill_a_node():
     plan = Plan.objects.create(name="p", vcpus=1, ram_mib=1024, disk_gib=1)
     for name in ("a", "b"):
         fake_node(name, ram_mib=5 * 1024)
-    results = []
-
-    def create(n):
-        try:
-            lifecycle.create_server(SYSTEM, customer=customer, plan=plan, hostname=f"c{n}")
-            results.append("ok")
-        except lifecycle.Refused as exc:
-            results.append(exc.code)
-        finally:
-            connection.close()
-
-    original = lifecycle.after_commit
-    lifecycle.after_commit = lambda fn: None  # only placement is under test here
-    try:
-        threads = [threading.Thread(target=create, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        lifecycle.after_commit = original
+    results = create_concurrently(16, customer=customer, plan=plan)
     assert results.count("ok") == 10 and results.count("no_capacity") == 6, results
     for node in Node.objects.all():
         assert node.alloc_ram_mib == 5 * 1024

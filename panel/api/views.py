@@ -42,47 +42,58 @@ class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
         audit.record(actor(self.request), action_name, obj, **detail)
 
 
+class AuditedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                          mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+    """Create, read, update (PATCH) and delete of plain records, each write audited as
+    `<audit_name>.create|update|delete`; `refusal()` says why a record cannot be deleted."""
+
+    audit_name = ""
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        self.audit(f"{self.audit_name}.create", serializer.save())
+
+    def perform_update(self, serializer):
+        changed = {k: str(v) for k, v in serializer.validated_data.items()}
+        self.audit(f"{self.audit_name}.update", serializer.save(), **changed)
+
+    def refusal(self, instance) -> Refused | None:
+        return None
+
+    def perform_destroy(self, instance):
+        refused = self.refusal(instance)
+        if refused is not None:
+            raise refused
+        self.audit(f"{self.audit_name}.delete", instance)
+        instance.delete()
+
+
 def accepted(op: Operation) -> Response:
     op.refresh_from_db()  # the worker may already have moved it on
     return Response(s.AcceptedSerializer(op).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CustomerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                      mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class CustomerViewSet(AuditedModelViewSet):
     queryset = Customer.objects.all()
     serializer_class = s.CustomerSerializer
     permission_classes = [IsProviderOrReadOnly]
     filterset_class = CustomerFilter
     customer_field = "pk"
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    audit_name = "customer"
 
-    def perform_create(self, serializer):
-        self.audit("customer.create", serializer.save())
-
-    def perform_update(self, serializer):
-        self.audit("customer.update", serializer.save(), **{k: str(v) for k, v in serializer.validated_data.items()})
-
-    def perform_destroy(self, instance):
+    def refusal(self, instance):
         if instance.servers.exists():
-            raise Refused("The customer still has servers; terminate them first.", "customer_has_servers")
-        self.audit("customer.delete", instance)
-        instance.delete()
+            return Refused("The customer still has servers; terminate them first.", "customer_has_servers")
+        return None
 
 
-class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                  mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class PlanViewSet(AuditedModelViewSet):
     queryset = Plan.objects.all()
     serializer_class = s.PlanSerializer
     permission_classes = [IsAdminOrReadOnly]
     customer_field = None
     filterset_fields = ["name"]
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-
-    def perform_create(self, serializer):
-        self.audit("plan.create", serializer.save())
-
-    def perform_update(self, serializer):
-        self.audit("plan.update", serializer.save(), **serializer.validated_data)
+    audit_name = "plan"
 
     def perform_destroy(self, instance):
         try:
@@ -210,24 +221,17 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         self.audit("api_key.revoke", instance)
 
 
-class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                  mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class UserViewSet(AuditedModelViewSet):
     queryset = User.objects.order_by("id")
     serializer_class = s.UserSerializer
     permission_classes = [IsAdmin]
     customer_field = None
     filterset_fields = ["role", "customer", "username"]
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-
-    def perform_create(self, serializer):
-        self.audit("user.create", serializer.save())
+    audit_name = "user"
 
     def perform_update(self, serializer):
+        # Field names only: a new password must not land in the audit log.
         self.audit("user.update", serializer.save(), fields=sorted(serializer.validated_data))
-
-    def perform_destroy(self, instance):
-        self.audit("user.delete", instance)
-        instance.delete()
 
 
 class AuditLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
@@ -282,54 +286,35 @@ class NodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class ClusterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class ClusterViewSet(AuditedModelViewSet):
     queryset = Cluster.objects.all()
     serializer_class = s.ClusterSerializer
     permission_classes = [IsAdmin]
     customer_field = None
     filterset_fields = ["name", "os_family"]
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    audit_name = "cluster"
 
-    def perform_create(self, serializer):
-        self.audit("cluster.create", serializer.save())
-
-    def perform_update(self, serializer):
-        self.audit("cluster.update", serializer.save(), **{k: str(v) for k, v in serializer.validated_data.items()})
-
-    def perform_destroy(self, instance):
+    def refusal(self, instance):
         if instance.nodes.exists():
-            raise Refused("The cluster still has nodes.", "cluster_has_nodes")
+            return Refused("The cluster still has nodes.", "cluster_has_nodes")
         if IpPool.objects.filter(network__cluster=instance).exists() or instance.networks.filter(nics__isnull=False).exists():
-            raise Refused("The cluster's networks still have IP pools or servers.", "cluster_in_use")
-        self.audit("cluster.delete", instance)
-        instance.delete()
+            return Refused("The cluster's networks still have IP pools or servers.", "cluster_in_use")
+        return None
 
 
-class StorageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class StorageViewSet(AuditedModelViewSet):
     queryset = Storage.objects.all()
     serializer_class = s.StorageSerializer
     permission_classes = [IsAdmin]
     customer_field = None
     filterset_fields = ["cluster", "kind"]
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    audit_name = "storage"
 
-    def perform_create(self, serializer):
-        self.audit("storage.create", serializer.save())
-
-    def perform_update(self, serializer):
-        self.audit("storage.update", serializer.save())
-
-    def perform_destroy(self, instance):
-        if instance.servers.exists():
-            raise Refused("Servers have disks on this storage.", "storage_in_use")
-        self.audit("storage.delete", instance)
-        instance.delete()
+    def refusal(self, instance):
+        return Refused("Servers have disks on this storage.", "storage_in_use") if instance.servers.exists() else None
 
 
-class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class NetworkViewSet(AuditedModelViewSet):
     """Networks of a cluster (admins); the node installer makes their bridges on every node."""
 
     queryset = Network.objects.all()
@@ -337,42 +322,31 @@ class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     permission_classes = [IsAdmin]
     customer_field = None
     filterset_fields = ["cluster", "kind"]
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    audit_name = "network"
 
-    def perform_create(self, serializer):
-        self.audit("network.create", serializer.save())
-
-    def perform_update(self, serializer):
-        self.audit("network.update", serializer.save())
-
-    def perform_destroy(self, instance):
+    def refusal(self, instance):
         if instance.nics.exists() or instance.ip_pools.exists():
-            raise Refused("Servers or IP pools use this network.", "network_in_use")
-        self.audit("network.delete", instance)
-        instance.delete()
+            return Refused("Servers or IP pools use this network.", "network_in_use")
+        return None
 
 
-class IpPoolViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                    mixins.UpdateModelMixin, mixins.DestroyModelMixin, PanelViewSet):
+class IpPoolViewSet(AuditedModelViewSet):
     queryset = IpPool.objects.select_related("network")
     serializer_class = s.IpPoolSerializer
     permission_classes = [IsAdmin]
     customer_field = None
     filterset_fields = ["network", "name"]
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    audit_name = "ip_pool"
 
-    def perform_create(self, serializer):
-        self.audit("ip_pool.create", serializer.save())
-
-    def perform_update(self, serializer):
-        self.audit("ip_pool.update", serializer.save())
+    def refusal(self, instance):
+        if instance.addresses.filter(server__isnull=False).exists():
+            return Refused("Addresses of this pool are in use.", "pool_in_use")
+        return None
 
     def perform_destroy(self, instance):
-        if instance.addresses.filter(server__isnull=False).exists():
-            raise Refused("Addresses of this pool are in use.", "pool_in_use")
-        self.audit("ip_pool.delete", instance)
-        instance.addresses.all().delete()
-        instance.delete()
+        if self.refusal(instance) is None:
+            instance.addresses.all().delete()  # what is left is quarantine, which goes with the pool
+        super().perform_destroy(instance)
 
 
 class IpAddressViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
