@@ -3,6 +3,7 @@ maintenance, remove. Each validates first, then records the audit entry; slow wo
 Operation for the worker."""
 
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext as _
 
 from nodes.models import Cluster, Node
 from nodes.ssh import fingerprint
@@ -16,7 +17,7 @@ from panel.vps.models import Operation
 
 def _install_operation(actor: Actor, node: Node, params: dict) -> Operation:
     if node.operations.filter(status__in=Operation.ACTIVE).exists():
-        raise Refused("An operation is already running on this node.", "operation_in_progress")
+        raise Refused(_("An operation is already running on this node."), "operation_in_progress")
     op = Operation.objects.create(kind=Operation.Kind.NODE_INSTALL, node=node, target_repr=node.name, params=params,
                                   requested_by=str(actor))
     after_commit(lambda: enqueue(op.id))
@@ -28,9 +29,10 @@ def add_node(actor: Actor, *, cluster: Cluster, address: str, ssh_port: int = 22
     """Register a node and start its install. The same address and port twice is refused."""
     name = name or address
     if Node.objects.filter(address=address, ssh_port=ssh_port).exists():
-        raise Refused(f"A node at {address}:{ssh_port} is already registered.", "node_exists", 409, field="address")
+        raise Refused(_("A node at %(address)s:%(port)s is already registered.") % {"address": address, "port": ssh_port},
+                      "node_exists", 409, field="address")
     if Node.objects.filter(name=name).exists():
-        raise Refused(f"A node named {name} exists.", "node_exists", 409, field="name")
+        raise Refused(_("A node named %(name)s exists.") % {"name": name}, "node_exists", 409, field="name")
     secret, auth = (ssh_password, "password") if ssh_password else (ssh_private_key, "key")
     try:
         with transaction.atomic():
@@ -41,7 +43,8 @@ def add_node(actor: Actor, *, cluster: Cluster, address: str, ssh_port: int = 22
             op = _install_operation(actor, node, {"auth": auth, "secret": encrypt(secret), "first_install": True})
             audit.record(actor, "node.add", node, address=address, port=ssh_port, cluster=cluster.name)
     except IntegrityError:  # a concurrent add of the same node won the race
-        raise Refused(f"A node at {address}:{ssh_port} is already registered.", "node_exists", 409, field="address")
+        raise Refused(_("A node at %(address)s:%(port)s is already registered.") % {"address": address, "port": ssh_port},
+                      "node_exists", 409, field="address")
     return node, op
 
 
@@ -49,7 +52,7 @@ def reinstall_node(actor: Actor, node_id: int) -> Operation:
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node_id)
         if not node.address:
-            raise Refused("The panel's own host is not installed over SSH.", "not_remote", 409)
+            raise Refused(_("The panel's own host is not installed over SSH."), "not_remote", 409)
         op = _install_operation(actor, node, {})
         audit.record(actor, "node.install", node)
     return op
@@ -60,9 +63,9 @@ def accept_host_key(actor: Actor, node_id: int, offered_fingerprint: str) -> Nod
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node_id)
         if not node.offered_host_key:
-            raise Refused("The node offers no new host key.", "no_offered_key", 409)
+            raise Refused(_("The node offers no new host key."), "no_offered_key", 409)
         if fingerprint(node.offered_host_key) != offered_fingerprint.strip():
-            raise Refused("That fingerprint is not the offered key's.", "fingerprint_mismatch", 409,
+            raise Refused(_("That fingerprint is not the offered key's."), "fingerprint_mismatch", 409,
                           field="fingerprint")
         old = node.host_key_fingerprint
         node.host_key, node.offered_host_key = node.offered_host_key, ""
@@ -91,9 +94,9 @@ def remove_node(actor: Actor, node_id: int) -> None:
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node_id)
         if node.servers.exists():
-            raise Refused("The node still has servers; move or delete them first.", "node_has_servers", 409)
+            raise Refused(_("The node still has servers; move or delete them first."), "node_has_servers", 409)
         if node.operations.filter(status__in=Operation.ACTIVE).exists():
-            raise Refused("An operation is running on this node.", "operation_in_progress", 409)
+            raise Refused(_("An operation is already running on this node."), "operation_in_progress", 409)
         audit.record(actor, "node.remove", node, address=node.address)
         address, port, user, host_key, uri = node.address, node.ssh_port, node.ssh_user, node.host_key, node.uri
         node.delete()

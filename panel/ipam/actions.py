@@ -2,6 +2,7 @@
 server's NICs runs a `network_update` operation on it."""
 
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
@@ -16,7 +17,7 @@ def _update_network(actor: Actor, server: VirtualServer) -> Operation | None:
     if server.node_id is None or server.state in ("creating", "deleting"):
         return None
     if server.operations.filter(status__in=Operation.ACTIVE).exists():
-        raise Refused("Another operation is in progress on this server; try again when it ends.",
+        raise Refused(_("Another operation is in progress on this server; try again when it ends."),
                       "operation_in_progress")
     op = Operation.objects.create(kind=Operation.Kind.NETWORK_UPDATE, server=server, customer_id=server.customer_id,
                                   target_repr=server.hostname, requested_by=str(actor))
@@ -29,13 +30,13 @@ def add_address(actor: Actor, server_id: int, pool: IpPool, address: str = "") -
     with transaction.atomic():
         server = VirtualServer.objects.select_for_update().select_related("node").get(pk=server_id)
         if server.node_id and server.node.cluster_id != pool.network.cluster_id:
-            raise Refused("That pool serves another cluster.", "invalid", 400, field="pool")
+            raise Refused(_("That pool serves another cluster."), "invalid", 400, field="pool")
         if address:
             row = allocation.take_specific(server, pool, address)
         else:
             row = allocation.allocate(server, pool.network, pool.version, 1)[0]
             if row.pool_id != pool.pk:  # another pool of the network had the free address
-                raise Refused(f"Pool {pool.name} is exhausted.", "pool_exhausted", 409, field="pool")
+                raise Refused(_("Pool %(name)s is exhausted.") % {"name": pool.name}, "pool_exhausted", 409, field="pool")
         _update_network(actor, server)
         audit.record(actor, "ip.add", row, server=server.id, customer_id=server.customer_id)
     return row
@@ -46,7 +47,7 @@ def move_address(actor: Actor, address_id: int, server_id: int) -> IpAddress:
         row = IpAddress.objects.select_for_update().select_related("pool__network", "server").get(pk=address_id)
         target = VirtualServer.objects.select_for_update().select_related("node").get(pk=server_id)
         if target.node_id and target.node.cluster_id != row.pool.network.cluster_id:
-            raise Refused("The server is in another cluster than this address's network.", "invalid", 400,
+            raise Refused(_("The server is in another cluster than this address's network."), "invalid", 400,
                           field="server")
         source = row.server
         from panel.vps.models import ServerNic

@@ -11,14 +11,10 @@ from panel.accounts import audit
 from panel.accounts.models import AuditEntry, Customer, User
 from panel.ui import live
 from panel.ui.forms import CustomerForm, PlanForm, ServerCreateForm, UserCreateForm
-from panel.ui.views.common import actor, admin_only, paginate
+from panel.ui.views.common import actor, admin_only, form_changes, paginate
 from panel.ui.views.nodes import annotated_nodes, nodes_with_usage, placement_preview
 from panel.vps import lifecycle
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
-
-
-def _changes(form) -> dict:
-    return {name: str(form.cleaned_data.get(name)) for name in form.changed_data}
 
 
 @admin_only
@@ -88,7 +84,7 @@ def customer_edit(request, customer_id: int):
     if request.method == "POST" and form.is_valid():
         if form.has_changed():
             form.save()
-            audit.record(act, "customer.update", customer, customer_id=customer.pk, **_changes(form))
+            audit.record(act, "customer.update", customer, customer_id=customer.pk, **form_changes(form))
         messages.success(request, _("Customer “%(name)s” saved.") % {"name": customer.name})
         return redirect("ui:admin-customer", customer_id=customer.pk)
     return render(request, "ui/admin/form.html", {
@@ -156,7 +152,7 @@ def plan_edit(request, plan_id: int):
     if request.method == "POST" and form.is_valid():
         if form.has_changed():
             form.save()
-            audit.record(act, "plan.update", plan, **_changes(form))
+            audit.record(act, "plan.update", plan, **form_changes(form))
         messages.success(request, _("Plan “%(name)s” saved.") % {"name": plan.name})
         return redirect("ui:admin-plans")
     return render(request, "ui/admin/form.html", {

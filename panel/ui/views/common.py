@@ -38,5 +38,10 @@ def safe_next(request, candidate: str | None, default: str = "ui:home"):
     return redirect(default)
 
 
+def form_changes(form) -> dict:
+    """What an edit form changed, for the audit log."""
+    return {name: str(form.cleaned_data.get(name)) for name in form.changed_data}
+
+
 def actor(request) -> Actor:
     return actor_for(request)

@@ -30,28 +30,11 @@ from panel.ui.forms import (
     ServerAddressForm,
     servers_in_cluster,
 )
-from panel.ui.views.common import actor, admin_only, paginate, safe_next
+from panel.ui.views.common import actor, admin_only, form_changes, paginate, safe_next
 from panel.vps.lifecycle import Refused
 from panel.vps.models import VirtualServer
 
 # --- Refusals in the admin's language ---------------------------------------------------------
-
-
-def refusal_text(refused: Refused, pool: IpPool | None = None) -> str:
-    """panel/ipam/actions.py says some refusals in English (they are the API's); say them by code."""
-    if refused.code == "operation_in_progress":
-        return _("Another operation is in progress on this server; try again when it ends.")
-    if refused.code == "invalid" and refused.field == "pool":
-        return _("That pool serves another cluster.")
-    if refused.code == "invalid" and refused.field == "server":
-        return _("The server is in another cluster than this address's network.")
-    if refused.code == "pool_exhausted" and refused.field == "pool" and pool is not None:
-        return _("Pool %(name)s is exhausted.") % {"name": pool.name}
-    return refused.message  # allocation.py's refusals are translated already
-
-
-def _changes(form) -> dict:
-    return {name: str(form.cleaned_data.get(name)) for name in form.changed_data}
 
 
 # --- Networks (listed on the cluster page) ----------------------------------------------------
@@ -85,7 +68,7 @@ def network_edit(request, network_id: int):
     if request.method == "POST" and form.is_valid():
         if form.has_changed():
             form.save()
-            audit.record(actor(request), "network.update", network, **_changes(form))
+            audit.record(actor(request), "network.update", network, **form_changes(form))
         messages.success(request, _("Network “%(name)s” saved.") % {"name": network.name})
         return redirect("ui:admin-cluster", cluster_id=network.cluster_id)
     return render(request, "ui/admin/form.html", {
@@ -182,7 +165,7 @@ def pool_edit(request, pool_id: int):
     if request.method == "POST" and form.is_valid():
         if form.has_changed():
             form.save()
-            audit.record(actor(request), "ip_pool.update", pool, **_changes(form))
+            audit.record(actor(request), "ip_pool.update", pool, **form_changes(form))
         messages.success(request, _("IP pool “%(name)s” saved.") % {"name": pool.name})
         return redirect("ui:admin-pool", pool_id=pool.pk)
     return render(request, "ui/admin/form.html", {
@@ -240,7 +223,7 @@ def pool_address_add(request, pool_id: int):
             row = ipam_actions.add_address(actor(request), server.pk, pool, form.cleaned_data["address"].strip())
         except Refused as refused:
             field = refused.field if refused.field in form.fields else None
-            form.add_error(field, refusal_text(refused, pool))
+            form.add_error(field, refused.message)
         else:
             messages.success(request, _("%(address)s given to %(server)s.") % {"address": row.address,
                                                                                 "server": server.hostname})
@@ -270,7 +253,7 @@ def address_move(request, address_id: int):
     try:
         ipam_actions.move_address(actor(request), row.pk, target.pk)
     except Refused as refused:
-        messages.error(request, refusal_text(refused, row.pool))
+        messages.error(request, refused.message)
     else:
         messages.success(request, _("%(address)s moved to %(server)s.") % {"address": row.address,
                                                                             "server": target.hostname})
@@ -287,7 +270,7 @@ def address_release(request, address_id: int):
     try:
         ipam_actions.remove_address(actor(request), row.pk)
     except Refused as refused:
-        messages.error(request, refusal_text(refused, row.pool))
+        messages.error(request, refused.message)
     else:
         messages.success(request, _("%(address)s released; it is in quarantine for %(minutes)s minutes.")
                          % {"address": row.address, "minutes": row.pool.quarantine_minutes})
@@ -326,7 +309,7 @@ def server_address_add(request, server_id: int):
             row = ipam_actions.add_address(actor(request), server.pk, pool, form.cleaned_data["address"].strip())
         except Refused as refused:
             field = refused.field if refused.field in form.fields else None
-            form.add_error(field, refusal_text(refused, pool))
+            form.add_error(field, refused.message)
         else:
             messages.success(request, _("%(address)s added; the server's network settings are being updated.")
                              % {"address": row.address})

@@ -21,7 +21,7 @@ from nodes.placement import disk_storage
 from panel.accounts import audit
 from panel.ui.forms import AcceptHostKeyForm, ClusterForm, NodeAddForm, StorageForm
 from panel.ui.templatetags.ui_extras import mib
-from panel.ui.views.common import actor, admin_only, paginate
+from panel.ui.views.common import actor, admin_only, form_changes, paginate
 from panel.vps.lifecycle import Refused
 from panel.vps.models import ServerState
 
@@ -97,26 +97,6 @@ def annotated_nodes():
     ).order_by("id")
 
 
-REFUSALS = {
-    # nodes/actions.py's refusals are in English (they are the API's); the UI says them in the
-    # admin's language, by code.
-    "node_has_servers": lambda r: _("The node still has servers; move or delete them first."),
-    "operation_in_progress": lambda r: _("An operation is already running on this node."),
-    "not_remote": lambda r: _("The panel's own host is not installed over SSH."),
-    "no_offered_key": lambda r: _("The node offers no new host key."),
-    "fingerprint_mismatch": lambda r: _("That fingerprint is not the offered key's."),
-}
-
-
-def refusal_text(refused: Refused, **context) -> str:
-    if refused.code == "node_exists" and refused.field == "address" and "address" in context:
-        return _("A node at %(address)s:%(port)s is already registered.") % context
-    if refused.code == "node_exists" and refused.field == "name" and "name" in context:
-        return _("A node named %(name)s exists.") % context
-    translate = REFUSALS.get(refused.code)
-    return translate(refused) if translate else refused.message
-
-
 # --- Nodes -----------------------------------------------------------------------------------
 
 @admin_only
@@ -134,9 +114,7 @@ def node_create(request):
         try:
             node, op = node_actions.add_node(actor(request), **data)
         except Refused as refused:
-            text = refusal_text(refused, address=data["address"], port=data["ssh_port"],
-                                name=data.get("name") or data["address"])
-            form.add_error(refused.field if refused.field in form.fields else None, text)
+            form.add_error(refused.field if refused.field in form.fields else None, refused.message)
         else:
             messages.success(request, _("Node “%(name)s” added; the installer is running.") % {"name": node.name})
             return redirect("ui:operation", operation_id=op.pk)
@@ -178,7 +156,7 @@ def node_install(request, node_id: int):
     try:
         op = node_actions.reinstall_node(actor(request), node.pk)
     except Refused as refused:
-        messages.error(request, refusal_text(refused))
+        messages.error(request, refused.message)
         return redirect("ui:admin-node", node_id=node.pk)
     messages.success(request, _("Re-install of “%(name)s” requested.") % {"name": node.name})
     return redirect("ui:operation", operation_id=op.pk)
@@ -192,7 +170,7 @@ def node_maintenance(request, node_id: int):
     try:
         node_actions.set_maintenance(actor(request), node.pk, enabled)
     except Refused as refused:
-        messages.error(request, refusal_text(refused))
+        messages.error(request, refused.message)
     else:
         if enabled:
             messages.success(request, _("“%(name)s” is in maintenance: no new servers are placed on it.")
@@ -210,7 +188,7 @@ def node_remove(request, node_id: int):
     try:
         node_actions.remove_node(actor(request), node.pk)
     except Refused as refused:
-        messages.error(request, refusal_text(refused))
+        messages.error(request, refused.message)
         return redirect("ui:admin-node", node_id=node.pk)
     messages.success(request, _("Node “%(name)s” removed.") % {"name": node.name})
     return redirect("ui:admin-nodes")
@@ -226,9 +204,9 @@ def node_accept_host_key(request, node_id: int):
             node_actions.accept_host_key(actor(request), node.pk, form.cleaned_data["fingerprint"])
         except Refused as refused:
             if refused.code == "no_offered_key":
-                messages.error(request, refusal_text(refused))
+                messages.error(request, refused.message)
                 return redirect("ui:admin-node", node_id=node.pk)
-            form.add_error("fingerprint", refusal_text(refused))
+            form.add_error("fingerprint", refused.message)
         else:
             messages.success(request, _("The new host key of “%(name)s” is trusted now.") % {"name": node.name})
             return redirect("ui:admin-node", node_id=node.pk)
@@ -282,7 +260,7 @@ def cluster_edit(request, cluster_id: int):
         if form.has_changed():
             form.save()
             audit.record(actor(request), "cluster.update", cluster,
-                         **{name: str(form.cleaned_data.get(name)) for name in form.changed_data})
+                         **form_changes(form))
         messages.success(request, _("Cluster “%(name)s” saved.") % {"name": cluster.name})
         return redirect("ui:admin-cluster", cluster_id=cluster.pk)
     return render(request, "ui/admin/form.html", {
@@ -337,7 +315,7 @@ def storage_edit(request, storage_id: int):
         if form.has_changed():
             form.save()
             audit.record(actor(request), "storage.update", storage,
-                         **{name: str(form.cleaned_data.get(name)) for name in form.changed_data})
+                         **form_changes(form))
         messages.success(request, _("Storage “%(name)s” saved.") % {"name": storage.name})
         return redirect("ui:admin-cluster", cluster_id=storage.cluster_id)
     return render(request, "ui/admin/form.html", {
