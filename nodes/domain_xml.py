@@ -20,9 +20,12 @@ def _check_text(what: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class Disk:
+    """A virtio disk, or (device="cdrom") a read-only IDE CD-ROM such as a cloud-init seed."""
+
     path: str
     target: str = "vda"
     format: str = "qcow2"
+    device: str = "disk"
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,13 @@ class DomainSpec:
 
         devices = ET.SubElement(dom, "devices")
         for disk in self.disks:
-            d = ET.SubElement(devices, "disk", type="file", device="disk")
+            d = ET.SubElement(devices, "disk", type="file", device=disk.device)
+            if disk.device == "cdrom":
+                ET.SubElement(d, "driver", name="qemu", type="raw")
+                ET.SubElement(d, "source", file=disk.path)
+                ET.SubElement(d, "target", dev=disk.target, bus="ide")
+                ET.SubElement(d, "readonly")
+                continue
             ET.SubElement(d, "driver", name="qemu", type=disk.format, discard="unmap")
             ET.SubElement(d, "source", file=disk.path)
             ET.SubElement(d, "target", dev=disk.target, bus="virtio")
@@ -163,12 +172,22 @@ def read_metadata(domain_xml: str) -> dict:
     return dict(el.attrib) if el is not None else {}
 
 
-def volume_xml(name: str, capacity_gib: int, fmt: str = "qcow2") -> str:
+def volume_xml(name: str, capacity_gib: int, fmt: str = "qcow2", backing: str | None = None,
+               backing_format: str = "qcow2", capacity_bytes: int | None = None) -> str:
+    """A volume; with `backing`, a thin qcow2 overlay on that image (the template's base disk)."""
+    _check_text("volume", name + (backing or ""))
     vol = ET.Element("volume")
     ET.SubElement(vol, "name").text = name
-    ET.SubElement(vol, "capacity", unit="GiB").text = str(capacity_gib)
+    if capacity_bytes is not None:
+        ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity_bytes)
+    else:
+        ET.SubElement(vol, "capacity", unit="GiB").text = str(capacity_gib)
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
+    if backing:
+        store = ET.SubElement(vol, "backingStore")
+        ET.SubElement(store, "path").text = backing
+        ET.SubElement(store, "format", type=backing_format)
     return ET.tostring(vol, encoding="unicode")
 
 

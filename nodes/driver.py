@@ -63,7 +63,8 @@ class Driver:
 
     def host_info(self) -> HostInfo: ...
     def ensure_pool(self, name: str, path: str) -> None: ...
-    def create_volume(self, pool: str, name: str, capacity_gib: int) -> str: ...
+    def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str: ...
+    def upload_volume(self, pool: str, name: str, data: bytes) -> str: ...
     def delete_volume(self, pool: str, name: str) -> None: ...
     def volume_exists(self, pool: str, name: str) -> bool: ...
     def define(self, spec: DomainSpec) -> None: ...
@@ -241,13 +242,31 @@ class LibvirtDriver(Driver):
             raise DriverError(f"volume {name}: {exc}") from exc
 
     @_reconnecting
-    def create_volume(self, pool: str, name: str, capacity_gib: int) -> str:
+    def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str:
+        """A qcow2 volume (an existing one is kept); with `backing`, a thin overlay on that image."""
         p = self._pool(pool)
         try:
             return p.storageVolLookupByName(name).path()
         except self._libvirt.libvirtError:
             pass
-        vol = self._call("create volume", p.createXML, volume_xml(name, capacity_gib), 0)
+        vol = self._call("create volume", p.createXML, volume_xml(name, capacity_gib, backing=backing), 0)
+        return vol.path()
+
+    @_reconnecting
+    def upload_volume(self, pool: str, name: str, data: bytes) -> str:
+        """A raw volume holding `data` (replacing one of that name), sent over libvirt's stream."""
+        self.delete_volume(pool, name)
+        p = self._pool(pool)
+        vol = self._call("create volume", p.createXML,
+                         volume_xml(name, 0, fmt="raw", capacity_bytes=len(data)), 0)
+        stream = self.conn.newStream(0)
+        self._call("upload volume", vol.upload, stream, 0, len(data), 0)
+        try:
+            self._call("upload volume", stream.send, data)
+            self._call("upload volume", stream.finish)
+        except DriverError:
+            stream.abort()
+            raise
         return vol.path()
 
     @_reconnecting

@@ -19,6 +19,8 @@ class _Host:
     pools: dict[str, dict[str, int]] = field(default_factory=dict)
     # Guests that ignore the ACPI power button (like one without acpid).
     deaf_to_acpi: set[str] = field(default_factory=set)
+    backing: dict[str, str] = field(default_factory=dict)  # overlay volume -> its base image
+    uploads: dict[str, bytes] = field(default_factory=dict)  # uploaded volumes' contents
 
 
 _hosts: dict[str, _Host] = {}
@@ -76,10 +78,19 @@ class FakeDriver(Driver):
         with _lock:
             return name in self._pool(pool)
 
-    def create_volume(self, pool: str, name: str, capacity_gib: int) -> str:
+    def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str:
         self._enter("create_volume", name)
         with _lock:
             self._pool(pool).setdefault(name, capacity_gib)
+            if backing:
+                self.host.backing[name] = backing
+        return f"/fake/{pool}/{name}"
+
+    def upload_volume(self, pool: str, name: str, data: bytes) -> str:
+        self._enter("upload_volume", name)
+        with _lock:
+            self._pool(pool)[name] = len(data)
+            self.host.uploads[name] = data
         return f"/fake/{pool}/{name}"
 
     def delete_volume(self, pool: str, name: str) -> None:

@@ -18,6 +18,9 @@ SECRET_KEY = envstr("SECRET_KEY") or secret_in_file(DATA_DIR / "secret_key")
 DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["*"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+# Behind a reverse proxy: take the client's address (login throttle, audit, the install-config
+# address check) and scheme from its X-Forwarded-* headers. Off, nobody can forge them.
+TRUSTED_PROXY = envbool("TRUSTED_PROXY", False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_TLS_PROXY", False) else None
 
 INSTALLED_APPS = [
@@ -37,9 +40,12 @@ INSTALLED_APPS = [
     "panel.vps",
     "panel.api",
     "panel.ipam",
+    "panel.webhooks",
     "panel.ui",
     "nodes",
     "novnc",
+    "templates_os",
+    "recipes",
 ]
 
 MIDDLEWARE = [
@@ -166,6 +172,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two models have a `status`: keep the operations' enum named as before webhooks came.
+    "ENUM_NAME_OVERRIDES": {"StatusEnum": "panel.vps.models.Operation.Status",
+                            "DeliveryStatusEnum": "panel.webhooks.models.Delivery.Status"},
 }
 
 LOGGING = {
@@ -190,8 +199,13 @@ IDEMPOTENCY_TTL_HOURS = 24
 LOCAL_LIBVIRT_URI = envstr("LOCAL_LIBVIRT_URI", "qemu:///system")
 # Where the local node keeps server disks (a libvirt directory pool of that path).
 STORAGE_DIR = Path(envstr("STORAGE_DIR", "/var/lib/libvirt/images/panel"))
-# The demo guest booted by direct kernel boot until OS templates exist.
-TINY_GUEST_DIR = Path(envstr("TINY_GUEST_DIR", str(BASE_DIR / ".cache" / "tiny-guest")))
+# The OS template share: one folder per template (templates_os/). In production an NFS share
+# mounted at the same path on the panel and on every node, since nodes boot the files in place.
+TEMPLATE_SHARE = Path(envstr("TEMPLATE_SHARE", str(DATA_DIR / "os-templates")))
+# How guests reach the panel to fetch their install config and call back, e.g.
+# "http://panel.example.net:8000". Empty: http://<this host's address towards the node>:PORT.
+PROVISION_URL = envstr("PROVISION_URL", "").rstrip("/")
+PANEL_PORT = envint("PORT", 8000)
 # Encrypts node credentials at rest (panel/crypto.py); keep it with your backups.
 CREDENTIALS_KEY = envstr("CREDENTIALS_KEY") or secret_in_file(DATA_DIR / "credentials_key")
 # SSH client files (the panel's key, known_hosts of pinned node keys) for libvirt's ssh transport.
@@ -204,6 +218,12 @@ PLACEMENT_WEIGHER = envstr("PLACEMENT_WEIGHER", "spread")
 IP_QUARANTINE_MINUTES = envint("IP_QUARANTINE_MINUTES", 24 * 60)
 # A console token must be used (the websocket opened) within this many seconds.
 CONSOLE_TOKEN_SECONDS = envint("CONSOLE_TOKEN_SECONDS", 60)
+# Webhooks: a receiver must answer within this many seconds; a failed delivery is retried after
+# the base delay, doubling each time up to 1 h, for 25 h. Customers' webhooks may reach only
+# public addresses unless WEBHOOKS_ALLOW_PRIVATE (for a panel whose customers are all trusted).
+WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_RETRY_BASE_SECONDS = envint("WEBHOOK_RETRY_BASE_SECONDS", 30)
+WEBHOOKS_ALLOW_PRIVATE = envbool("WEBHOOKS_ALLOW_PRIVATE", False)
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)

@@ -6,6 +6,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("provision/", include("templates_os.urls")),
     path("", include("novnc.urls")),
     path("", include("panel.ui.urls")),
 ]

@@ -45,16 +45,46 @@ def _inline_operations(request, monkeypatch, settings, tmp_path):
     # The test's transaction never commits, so run the hand-over at once.
     monkeypatch.setattr(lifecycle, "after_commit", lambda fn: fn())
     FakeDriver.reset()
-    image = tmp_path / "tiny-guest"
-    image.mkdir()
-    (image / "vmlinuz").write_bytes(b"")
-    (image / "initrd.img").write_bytes(b"")
-    settings.TINY_GUEST_DIR = image
+    tiny_template_share(settings, tmp_path)
+    install_by_fake_guest(monkeypatch)
     settings.STOP_TIMEOUT_SECONDS = 1
     # Real hashing costs ~0.3 s a user; the tests are not about hash strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield
     FakeDriver.reset()
+
+
+def tiny_template_share(settings, tmp_path):
+    """A template share holding the tiny demo template (its real metadata and config, empty
+    boot files); `world` scans it into the database."""
+    import shutil
+
+    from templates_os.repository import CATALOG
+
+    share = tmp_path / "os-templates"
+    shutil.copytree(CATALOG / "tiny", share / "tiny", dirs_exist_ok=True)
+    for name in ("vmlinuz", "initrd.img", "disk.qcow2"):
+        (share / "tiny" / name).write_bytes(b"")
+    settings.TEMPLATE_SHARE = share
+    settings.PROVISION_URL = "http://panel.test"
+    return share
+
+
+def install_by_fake_guest(monkeypatch):
+    """Domains started on the fake driver that boot an installer fetch their config and call back."""
+    from tests import fake_guest
+
+    original = FakeDriver.start
+    if getattr(original, "installs", False):
+        return
+
+    def start(self, name):
+        original(self, name)
+        spec = self.host.domains[name]["spec"]
+        fake_guest.install(spec, self.host.uploads)
+
+    start.installs = True
+    monkeypatch.setattr(FakeDriver, "start", start)
 
 
 def fake_node(name: str, **fields):
@@ -72,6 +102,7 @@ def fake_node(name: str, **fields):
 def world(db) -> World:
     from panel.accounts.models import ApiKey, Customer, User
     from panel.vps.models import Plan
+    from templates_os.repository import scan
 
     admin = User.objects.create_user("admin", password="admin-pass-123", role=User.Role.ADMIN)
     alice_customer = Customer.objects.create(name="Alice Ltd", email="alice@example.com", external_id="A-1")
@@ -80,6 +111,7 @@ def world(db) -> World:
     bob = User.objects.create_user("bob", password="bob-pass-1234", customer=bob_customer)
     plan = Plan.objects.create(name="small", vcpus=1, ram_mib=256, disk_gib=1)
     node = fake_node("fake1")
+    scan()
     return World(
         admin=admin, alice=alice, bob=bob, alice_customer=alice_customer, bob_customer=bob_customer,
         plan=plan, node=node,
@@ -96,7 +128,8 @@ def alice_server(world):
     from panel.accounts.tenancy import SYSTEM
     from panel.vps import lifecycle
 
-    server, op = lifecycle.create_server(SYSTEM, customer=world.alice_customer, plan=world.plan, hostname="alice-web")
+    server, _op, _password = lifecycle.create_server(SYSTEM, customer=world.alice_customer, plan=world.plan,
+                                                     hostname="alice-web", os_template="tiny")
     server.refresh_from_db()
     assert server.state == "running", server.error
     return server
@@ -112,12 +145,14 @@ def create_concurrently(count: int, *, customer, plan) -> list[str]:
 
     from panel.accounts.tenancy import SYSTEM
     from panel.vps import lifecycle
+    from templates_os.repository import scan
 
+    scan()
     results = []
 
     def create(n):
         try:
-            lifecycle.create_server(SYSTEM, customer=customer, plan=plan, hostname=f"c{n}")
+            lifecycle.create_server(SYSTEM, customer=customer, plan=plan, hostname=f"c{n}", os_template="tiny")
             results.append("ok")
         except lifecycle.Refused as exc:
             results.append(exc.code)

@@ -53,7 +53,7 @@ def test_it_answers_401_without_a_valid_key(world, headers, url):
 
 
 def test_it_answers_401_to_a_post_without_a_key_and_does_nothing(world):
-    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "anon"}
+    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "anon", "os_template": "tiny"}
     r = APIClient().post("/api/v1/servers/", body, format="json", HTTP_IDEMPOTENCY_KEY="k1")
     assert r.status_code == 401 and r.json()["code"] == "not_authenticated"
     assert not VirtualServer.objects.exists()

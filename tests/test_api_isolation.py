@@ -47,7 +47,8 @@ def bob_server(world):
     from panel.accounts.tenancy import SYSTEM
     from panel.vps import lifecycle
 
-    server, _ = lifecycle.create_server(SYSTEM, customer=world.bob_customer, plan=world.plan, hostname="bob-web")
+    server, _, _ = lifecycle.create_server(SYSTEM, customer=world.bob_customer, plan=world.plan, hostname="bob-web",
+                                           os_template="tiny")
     server.refresh_from_db()
     assert server.state == "running", server.error
     return server
@@ -326,7 +327,7 @@ def test_bob_cannot_create_a_server_for_alice(world, alices, how):
 
 @pytest.mark.parametrize("how", BOB)
 def test_bob_without_a_customer_field_creates_for_himself(world, how):
-    body = {"plan": world.plan.id, "hostname": "mine"}
+    body = {"plan": world.plan.id, "hostname": "mine", "os_template": "tiny"}
     r = bob_client(world, how).post("/api/v1/servers/", body, format="json")
     assert r.status_code == 202, r.data
     assert VirtualServer.objects.get(hostname="mine").customer == world.bob_customer
@@ -334,7 +335,7 @@ def test_bob_without_a_customer_field_creates_for_himself(world, how):
 
 @pytest.mark.parametrize("how", BOB)
 def test_bob_cannot_choose_the_node(world, how):
-    body = {"plan": world.plan.id, "hostname": "placed", "node": world.node.id}
+    body = {"plan": world.plan.id, "hostname": "placed", "node": world.node.id, "os_template": "tiny"}
     r = bob_client(world, how).post("/api/v1/servers/", body, format="json")
     assert r.status_code == 403
     assert not VirtualServer.objects.exists()

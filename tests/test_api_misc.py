@@ -32,7 +32,7 @@ def make_servers(world, n, customer=None, state="running", prefix="s"):
     ("/api/v1/customers/", {"email": "x@example.com"}, "name"),
     ("/api/v1/customers/", {"email": "x@example.com", "name": "X", "external_id": "A-1"}, "external_id"),
     ("/api/v1/customers/", {"email": "x@example.com", "name": "X", "language": "xx"}, "language"),
-    ("/api/v1/servers/", {"plan": "nope", "hostname": "ok"}, "plan"),
+    ("/api/v1/servers/", {"plan": "nope", "hostname": "ok", "os_template": "tiny"}, "plan"),
     ("/api/v1/servers/", {"hostname": "ok", "os_template": "tiny"}, "plan"),
 ])
 def test_validation_errors_have_detail_code_and_fields(world, url, body, field):
@@ -207,7 +207,7 @@ def test_the_docs_page_answers(world):
 # -- idempotency ----------------------------------------------------------------------------
 
 def test_the_idempotency_key_is_scoped_per_caller(world):
-    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "same"}
+    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "same", "os_template": "tiny"}
     first = world.client(world.billing_key).post("/api/v1/servers/", body, format="json",
                                                  HTTP_IDEMPOTENCY_KEY="order-1")
     second = world.client(world.admin_key).post("/api/v1/servers/", body, format="json",
@@ -219,7 +219,7 @@ def test_the_idempotency_key_is_scoped_per_caller(world):
 
 
 def test_the_idempotency_key_of_a_customer_does_not_replay_to_another(world):
-    body = {"plan": world.plan.id, "hostname": "mine"}
+    body = {"plan": world.plan.id, "hostname": "mine", "os_template": "tiny"}
     alice = world.client(world.alice_key).post("/api/v1/servers/", body, format="json",
                                                HTTP_IDEMPOTENCY_KEY="k")
     bob = world.client(world.bob_key).post("/api/v1/servers/", body, format="json", HTTP_IDEMPOTENCY_KEY="k")

@@ -23,7 +23,7 @@ def public(world):
 
 
 def create(world, key=None, **body):
-    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "web", **body}
+    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "web", "os_template": "tiny", **body}
     return world.client(key or world.billing_key).post("/api/v1/servers/", body, format="json")
 
 

@@ -68,7 +68,7 @@ def test_cpu_and_ram_over_commit_come_from_the_cluster(db):
 
 def test_no_capacity_is_a_409_that_explains_to_admins_only(world):
     Node.objects.filter(pk=world.node.pk).update(alloc_ram_mib=16384)
-    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "full"}
+    body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "full", "os_template": "tiny"}
     r = world.client(world.admin_key).post("/api/v1/servers/", body, format="json")
     assert r.status_code == 409 and r.data["code"] == "no_capacity" and "fake1: not enough RAM" in r.data["detail"]
     r = world.client(world.alice_key).post("/api/v1/servers/", {k: v for k, v in body.items() if k != "customer"},

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import fake_node
+from tests.conftest import fake_node, install_by_fake_guest, tiny_template_share
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -49,11 +49,8 @@ def ui_inline(monkeypatch, settings, tmp_path):
     monkeypatch.setattr(lifecycle, "enqueue", tasks.run_operation)
     if hasattr(lifecycle, "after_commit"):
         monkeypatch.setattr(lifecycle, "after_commit", lambda fn: fn())
-    image = tmp_path / "ui-tiny-guest"
-    image.mkdir()
-    (image / "vmlinuz").write_bytes(b"")
-    (image / "initrd.img").write_bytes(b"")
-    settings.TINY_GUEST_DIR = image
+    tiny_template_share(settings, tmp_path)
+    install_by_fake_guest(monkeypatch)
     settings.STOP_TIMEOUT_SECONDS = 1
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
     FakeDriver.reset()
@@ -65,6 +62,7 @@ def ui_inline(monkeypatch, settings, tmp_path):
 def ui_world(db, ui_inline) -> UiWorld:
     from panel.accounts.tenancy import SYSTEM
     from panel.vps import lifecycle
+    from templates_os.repository import scan
 
     admin = User.objects.create_user("ui-admin", password="admin-pass-123", role=User.Role.ADMIN)
     alice_customer = Customer.objects.create(name="Alice UI Ltd", email="alice@example.com", external_id="UI-A")
@@ -73,8 +71,11 @@ def ui_world(db, ui_inline) -> UiWorld:
     bob = User.objects.create_user("ui-bob", password="bob-pass-1234", customer=bob_customer)
     plan = Plan.objects.create(name="ui-small", vcpus=1, ram_mib=256, disk_gib=1)
     node = fake_node("ui-fake")
-    alice_server, _ = lifecycle.create_server(SYSTEM, customer=alice_customer, plan=plan, hostname="alice-web")
-    bob_server, _ = lifecycle.create_server(SYSTEM, customer=bob_customer, plan=plan, hostname="bob-db")
+    scan()
+    alice_server, _, _ = lifecycle.create_server(SYSTEM, customer=alice_customer, plan=plan, hostname="alice-web",
+                                                 os_template="tiny")
+    bob_server, _, _ = lifecycle.create_server(SYSTEM, customer=bob_customer, plan=plan, hostname="bob-db",
+                                               os_template="tiny")
     alice_server.refresh_from_db()
     bob_server.refresh_from_db()
     assert alice_server.state == "running", alice_server.error

@@ -56,7 +56,7 @@ def client_address(request) -> str | None:
     # Behind a reverse proxy set TRUSTED_PROXY=1 to take the client from X-Forwarded-For.
     from django.conf import settings  # noqa: PLC0415
 
-    if getattr(settings, "TRUSTED_PROXY", False):
+    if settings.TRUSTED_PROXY:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         if forwarded:
             return forwarded.split(",")[-1].strip()

@@ -21,8 +21,9 @@ class IdempotentRequest(models.Model):
 class Event(models.Model):
     """Something billing systems and admins are told about (API.md's webhook events).
 
-    Written when it happens; webhook delivery (a later issue) sends each one to the
-    subscriptions that want it, with this row's id as the unique delivery id.
+    Written when it happens; panel/webhooks makes one Delivery per subscription that wants
+    it, in the same transaction. `customer` says whose object it is about: customers'
+    webhooks receive only their own customer's events.
     """
 
     NAMES = ["server.created", "server.active", "server.state_changed", "server.suspended", "server.unsuspended",
@@ -31,6 +32,9 @@ class Event(models.Model):
     event = models.CharField(max_length=40, choices=[(n, n) for n in NAMES], db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     data = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    # None: a provider-side event (node.down), delivered to admin and billing webhooks only.
+    customer = models.ForeignKey("accounts.Customer", null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
 
     class Meta:
         ordering = ["-id"]

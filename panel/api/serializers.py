@@ -7,6 +7,8 @@ from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.vps.models import Operation, Plan, VirtualServer, hostname_validator
 from nodes.models import Cluster, Network, Node, Storage
 from panel.ipam.models import IpAddress, IpPool
+from recipes.models import Recipe, normalize_parameters
+from templates_os.models import Installation, OsTemplate
 
 
 class CustomerSerializer(serializers.ModelSerializer):
@@ -40,10 +42,53 @@ class ServerSerializer(serializers.ModelSerializer):
         return [a.address for a in obj.ip_addresses.all() if a.version == 6]
 
 
-class ServerCreateSerializer(serializers.Serializer):
+class InstallationSerializer(serializers.ModelSerializer):
+    """The server's latest install: its recipe's outcome and output."""
+
+    recipe = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    os_template = serializers.SlugRelatedField(source="template", slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Installation
+        fields = ["id", "status", "os_template", "recipe", "recipe_params", "config_served_at", "finished_at",
+                  "recipe_exit_code", "recipe_output", "created_at"]
+        read_only_fields = fields
+
+
+class ServerDetailSerializer(ServerSerializer):
+    install = serializers.SerializerMethodField()
+
+    class Meta(ServerSerializer.Meta):
+        fields = ServerSerializer.Meta.fields + ["install"]
+        read_only_fields = fields
+
+    def get_install(self, obj) -> InstallationSerializer | None:
+        latest = obj.installations.select_related("template", "recipe").first()
+        return InstallationSerializer(latest).data if latest else None
+
+
+class InstallChoiceSerializer(serializers.Serializer):
+    """What to install: the template and recipe by id or slug; the password is generated when
+    not given and returned once."""
+
+    os_template = serializers.CharField(max_length=64, help_text="An OS template's id or slug")
+    recipe = serializers.CharField(max_length=64, required=False, allow_null=True, allow_blank=True,
+                                   help_text="A recipe's id or slug")
+    recipe_params = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096),
+                                          required=False, default=dict)
+    password = serializers.CharField(required=False, allow_blank=True, max_length=128, write_only=True,
+                                     trim_whitespace=False, style={"input_type": "password"})
+    ssh_keys = serializers.ListField(child=serializers.CharField(max_length=4096), required=False, default=list,
+                                     max_length=20)
+
+
+class ReinstallSerializer(InstallChoiceSerializer):
+    os_template = serializers.CharField(max_length=64, required=False, help_text="Default: the current one")
+
+
+class ServerCreateSerializer(InstallChoiceSerializer):
     customer = serializers.PrimaryKeyRelatedField(queryset=Customer.objects.all(), required=False)
     plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all())
-    os_template = serializers.CharField(max_length=100, default="tiny")
     hostname = serializers.CharField(max_length=253, validators=[hostname_validator])
     node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
     cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.all(), required=False, allow_null=True)
@@ -81,6 +126,62 @@ class AcceptedSerializer(OperationSerializer):
     def get_server_state(self, op) -> dict | None:
         server = VirtualServer.objects.filter(pk=op.server_id).first()
         return ServerSerializer(server).data if server else None
+
+
+class AcceptedWithPasswordSerializer(AcceptedSerializer):
+    """The 202 answer of create and reinstall: also the root password, this once."""
+
+    password = serializers.CharField(help_text="The root password; shown only in this answer")
+
+    class Meta(AcceptedSerializer.Meta):
+        fields = AcceptedSerializer.Meta.fields + ["password"]
+        read_only_fields = fields
+
+
+class OsTemplateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OsTemplate
+        fields = ["id", "slug", "name", "family", "version", "installer", "min_disk_gib"]
+        read_only_fields = fields
+
+
+class OsTemplateAdminSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OsTemplate
+        fields = ["id", "slug", "name", "family", "version", "installer", "min_disk_gib", "install_timeout",
+                  "valid", "invalid_reason", "enabled", "position", "scanned_at"]
+        read_only_fields = [f for f in fields if f not in ("enabled", "position")]
+
+
+class RecipeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Recipe
+        fields = ["id", "slug", "name", "description", "os_families", "parameters"]
+        read_only_fields = fields
+
+
+class RecipeAdminSerializer(serializers.ModelSerializer):
+    os_families = serializers.ListField(child=serializers.SlugField(max_length=32), min_length=1)
+    parameters = serializers.ListField(child=serializers.DictField(), required=False, default=list)
+
+    class Meta:
+        model = Recipe
+        fields = ["id", "slug", "name", "description", "os_families", "parameters", "script", "enabled",
+                  "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate_parameters(self, value):
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        try:
+            return normalize_parameters(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["parameters"]) from None
+
+    def validate_script(self, value: str) -> str:
+        if not value.strip() or "\x00" in value:
+            raise serializers.ValidationError("The script is empty or contains NUL.")
+        return value
 
 
 class ConsoleSerializer(serializers.Serializer):

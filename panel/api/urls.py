@@ -1,11 +1,14 @@
 from rest_framework.routers import DefaultRouter
 
 from panel.api import views
+from panel.webhooks.api import WebhookViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("customers", views.CustomerViewSet)
 router.register("plans", views.PlanViewSet)
 router.register("servers", views.ServerViewSet)
+router.register("os-templates", views.OsTemplateViewSet)
+router.register("recipes", views.RecipeViewSet)
 router.register("operations", views.OperationViewSet)
 router.register("api-keys", views.ApiKeyViewSet)
 router.register("users", views.UserViewSet)
@@ -16,5 +19,6 @@ router.register("storages", views.StorageViewSet)
 router.register("networks", views.NetworkViewSet)
 router.register("ip-pools", views.IpPoolViewSet)
 router.register("ip-addresses", views.IpAddressViewSet)
+router.register("webhooks", WebhookViewSet)
 
 urlpatterns = router.urls

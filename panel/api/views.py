@@ -21,6 +21,8 @@ from nodes import actions as node_actions
 from nodes.models import Cluster, Network, Node, Storage
 from panel.ipam import actions as ipam_actions
 from panel.ipam.models import IpAddress, IpPool
+from recipes.models import Recipe
+from templates_os.models import OsTemplate
 
 
 class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
@@ -103,12 +105,25 @@ class PlanViewSet(AuditedModelViewSet):
         self.audit("plan.delete", None, name=instance.name)
 
 
+def accepted_with_password(op: Operation, password: str) -> Response:
+    op.refresh_from_db()
+    return Response({**s.AcceptedSerializer(op).data, "password": password}, status=status.HTTP_202_ACCEPTED)
+
+
+def install_args(v: dict) -> dict:
+    return {"recipe": v.get("recipe") or None, "recipe_params": v.get("recipe_params") or {},
+            "password": v.get("password", ""), "ssh_keys": v.get("ssh_keys") or []}
+
+
 class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
     queryset = VirtualServer.objects.prefetch_related("ip_addresses")
-    serializer_class = s.ServerSerializer
     filterset_class = ServerFilter
+    secret_response_fields = ("password",)  # a replayed create or reinstall does not show it again
 
-    @extend_schema(request=s.ServerCreateSerializer, responses={202: s.AcceptedSerializer})
+    def get_serializer_class(self):
+        return s.ServerDetailSerializer if self.action == "retrieve" else s.ServerSerializer
+
+    @extend_schema(request=s.ServerCreateSerializer, responses={202: s.AcceptedWithPasswordSerializer})
     def create(self, request):
         data = s.ServerCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -119,10 +134,21 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
             if who.acts_for_all_customers:
                 raise Refused("customer: this field is required.", "invalid", 400, field="customer")
             customer = Customer.objects.get(pk=who.customer_id)
-        _server, op = lifecycle.create_server(who, customer=customer, plan=v["plan"], hostname=v["hostname"],
-                                              os_template=v["os_template"], node=v.get("node"),
-                                              cluster=v.get("cluster"), private_network=v["private_network"])
-        return accepted(op)
+        _server, op, password = lifecycle.create_server(
+            who, customer=customer, plan=v["plan"], hostname=v["hostname"], os_template=v["os_template"],
+            node=v.get("node"), cluster=v.get("cluster"), private_network=v["private_network"], **install_args(v))
+        return accepted_with_password(op, password)
+
+    @extend_schema(request=s.ReinstallSerializer, responses={202: s.AcceptedWithPasswordSerializer})
+    @action(detail=True, methods=["post"])
+    def reinstall(self, request, pk=None):
+        """Install the OS again: the disk is made anew, the addresses stay, the recipe runs again."""
+        data = s.ReinstallSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        op, password = lifecycle.request_reinstall(actor(request), pk, os_template=v.get("os_template"),
+                                                   **install_args(v))
+        return accepted_with_password(op, password)
 
     @extend_schema(responses={202: s.AcceptedSerializer})
     def destroy(self, request, pk=None):
@@ -175,6 +201,51 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         token, raw = tokens.issue(actor(request), pk)
         url = request.build_absolute_uri(reverse("novnc:console-token", args=[raw]))
         return Response({"url": url, "expires_at": token.expires_at}, status=status.HTTP_201_CREATED)
+
+
+class OsTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, PanelViewSet):
+    """Customers see the templates on offer; admins see every one (with why a broken one is
+    not offered), enable, disable and order them, and rescan the share."""
+
+    queryset = OsTemplate.objects.all()
+    customer_field = None
+    permission_classes = [IsAdminOrReadOnly]
+    filterset_fields = ["family", "installer"]
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return self.queryset.all() if actor(self.request).is_admin else OsTemplate.offered_objects.all()
+
+    def get_serializer_class(self):
+        return s.OsTemplateAdminSerializer if actor(self.request).is_admin else s.OsTemplateSerializer
+
+    def perform_update(self, serializer):
+        self.audit("os_template.update", serializer.save(), **{k: str(v) for k, v in serializer.validated_data.items()})
+
+    @extend_schema(request=s.EmptySerializer, responses={200: s.OsTemplateAdminSerializer(many=True)})
+    @action(detail=False, methods=["post"], permission_classes=[IsAdmin])
+    def rescan(self, request):
+        """Read the template share again."""
+        from templates_os.repository import scan
+
+        templates = scan()
+        self.audit("os_template.rescan", None, count=len(templates))
+        return Response(s.OsTemplateAdminSerializer(templates, many=True).data)
+
+
+class RecipeViewSet(AuditedModelViewSet):
+    """Customers see the enabled recipes (not their scripts); admins manage them."""
+
+    queryset = Recipe.objects.all()
+    customer_field = None
+    permission_classes = [IsAdminOrReadOnly]
+    audit_name = "recipe"
+
+    def get_queryset(self):
+        return self.queryset.all() if actor(self.request).is_admin else Recipe.objects.filter(enabled=True)
+
+    def get_serializer_class(self):
+        return s.RecipeAdminSerializer if actor(self.request).is_admin else s.RecipeSerializer
 
 
 class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):

@@ -8,7 +8,7 @@ from django.utils.translation import gettext_lazy as _
 from nodes.models import Cluster, Network, Node, Storage
 from panel.accounts.models import LANGUAGE_CHOICES, ApiKey, Customer, User
 from panel.ipam.models import IpPool
-from panel.vps.lifecycle import boot_images
+from templates_os.models import OsTemplate
 from panel.vps.models import Plan, VirtualServer, hostname_validator
 
 
@@ -89,7 +89,8 @@ class ServerCreateForm(forms.Form):
     customer = forms.ModelChoiceField(label=_("Customer"), queryset=Customer.objects.all())
     plan = forms.ModelChoiceField(label=_("Plan"), queryset=Plan.objects.all())
     hostname = forms.CharField(label=_("Hostname"), max_length=253, validators=[hostname_validator])
-    os_template = forms.ChoiceField(label=_("Operating system"))
+    os_template = forms.ModelChoiceField(label=_("Operating system"), queryset=OsTemplate.offered_objects.all(),
+                                         to_field_name="slug")
     node = forms.ModelChoiceField(label=_("Node"), queryset=Node.objects.all(), required=False,
                                   help_text=_("Leave empty to place the server on the online node with the most free RAM."))
     private_network = forms.BooleanField(
@@ -99,7 +100,6 @@ class ServerCreateForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["node"].empty_label = _("Automatic")
-        self.fields["os_template"].choices = [(key, image["name"]) for key, image in boot_images().items()]
 
 
 class SuspendForm(forms.Form):

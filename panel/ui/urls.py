@@ -1,6 +1,6 @@
 from django.urls import path
 
-from panel.ui.views import admin, auth, ipam, keys, nodes, servers
+from panel.ui.views import admin, auth, ipam, keys, nodes, servers, webhooks
 
 app_name = "ui"
 
@@ -63,4 +63,5 @@ urlpatterns = [
     path("admin/audit/", admin.audit_log, name="admin-audit"),
     path("admin/api-keys/", keys.admin_keys, name="admin-keys"),
     path("admin/api-keys/new/", keys.admin_key_create, name="admin-key-create"),
+    path("admin/webhooks/", webhooks.webhook_list, name="admin-webhooks"),
 ]

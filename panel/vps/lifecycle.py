@@ -7,7 +7,7 @@ hand the operation to the worker once the transaction commits.
 
 from dataclasses import dataclass
 
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.translation import gettext as _
 
@@ -17,6 +17,8 @@ from panel.accounts.tenancy import Actor
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 from nodes import placement
 from nodes.models import Cluster, Node
+from recipes.models import Recipe
+from templates_os.models import OsTemplate
 
 S = ServerState
 K = Operation.Kind
@@ -44,6 +46,9 @@ TRANSITIONS = {
     K.UNSUSPEND: Transition(frozenset({S.SUSPENDED}), provider_only=True),
     K.DELETE: Transition(frozenset(set(S) - {S.DELETING}), provider_only=True),
 }
+
+
+REINSTALLABLE = frozenset({S.RUNNING, S.STOPPED, S.ERROR})
 
 
 def allowed_actions(server: VirtualServer, actor: Actor) -> list[str]:
@@ -112,37 +117,85 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
     return op
 
 
-def boot_images() -> dict[str, dict]:
-    """OS images a server can boot now. Until OS templates exist: the tiny demo guest."""
-    kernel, initrd = settings.TINY_GUEST_DIR / "vmlinuz", settings.TINY_GUEST_DIR / "initrd.img"
-    if kernel.is_file() and initrd.is_file():
-        return {"tiny": {"name": "Tiny Linux, demo", "kernel": str(kernel), "initrd": str(initrd)}}
-    return {}
+@dataclass
+class InstallChoice:
+    """What a create or reinstall installs, checked: the template, recipe and its parameters,
+    the root password (generated when not given) and SSH keys."""
+
+    template: OsTemplate
+    recipe: Recipe | None
+    params: dict
+    password: str
+    password_generated: bool
+    ssh_keys: list[str]
 
 
-def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str, os_template: str = "tiny",
+def check_install(actor: Actor, *, os_template, disk_gib: int, recipe=None, recipe_params=None,
+                  password: str = "", ssh_keys=None) -> InstallChoice:
+    """Validate an install before anything is made; Refused (400) names the field at fault."""
+    from templates_os.provisioning import check_ssh_keys, generate_password
+
+    template = os_template if isinstance(os_template, OsTemplate) else \
+        OsTemplate.objects.filter(**{"pk" if str(os_template).isdigit() else "slug": os_template}).first()
+    if template is None or not template.offered:
+        raise Refused(_("Unknown or unavailable OS template."), "invalid", 400, field="os_template")
+    if disk_gib < template.min_disk_gib:
+        raise Refused(_("%(template)s needs a disk of at least %(min)s GiB; the plan has %(disk)s GiB.")
+                      % {"template": template.name, "min": template.min_disk_gib, "disk": disk_gib},
+                      "disk_too_small", 400, field="os_template")
+    if recipe is not None and not isinstance(recipe, Recipe):
+        recipe = Recipe.objects.filter(**{"pk" if str(recipe).isdigit() else "slug": recipe}).first() \
+            if recipe != "" else None
+        if recipe is None:
+            raise Refused(_("Unknown recipe."), "invalid", 400, field="recipe")
+    if recipe is not None and (not recipe.enabled or not recipe.fits(template.family)):
+        raise Refused(_("The recipe %(recipe)s does not fit %(template)s.") % {"recipe": recipe.name,
+                      "template": template.name}, "invalid", 400, field="recipe")
+    try:
+        params = recipe.resolve(recipe_params) if recipe else {}
+    except ValidationError as exc:
+        messages = "; ".join(f"{name}: {' '.join(errors)}" for name, errors in exc.message_dict.items())
+        raise Refused(_("Recipe parameters: %(errors)s") % {"errors": messages}, "invalid", 400,
+                      field="recipe_params") from None
+    if recipe is None and recipe_params:
+        raise Refused(_("Parameters without a recipe."), "invalid", 400, field="recipe_params")
+    try:
+        keys = check_ssh_keys(list(ssh_keys or []))
+    except ValueError as exc:
+        raise Refused(str(exc), "invalid", 400, field="ssh_keys") from None
+    if password and (len(password) < 8 or len(password) > 128 or any(ord(c) < 32 for c in password)):
+        raise Refused(_("A password has 8 to 128 characters and no control characters."), "invalid", 400,
+                      field="password")
+    return InstallChoice(template, recipe, params, password or generate_password(), not password, keys)
+
+
+def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str, os_template,
+                  recipe=None, recipe_params=None, password: str = "", ssh_keys=None,
                   node: Node | None = None, cluster: Cluster | None = None,
-                  private_network: bool = False) -> tuple[VirtualServer, Operation]:
-    """Create a server record and its `create` operation. Inputs are validated by the caller's
-    serializer; here are the checks that need the database or the actor."""
+                  private_network: bool = False) -> tuple[VirtualServer, Operation, str]:
+    """Create a server record, its install and its `create` operation. Returns them with the
+    root password (to be shown once). Inputs are validated by the caller's serializer; here
+    are the checks that need the database or the actor."""
+    from templates_os.provisioning import new_installation
+
     if not actor.acts_for_all_customers and customer.pk != actor.customer_id:
         raise Refused(_("Unknown customer."), "invalid", 400, field="customer")
     if (node is not None or cluster is not None) and not actor.is_admin:
         raise Refused(_("Only admins choose the node or cluster."), "permission_denied", 403,
                       field="node" if node is not None else "cluster")
-    if os_template not in boot_images():
-        raise Refused(_("Unknown or unavailable OS template."), "invalid", 400, field="os_template")
+    choice = check_install(actor, os_template=os_template, disk_gib=plan.disk_gib, recipe=recipe,
+                           recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
     with transaction.atomic():
         want = placement.Request(plan.vcpus, plan.ram_mib, plan.disk_gib, cluster.pk if cluster else None)
         try:
             decision = placement.reserve(want, only=node)
         except placement.NoCapacity as exc:
-            # Admins read why each node was filtered out; customers are not told about nodes.
+            # Admins read why each other node was filtered out; customers are not told about nodes.
             detail = exc.decision.explain() if actor.is_admin else _("no capacity for this plan right now")
             raise Refused(_("No node can take this server: %(why)s") % {"why": detail}, "no_capacity", 409)
         server = VirtualServer.objects.create(
             customer=customer, plan=plan, node=decision.node, storage=decision.storage, hostname=hostname,
-            os_template=os_template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib,
+            os_template=choice.template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib,
             state=S.CREATING,
         )
         from panel.ipam.allocation import allocate_for_new_server
@@ -150,9 +203,38 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
         # In the same transaction: an exhausted pool undoes the server and its placement too.
         allocate_for_new_server(server, private_network)
         op = _new_operation(actor, server, K.CREATE, {})
-        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name)
+        new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
+        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name,
+                     os_template=choice.template.slug, recipe=choice.recipe.slug if choice.recipe else "")
         after_commit(lambda: enqueue(op.id))
-    return server, op
+    return server, op, choice.password
+
+
+def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=None, recipe_params=None,
+                      password: str = "", ssh_keys=None) -> tuple[Operation, str]:
+    """Install the OS again on the same server (same addresses): the disk is made anew.
+    Returns the operation and the new root password (to be shown once)."""
+    from templates_os.provisioning import new_installation
+
+    with transaction.atomic():
+        server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
+        if server.state == S.SUSPENDED:
+            raise Refused(_("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or
+                          _("no reason given")}, "server_suspended")
+        if server.state not in REINSTALLABLE:
+            raise Refused(_("Cannot reinstall a server that is %(state)s.") %
+                          {"state": server.get_state_display().lower()}, "invalid_state")
+        choice = check_install(actor, os_template=os_template or server.os_template_id, disk_gib=server.disk_gib,
+                               recipe=recipe, recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
+        op = _new_operation(actor, server, K.REINSTALL, {"state": server.state})
+        new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
+        server.os_template = choice.template
+        server.state = S.INSTALLING
+        server.save(update_fields=["os_template", "state", "updated_at"])
+        audit.record(actor, "server.reinstall", server, operation=op.id, os_template=choice.template.slug,
+                     recipe=choice.recipe.slug if choice.recipe else "")
+        after_commit(lambda: enqueue(op.id))
+    return op, choice.password
 
 
 def request_migration(actor: Actor, server_id: int, node: Node, live: bool = True) -> Operation:

@@ -68,7 +68,8 @@ class VirtualServer(models.Model):
     node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.PROTECT, related_name="servers")
     storage = models.ForeignKey(Storage, null=True, blank=True, on_delete=models.PROTECT, related_name="servers")
     hostname = models.CharField(max_length=253, validators=[hostname_validator])
-    os_template = models.CharField(max_length=100, blank=True)
+    os_template = models.ForeignKey("templates_os.OsTemplate", null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="servers")
     state = models.CharField(max_length=12, choices=ServerState.choices, default=ServerState.CREATING, db_index=True)
     # Set while suspended: shown to the customer, who cannot start the server.
     suspend_reason = models.CharField(max_length=500, blank=True)
@@ -98,6 +99,11 @@ class VirtualServer(models.Model):
     @property
     def disk_volume(self) -> str:
         return f"{self.domain_name}-disk0.qcow2"
+
+    @property
+    def seed_volume(self) -> str:
+        """The cloud-init seed ISO of an image install."""
+        return f"{self.domain_name}-seed.iso"
 
     @property
     def serial_log(self) -> str:
@@ -139,6 +145,7 @@ class Operation(models.Model):
         DELETE = "delete", _("Delete")
         NETWORK_UPDATE = "network_update", _("Update network settings")
         MIGRATE = "migrate", _("Migrate")
+        REINSTALL = "reinstall", _("Reinstall")
         NODE_INSTALL = "node_install", _("Install node")
 
     class Status(models.TextChoices):

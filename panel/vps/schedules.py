@@ -15,3 +15,9 @@ def ensure_schedules() -> None:
             "repeats": -1,
         },
     )
+    # Template files copied onto the share by hand show up without anyone pressing "rescan".
+    Schedule.objects.update_or_create(
+        name="scan-os-templates",
+        defaults={"func": "templates_os.repository.scan", "schedule_type": Schedule.MINUTES, "minutes": 5,
+                  "repeats": -1},
+    )

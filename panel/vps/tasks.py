@@ -1,7 +1,9 @@
 """The worker side of operations: each function takes an id and is safe to run twice."""
 
 import logging
+import time
 import traceback
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
@@ -13,7 +15,6 @@ from nodes.driver import DomainState, Driver, DriverError
 from nodes import placement
 from panel.crypto import decrypt
 from panel.vps import progress
-from panel.vps.lifecycle import boot_images
 from panel.vps.models import Operation, ServerState, VirtualServer
 
 log = logging.getLogger(__name__)
@@ -70,24 +71,38 @@ def nics_of(server: VirtualServer) -> tuple[list[Nic], list[str]]:
     return nics, args
 
 
-def domain_spec(server: VirtualServer, node=None) -> DomainSpec:
-    """The server's domain as `node` (default: its own) would run it."""
+def domain_spec(server: VirtualServer, node=None, install: "InstallBoot | None" = None) -> DomainSpec:
+    """The server's domain as `node` (default: its own) would run it: booting its installed
+    system, or (with `install`) its template's installer. Creates the disk when it is missing."""
+    from templates_os import provisioning
+    from templates_os.repository import file_path
+
     node = node or server.node
-    image = boot_images().get(server.os_template)
-    if image is None:
-        raise DriverError(f"OS image {server.os_template!r} is not available on this panel")
+    template = server.os_template
+    if template is None:
+        raise DriverError("the server has no OS template")
+    boot = template.boot
     driver = driver_for(node.uri)
-    disk_path = driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib)
-    nics, net_args = nics_of(server)
-    cmdline = " ".join(["console=ttyS0", "panic=1", f"hostname={server.hostname}", *net_args])
+    backing = file_path(template, boot["image"]) if boot.get("image") else None
+    disks = [Disk(path=driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib,
+                                            backing=backing))]
+    if install and install.seed_path:
+        disks.append(Disk(path=install.seed_path, target="hdc", format="raw", device="cdrom"))
+    kernel_boot = None
+    key = "install_cmdline" if install else "cmdline"
+    if boot.get("kernel") and boot.get(key):
+        context = provisioning.boot_context(server, install.config_url if install else "")
+        kernel_boot = KernelBoot(file_path(template, boot["kernel"]), file_path(template, boot["initrd"]),
+                                 provisioning.render_cmdline(template, key, context))
+    nics, _ = nics_of(server)
     return DomainSpec(
         name=server.domain_name,
         uuid=str(server.uuid),
         vcpus=server.vcpus,
         ram_mib=server.ram_mib,
         virt_type=node.virt_type or "qemu",
-        disks=(Disk(path=disk_path),),
-        kernel_boot=KernelBoot(image["kernel"], image["initrd"], cmdline),
+        disks=tuple(disks),
+        kernel_boot=kernel_boot,
         nics=tuple(nics),
         serial_log=server.serial_log,
         # VNC listens only where the panel reaches it: the node's management address (or
@@ -99,22 +114,103 @@ def domain_spec(server: VirtualServer, node=None) -> DomainSpec:
     )
 
 
+@dataclass(frozen=True)
+class InstallBoot:
+    config_url: str
+    seed_path: str = ""
+
+
 def _create(step: Step, server: VirtualServer, driver: Driver) -> None:
     step(10, f"preparing storage {server.storage.name} on the node")
     driver.ensure_pool(server.storage.pool_name, server.storage.path)
-    step(30, f"creating a {server.disk_gib} GiB disk")
-    spec = domain_spec(server)
-    step(50, f"defining the domain ({spec.virt_type})")
+    _install(step, server, driver)
+
+
+def _reinstall(step: Step, server: VirtualServer, driver: Driver) -> None:
+    step(10, "powering off and removing the old disk")
+    driver.destroy(server.domain_name)
+    driver.delete_volume(server.storage.pool_name, server.disk_volume)
+    driver.delete_volume(server.storage.pool_name, server.seed_volume)
+    driver.ensure_pool(server.storage.pool_name, server.storage.path)
+    _install(step, server, driver)
+
+
+def _install(step: Step, server: VirtualServer, driver: Driver) -> None:
+    """Boot the template's installer with a one-time config URL, wait for the call-back, then
+    boot the installed system. The server's addresses stay what they are."""
+    from panel.api.events import emit
+    from templates_os import provisioning
+    from templates_os.models import Installation
+    from templates_os.seed import seed_iso
+
+    installation = Installation.objects.select_related("template", "recipe").get(operation=step.op)
+    template = installation.template
+    if template is None or not template.valid:
+        raise DriverError("the OS template is no longer available")
+    token = provisioning.begin(installation)
+    url = provisioning.config_url(server, token)
+    seed = ""
+    if template.metadata.get("seed") == "iso":
+        step(20, "writing the cloud-init seed")
+        seed = driver.upload_volume(server.storage.pool_name, server.seed_volume,
+                                    seed_iso(provisioning.seed_files(server, installation, url)))
+    what = "an overlay of the template's image" if template.boot.get("image") else "empty"
+    step(30, f"creating a {server.disk_gib} GiB disk ({what})")
+    spec = domain_spec(server, install=InstallBoot(url, seed))
+    step(40, f"booting the {template.name} installer ({spec.virt_type})")
     try:
         driver.define(spec)
-        step(70, "starting")
         driver.start(server.domain_name)
     except DriverError:
-        # A failed create leaves nothing behind on the node.
+        # A failed boot leaves nothing behind on the node.
         driver.undefine(server.domain_name)
         driver.delete_volume(server.storage.pool_name, server.disk_volume)
+        driver.delete_volume(server.storage.pool_name, server.seed_volume)
         raise
+    _set_state(server, S.INSTALLING)
+    installation = _wait_for_callback(step, server, driver, installation)
+    code = installation.recipe_exit_code
+    recipe = f"; recipe {installation.recipe.slug} exited with {code}" if installation.recipe else ""
+    step(85, f"install complete{recipe}")
+    installed = domain_spec(server)
+    if spec.kernel_boot and not installed.kernel_boot:
+        step(88, "waiting for the installer to power off, then booting from disk")
+        if driver.stop(server.domain_name, settings.STOP_TIMEOUT_SECONDS * 5, step.heartbeat):
+            step(89, "the installer did not power off; forced")
+        driver.define(installed)
+        driver.start(server.domain_name)
+    else:
+        driver.define(installed)  # the next boot leaves out the installer's arguments and seed
     _set_state(server, S.RUNNING, error="")
+    emit("server.active", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
+         os_template=template.slug, recipe=installation.recipe.slug if installation.recipe else None,
+         recipe_exit_code=code)
+
+
+def _wait_for_callback(step: Step, server: VirtualServer, driver: Driver, installation):
+    from templates_os.models import Installation
+
+    timeout = installation.template.install_timeout
+    started, said_fetched, checked = time.monotonic(), False, 0.0
+    while True:
+        installation.refresh_from_db()
+        if installation.status == Installation.Status.DONE:
+            return installation
+        elapsed = time.monotonic() - started
+        if installation.config_served_at and not said_fetched:
+            said_fetched = True
+            step(55, f"the installer fetched its config from {installation.config_served_to}; installing")
+        if elapsed - checked >= 5:
+            checked = elapsed
+            if driver.state(server.domain_name) != DomainState.RUNNING:
+                raise DriverError("the installer stopped without calling back" +
+                                  ("" if said_fetched else " (it never fetched its config)"))
+        if elapsed > timeout:
+            raise DriverError(f"no call-back from the installer within {timeout} s" +
+                              ("" if said_fetched else "; it never fetched its config (can it reach the panel?)"))
+        step.op.progress = min(80, 55 + int(25 * elapsed / timeout)) if said_fetched else 45
+        step.heartbeat()
+        time.sleep(1)
 
 
 def _start(step: Step, server: VirtualServer, driver: Driver) -> None:
@@ -171,6 +267,7 @@ def _delete(step: Step, server: VirtualServer, driver: Driver) -> None:
     driver.undefine(server.domain_name)
     step(60, "removing the disk")
     driver.delete_volume(server.storage.pool_name, server.disk_volume)
+    driver.delete_volume(server.storage.pool_name, server.seed_volume)
     delete_record(server)
 
 
@@ -228,7 +325,7 @@ def _migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
 
 HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
             K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete, K.NETWORK_UPDATE: _network_update,
-            K.MIGRATE: _migrate}
+            K.MIGRATE: _migrate, K.REINSTALL: _reinstall}
 
 
 def _claim(operation_id: int) -> Operation | None:
@@ -245,6 +342,20 @@ def _claim(operation_id: int) -> Operation | None:
         op.heartbeat_at = timezone.now()
         op.save(update_fields=["status", "started_at", "heartbeat_at"])
         return op
+
+
+def fail_install(server: VirtualServer, driver: Driver, op: Operation) -> None:
+    """A failed install is an error whatever the domain does: its installer is powered off and
+    its disk kept to look at; the customer can reinstall or delete."""
+    from templates_os.models import Installation
+
+    Installation.objects.filter(operation=op).exclude(status=Installation.Status.DONE).update(
+        status=Installation.Status.FAILED, config_token=None, callback_token=None)
+    try:
+        driver.destroy(server.domain_name)
+    except DriverError:
+        pass
+    _set_state(server, S.ERROR)
 
 
 def settle_state(server: VirtualServer, driver: Driver) -> None:
@@ -288,7 +399,10 @@ def run_operation(operation_id: int) -> str:
         if server is not None and server.pk:
             server.error = op.error
             server.save(update_fields=["error"])
-            settle_state(server, driver_for(server.node.uri))
+            if op.kind in (K.CREATE, K.REINSTALL):
+                fail_install(server, driver_for(server.node.uri), op)
+            else:
+                settle_state(server, driver_for(server.node.uri))
     else:
         op.status = Operation.Status.SUCCEEDED
         op.progress = 100

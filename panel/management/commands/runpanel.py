@@ -44,9 +44,11 @@ class Command(BaseCommand):
         listener.set_inheritable(True)
         children = {}
         for index in range(max(1, web_processes)):
+            # X-Forwarded-* are read only behind a trusted proxy: anyone else could forge them.
+            proxy = ["--proxy-headers"] if settings.TRUSTED_PROXY else []
             children[f"web{index + 1}"] = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), "--proxy-headers",
-                 "panel.asgi:application"], cwd=settings.BASE_DIR, pass_fds=[listener.fileno()])
+                [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), *proxy, "panel.asgi:application"],
+                cwd=settings.BASE_DIR, pass_fds=[listener.fileno()])
         listener.close()
         children["monitor"] = subprocess.Popen([*manage, "monitor_nodes"], cwd=settings.BASE_DIR)
         if not no_worker:

@@ -187,7 +187,7 @@ def server_create(request):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            server, _op = lifecycle.create_server(
+            server, _op, _password = lifecycle.create_server(
                 actor(request), customer=data["customer"], plan=data["plan"], hostname=data["hostname"],
                 os_template=data["os_template"], node=data["node"], private_network=data["private_network"],
             )

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class WebhooksConfig(AppConfig):
+    name = "panel.webhooks"
+    label = "webhooks"
+    verbose_name = "Webhooks"
+
+    def ready(self) -> None:
+        from panel.webhooks.schedules import ensure_schedule
+
+        # After every migrate: `make run` migrates before it starts the worker, so the
+        # retry schedule exists wherever the tables do.
+        post_migrate.connect(ensure_schedule, sender=self, dispatch_uid="webhooks-schedule")
