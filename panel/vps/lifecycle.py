@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 
 from panel.accounts import audit
 from panel.accounts.models import Customer
+from panel.api.events import emit
 from panel.accounts.tenancy import Actor
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 from nodes import placement
@@ -206,6 +207,8 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name,
                      os_template=choice.template.slug, recipe=choice.recipe.slug if choice.recipe else "")
+        emit("server.created", customer_id=customer.pk, server=server.pk, hostname=hostname, operation=op.id,
+             plan=plan.pk, os_template=choice.template.slug)
         after_commit(lambda: enqueue(op.id))
     return server, op, choice.password
 

@@ -383,6 +383,7 @@ def run_operation(operation_id: int) -> str:
     if op.kind == K.NODE_INSTALL:
         return run_node_operation(op, step)
     server = VirtualServer.objects.select_related("node", "storage").filter(pk=op.server_id).first()
+    state_before = server.state if server is not None else None
     try:
         if server is None:
             raise DriverError("the server no longer exists")
@@ -409,7 +410,27 @@ def run_operation(operation_id: int) -> str:
         op.log += f"{timezone.now():%H:%M:%S} done\n"
     _finish(op)
     progress.publish(op, server.state if server is not None and server.pk else None)
+    _tell(op, server, state_before)
     return op.status
+
+
+# Events for billing systems (API.md "Webhooks"), by what an operation did.
+_EVENT_OF_SUCCESS = {K.DELETE: "server.deleted", K.SUSPEND: "server.suspended", K.UNSUSPEND: "server.unsuspended"}
+
+
+def _tell(op: Operation, server: VirtualServer | None, state_before: str | None) -> None:
+    from panel.api.events import emit
+
+    gone = server is None or server.pk is None
+    about = {"server": op.server_id, "hostname": op.target_repr, "operation": op.id}
+    if op.status == Operation.Status.SUCCEEDED and op.kind in _EVENT_OF_SUCCESS:
+        emit(_EVENT_OF_SUCCESS[op.kind], customer_id=op.customer_id, **about,
+             **({"reason": server.suspend_reason} if op.kind == K.SUSPEND and not gone else {}))
+    if op.status == Operation.Status.FAILED and op.kind in (K.CREATE, K.REINSTALL):
+        emit("server.failed", customer_id=op.customer_id, **about, error=op.error)
+    if not gone and server.state != state_before:
+        emit("server.state_changed", customer_id=op.customer_id, **about, state=server.state, previous=state_before)
+    emit("operation.finished", customer_id=op.customer_id, **about, kind=op.kind, status=op.status, error=op.error)
 
 
 def _finish(op: Operation) -> None:

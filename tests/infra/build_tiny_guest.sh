@@ -13,7 +13,18 @@
 #   panel.dns=<ip>[,<ip>...]                                (repeatable)
 # prints "TINY-GUEST net <dev> <address>/<prefix>" per address, "TINY-GUEST net bad
 # <value>" per rejected value, then "TINY-GUEST net ready" (or "TINY-GUEST net none"
-# when the command line has neither). See tests/infra/README.md.
+# when the command line has neither).
+# Installer (after the network, before "TINY-GUEST booted"; /etc/tiny-guest/install):
+#   panel.config=<http(s) URL>   (at most one) fetched with `wget -q -O /tmp/panel-config`,
+#     retried for up to 60 s; prints "TINY-GUEST config fetched" (or "TINY-GUEST config
+#     failed" and boots on), runs it with `sh` (output to ttyS0) and prints "TINY-GUEST
+#     config exit <code>". The URL is never globbed or split (set -f, quoted).
+#   without panel.config=: if /dev/vda (waited for up to 2 s) holds a tar archive (written
+#     raw by the config script) with a member etc/tiny-guest/installed, it is extracted
+#     into / and the guest prints "TINY-GUEST installed <hostname>" (from /etc/hostname,
+#     also set with `hostname`); otherwise "TINY-GUEST not installed".
+# The panel's config for this guest is templates_os/catalog/tiny/user-data.
+# See tests/infra/README.md.
 # Usage: tests/infra/build_tiny_guest.sh [OUTDIR]   (default <repo>/.cache/tiny-guest)
 set -euo pipefail
 
@@ -154,14 +165,17 @@ hostname tiny-guest
 /etc/tiny-guest/net
 # ACPI power button: button.ko exposes it as KEY_POWER on an evdev node; busybox
 # acpid maps that to /etc/acpi/PWRF/00000080. Start it before announcing the
-# boot, and wait (bounded) until it holds the event devices open, so a
-# `virsh shutdown` sent after "TINY-GUEST booted" is never lost.
+# boot (and before installing: an install can be powered off too), and wait
+# (bounded) until it holds the event devices open, so a `virsh shutdown` sent
+# after "TINY-GUEST booted" is never lost.
 acpid -f -c /etc/acpi -l /tmp/acpid.log &
 acpid_pid=$!
 i=0
 while [ $i -lt 40 ] && ! ls -l /proc/$acpid_pid/fd 2>/dev/null | grep -q /dev/input/event; do
   sleep 0.05; i=$((i + 1))
 done
+# Installer: run the panel's config (panel.config=) or restore an installed system.
+/etc/tiny-guest/install
 echo "TINY-GUEST booted" >/dev/ttyS0
 exec /sbin/init
 # Only reached if exec failed: keep PID 1 alive.
@@ -272,6 +286,68 @@ done
 say ready
 NET
 
+# Installer recipe version 1 (panel.config contract, README "Installer").
+cat >"$R/etc/tiny-guest/install" <<'INST'
+#!/bin/sh
+# panel.config=<URL>: fetch it, run it with sh.  Else: restore the system saved on /dev/vda.
+say() { echo "TINY-GUEST $*" >/dev/ttyS0; }
+set -f                                   # the URL is never globbed
+url=""; n=0
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    panel.config=*) url=${arg#panel.config=}; n=$((n + 1)) ;;
+    panel.config)   n=$((n + 1)) ;;
+  esac
+done
+now() { read -r up _ </proc/uptime; echo "${up%%.*}"; }
+
+if [ "$n" -gt 0 ]; then
+  ok=0
+  case "$url" in http://?*|https://?*) [ "$n" -eq 1 ] && ok=1 ;; esac
+  if [ "$ok" = 1 ]; then
+    # The NIC / host bridge may need a moment: retry for up to 60 s, each try bounded
+    # (busybox wget has no working -T here, so `timeout` bounds a hanging connect).
+    end=$(($(now) + 60)); ok=0
+    while :; do
+      rm -f /tmp/panel-config
+      left=$((end - $(now)))
+      [ "$left" -gt 15 ] && left=15
+      [ "$left" -lt 1 ] && left=1
+      if timeout "$left" wget -q -O /tmp/panel-config "$url" 2>/tmp/panel-config.err; then
+        ok=1; break
+      fi
+      [ "$(now)" -ge "$end" ] && break
+      sleep 1
+    done
+  else
+    echo "panel.config: exactly one http(s) URL expected" >/tmp/panel-config.err
+  fi
+  if [ "$ok" = 1 ]; then
+    say "config fetched"
+    (cd / && HOME=/root sh /tmp/panel-config </dev/null >/dev/ttyS0 2>&1)
+    say "config exit $?"
+  else
+    cat /tmp/panel-config.err >/dev/ttyS0 2>/dev/null
+    say "config failed"
+  fi
+  exit 0
+fi
+
+# An "installed system": a tar archive written raw onto /dev/vda by the config script,
+# with a member etc/tiny-guest/installed. A blank disk reads as an empty archive.
+i=0   # virtio_blk was just loaded: give the disk up to 2 s to appear
+while [ ! -b /dev/vda ] && [ $i -lt 40 ]; do sleep 0.05; i=$((i + 1)); done
+if [ -b /dev/vda ] && tar -tf /dev/vda 2>/dev/null | grep -Eqx '(\./)?etc/tiny-guest/installed' \
+    && tar -xf /dev/vda -C / 2>/dev/null; then
+  h=""
+  [ -f /etc/hostname ] && read -r h </etc/hostname
+  [ -n "$h" ] && hostname -- "$h" 2>/dev/null
+  say "installed $h"
+else
+  say "not installed"
+fi
+INST
+
 cat >"$R/etc/tiny-guest/poweroff" <<'OFF'
 #!/bin/sh
 echo "TINY-GUEST poweroff" >/dev/ttyS0
@@ -287,7 +363,8 @@ PROF
 echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
 echo "root:x:0:" >"$R/etc/group"
 
-chmod 755 "$R/init" "$R/etc/tiny-guest/uptime" "$R/etc/tiny-guest/poweroff" "$R/etc/tiny-guest/net"
+chmod 755 "$R/init" "$R/etc/tiny-guest/uptime" "$R/etc/tiny-guest/poweroff" "$R/etc/tiny-guest/net" \
+  "$R/etc/tiny-guest/install"
 
 # ------------------------------------------------------------------ outputs
 (cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
