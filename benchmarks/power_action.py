@@ -122,7 +122,7 @@ def run(panel, events: LifecycleEvents, args, extra_env: dict) -> int:
     api = panel.api(tenant.key)
 
     print("creating one server through the API …", flush=True)
-    r = api.post(panel.url + "/api/v1/servers/", json={"plan": plan, "hostname": "bench-power"}, timeout=30)
+    r = api.post(panel.url + "/api/v1/servers/", json={"plan": plan, "os_template": "tiny", "hostname": "bench-power"}, timeout=30)
     assert r.status_code == 202, r.text
     op = panel.wait_operation(tenant.key, r.json()["id"])
     assert op["status"] == "succeeded", op

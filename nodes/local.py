@@ -51,6 +51,7 @@ def register_local_node() -> Node | None:
         Node.objects.filter(pk=node.pk).update(state=Node.State.DEGRADED, last_error=f"storage {storage.path}: {exc}")
         log.warning("local node: storage %s unusable: %s", storage.path, exc)
         return node
+    ensure_local_network(node)
     stat = os.statvfs(storage.path)
     gib = 1024 ** 3
     node.storage_capacity = {str(storage.id): {"total_gib": stat.f_blocks * stat.f_frsize // gib,
@@ -59,3 +60,32 @@ def register_local_node() -> Node | None:
     log.info("%s local node %s: %s CPUs, %s MiB, virt type %s", "registered" if created else "refreshed",
              uri, host.cpus, host.ram_mib, host.virt_type)
     return node
+
+
+def ensure_local_network(node: Node) -> None:
+    """Give the local node's cluster a NAT network (LOCAL_NAT_CIDR) with a pool when it has no
+    network yet, and make its bridge here: servers then get an address, reach the internet
+    through this host and fetch their install config from the panel at the gateway."""
+    import ipaddress
+    import subprocess
+
+    from nodes.installer import NAT_NETWORK
+    from nodes.models import Network
+    from panel.ipam.models import IpPool
+
+    cidr = settings.LOCAL_NAT_CIDR
+    if cidr and not node.cluster.networks.exists():
+        with transaction.atomic():
+            network = Network.objects.create(cluster=node.cluster, name="local", kind=Network.Kind.NAT,
+                                             bridge="pnl-local", nat_cidr=cidr)
+            hosts = list(ipaddress.ip_network(cidr).hosts())
+            IpPool.objects.create(name=f"local-{node.cluster.pk}", network=network, cidr=cidr,
+                                  gateway=network.nat_gateway, first=str(hosts[min(9, len(hosts) - 1)]),
+                                  last=str(hosts[-1]), quarantine_minutes=0)
+        log.info("local node: NAT network %s on bridge %s", cidr, network.bridge)
+    for network in node.cluster.networks.filter(kind=Network.Kind.NAT):
+        prefix = ipaddress.ip_network(network.nat_cidr).prefixlen
+        done = subprocess.run(["sh", "-c", NAT_NETWORK, "sh", network.bridge, f"{network.nat_gateway}/{prefix}",
+                               network.nat_cidr], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            log.warning("local node: network %s: %s", network.name, done.stderr.strip() or done.stdout.strip())

@@ -197,6 +197,9 @@ RECONCILE_INTERVAL_MINUTES = envint("RECONCILE_INTERVAL_MINUTES", 1)
 IDEMPOTENCY_TTL_HOURS = 24
 # The local node: registered by runpanel when libvirt answers at this URI.
 LOCAL_LIBVIRT_URI = envstr("LOCAL_LIBVIRT_URI", "qemu:///system")
+# The local node's cluster gets a NAT network of this range (bridge pnl-local) when it has none,
+# so demo servers have an address and reach the panel. Empty: no such network.
+LOCAL_NAT_CIDR = envstr("LOCAL_NAT_CIDR", "192.168.223.0/24")
 # Where the local node keeps server disks (a libvirt directory pool of that path).
 STORAGE_DIR = Path(envstr("STORAGE_DIR", "/var/lib/libvirt/images/panel"))
 # The OS template share: one folder per template (templates_os/). In production an NFS share
@@ -206,6 +209,9 @@ TEMPLATE_SHARE = Path(envstr("TEMPLATE_SHARE", str(DATA_DIR / "os-templates")))
 # "http://panel.example.net:8000". Empty: http://<this host's address towards the node>:PORT.
 PROVISION_URL = envstr("PROVISION_URL", "").rstrip("/")
 PANEL_PORT = envint("PORT", 8000)
+# The demo OS's kernel and initrd, as tests/infra/build_tiny_guest.sh builds them (make run does);
+# runpanel lays them out on the share as the `tiny` template.
+TINY_GUEST_DIR = Path(envstr("TINY_GUEST_DIR", str(BASE_DIR / ".cache" / "tiny-guest")))
 # Encrypts node credentials at rest (panel/crypto.py); keep it with your backups.
 CREDENTIALS_KEY = envstr("CREDENTIALS_KEY") or secret_in_file(DATA_DIR / "credentials_key")
 # SSH client files (the panel's key, known_hosts of pinned node keys) for libvirt's ssh transport.

@@ -47,13 +47,15 @@ def callback_script(url: str) -> str:
         f"code=$(cat {EXIT} 2>/dev/null || echo 0)",
         f"tail -c {OUTPUT_LIMIT} {LOG} >/tmp/panel-callback.body 2>/dev/null || : >/tmp/panel-callback.body",
         f'url={q(url)}"?exit=$code"',
+        "limit=; command -v timeout >/dev/null 2>&1 && limit='timeout 30'",
         "i=0",
         "while [ $i -lt 100 ]; do",
         "  if command -v curl >/dev/null 2>&1; then",
         "    curl -fsS -m 20 -X POST -H 'Content-Type: text/plain' --data-binary @/tmp/panel-callback.body \"$url\""
         " >/dev/null && exit 0",
         "  else",
-        "    wget -q -T 20 -O /dev/null --header 'Content-Type: text/plain' --post-file=/tmp/panel-callback.body"
+        # (busybox's wget -T crashes in some builds: the time limit comes from timeout(1))
+        "    $limit wget -q -O /dev/null --header 'Content-Type: text/plain' --post-file=/tmp/panel-callback.body"
         " \"$url\" && exit 0",
         "  fi",
         "  i=$((i + 1)); sleep 3",

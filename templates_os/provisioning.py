@@ -198,9 +198,16 @@ class Served:
 
 
 def _server_addresses(server) -> set[str]:
+    """Where the server's requests come from: its own addresses, and its node's address when it
+    sits on a NAT network (the node masquerades what it sends to the panel)."""
+    from nodes.models import Network
     from panel.ipam.models import IpAddress
 
-    return {str(ipaddress.ip_address(a)) for a in IpAddress.objects.filter(server=server).values_list("address", flat=True)}
+    addresses = {str(ipaddress.ip_address(a)) for a in
+                 IpAddress.objects.filter(server=server).values_list("address", flat=True)}
+    if server.node.address and server.nics.filter(network__kind=Network.Kind.NAT).exists():
+        addresses.add(server.node.address)
+    return addresses
 
 
 def _caller_is_server(server, remote: str) -> bool:
@@ -216,7 +223,8 @@ def _caller_is_server(server, remote: str) -> bool:
 def serve_config(token: str, remote: str, url: str) -> Served:
     """The install config for `token`, once, and only to the server's own address."""
     with transaction.atomic():
-        installation = (Installation.objects.select_for_update().select_related("server", "template", "recipe")
+        installation = (Installation.objects.select_for_update()
+                        .select_related("server", "server__node", "template", "recipe")
                         .filter(config_token=_hash(token), status=Installation.Status.WAITING).first())
         if installation is None or installation.template is None or \
                 not _caller_is_server(installation.server, remote):
@@ -233,7 +241,7 @@ def serve_config(token: str, remote: str, url: str) -> Served:
 def record_callback(token: str, remote: str, exit_code: int | None, output: str) -> Installation:
     """The guest says the install is complete; the worker waiting for it goes on."""
     with transaction.atomic():
-        installation = (Installation.objects.select_for_update().select_related("server")
+        installation = (Installation.objects.select_for_update().select_related("server", "server__node")
                         .filter(callback_token=_hash(token), status=Installation.Status.CONFIG_SERVED).first())
         if installation is None or not _caller_is_server(installation.server, remote):
             raise NotFound()

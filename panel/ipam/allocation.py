@@ -69,13 +69,14 @@ def allocate(server: VirtualServer, network: Network, version: int, count: int) 
 
 
 def allocate_for_new_server(server: VirtualServer, private_network: bool = False) -> None:
-    """The plan's addresses on the cluster's public network, and one on its NAT network if asked."""
+    """The plan's addresses on the cluster's public network, and one on its NAT network if asked
+    (or when the cluster has no public network: the local node's demo network)."""
     cluster, plan = server.node.cluster, server.plan
     public = cluster.networks.filter(kind=Network.Kind.BRIDGED).order_by("id").first() if cluster else None
     if public is not None:
         allocate(server, public, 4, plan.ipv4_count)
         allocate(server, public, 6, plan.ipv6_count)
-    if private_network:
+    if private_network or (public is None and cluster and cluster.networks.exists()):
         private = cluster.networks.filter(kind=Network.Kind.NAT).order_by("id").first() if cluster else None
         if private is None:
             raise Refused(_("This server's cluster has no private network."), "invalid", 400,

@@ -8,6 +8,7 @@ from django.utils.translation import gettext_lazy as _
 from nodes.models import Cluster, Network, Node, Storage
 from panel.accounts.models import LANGUAGE_CHOICES, ApiKey, Customer, User
 from panel.ipam.models import IpPool
+from recipes.models import Recipe, normalize_parameters
 from templates_os.models import OsTemplate
 from panel.vps.models import Plan, VirtualServer, hostname_validator
 
@@ -85,21 +86,117 @@ class PlanForm(forms.ModelForm):
                   "ipv4_count": _("IPv4 addresses"), "ipv6_count": _("IPv6 addresses"), "backups": _("Backups")}
 
 
-class ServerCreateForm(forms.Form):
+# --- What an install installs: template, recipe, root password, SSH keys ----------------------
+
+class RecipeChoiceField(forms.ModelChoiceField):
+    """Enabled recipes, each with the OS families it fits (lifecycle checks the fit)."""
+
+    def label_from_instance(self, recipe) -> str:
+        return f"{recipe.name} ({', '.join(recipe.os_families)})"
+
+
+def offered_recipes():
+    """Enabled recipes that fit at least one offered template's family."""
+    families = set(OsTemplate.offered_objects.values_list("family", flat=True))
+    ids = [r.pk for r in Recipe.objects.filter(enabled=True) if families & set(r.os_families)]
+    return Recipe.objects.filter(pk__in=ids).order_by("name")
+
+
+class InstallChoiceForm(forms.Form):
+    """The fields a create and a reinstall share; lifecycle.check_install validates them for real
+    (its refusals land on these fields by name)."""
+
+    os_template = forms.ModelChoiceField(label=_("Operating system"), queryset=OsTemplate.offered_objects.all(),
+                                         to_field_name="slug")
+    recipe = RecipeChoiceField(label=_("Recipe"), queryset=Recipe.objects.none(), required=False,
+                               help_text=_("Optional: a script run once the system is installed. It must fit the "
+                                           "operating system's family (in brackets)."))
+    recipe_params = forms.CharField(
+        label=_("Recipe parameters"), required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono", "placeholder": "name=value"}),
+        help_text=_("One name=value per line; parameters left out take their defaults."))
+    password = forms.CharField(
+        label=_("Root password"), required=False, strip=False, max_length=128,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=_("8 to 128 characters. Leave empty to have one generated; it is shown once."))
+    ssh_keys = forms.CharField(
+        label=_("SSH keys"), required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono",
+                                     "placeholder": "ssh-ed25519 AAAA… user@host"}),
+        help_text=_("OpenSSH public keys for root, one per line."))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["recipe"].queryset = offered_recipes()
+        self.fields["recipe"].empty_label = _("(none)")
+
+    def clean_recipe_params(self) -> dict:
+        params, errors = {}, []
+        for number, line in enumerate(self.cleaned_data["recipe_params"].splitlines(), 1):
+            if not line.strip():
+                continue
+            name, sep, value = line.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                errors.append(_("Line %(n)s: write name=value.") % {"n": number})
+            elif name in params:
+                errors.append(_("Line %(n)s: %(name)s is given twice.") % {"n": number, "name": name})
+            else:
+                params[name] = value.strip()
+        if errors:
+            raise ValidationError(errors)
+        return params
+
+    def clean_ssh_keys(self) -> list[str]:
+        return [line.strip() for line in self.cleaned_data["ssh_keys"].splitlines() if line.strip()]
+
+    def install_args(self) -> dict:
+        """The keyword arguments of lifecycle.create_server / request_reinstall."""
+        data = self.cleaned_data
+        return {"os_template": data["os_template"], "recipe": data["recipe"],
+                "recipe_params": data["recipe_params"], "password": data["password"], "ssh_keys": data["ssh_keys"]}
+
+
+class ServerCreateForm(InstallChoiceForm):
     customer = forms.ModelChoiceField(label=_("Customer"), queryset=Customer.objects.all())
     plan = forms.ModelChoiceField(label=_("Plan"), queryset=Plan.objects.all())
     hostname = forms.CharField(label=_("Hostname"), max_length=253, validators=[hostname_validator])
-    os_template = forms.ModelChoiceField(label=_("Operating system"), queryset=OsTemplate.offered_objects.all(),
-                                         to_field_name="slug")
     node = forms.ModelChoiceField(label=_("Node"), queryset=Node.objects.all(), required=False,
                                   help_text=_("Leave empty to place the server on the online node with the most free RAM."))
     private_network = forms.BooleanField(
         label=_("Also a private network card (NAT)"), required=False,
         help_text=_("A second card on the cluster's private network, with an address of its pool."))
 
+    field_order = ["customer", "plan", "hostname", "os_template", "recipe", "recipe_params", "password", "ssh_keys",
+                   "node", "private_network"]
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["node"].empty_label = _("Automatic")
+
+
+class ReinstallForm(InstallChoiceForm):
+    """A reinstall of `server`: the user types its hostname to confirm that the disk is erased."""
+
+    confirm = forms.CharField(label=_("Type the server's hostname to confirm"), max_length=253,
+                              widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}))
+
+    def __init__(self, *args, server: VirtualServer, **kwargs):
+        self.server = server
+        kwargs.setdefault("prefix", "reinstall")
+        super().__init__(*args, **kwargs)
+        template = server.os_template
+        if template is not None and template.offered:
+            self.fields["os_template"].initial = template.slug
+        self.fields["password"].label = _("New root password")
+        self.fields["confirm"].help_text = _("This erases the disk of %(hostname)s.") % {"hostname": server.hostname}
+
+    def clean_confirm(self) -> str:
+        value = self.cleaned_data["confirm"].strip()
+        if value != self.server.hostname:
+            raise ValidationError(_("Type the hostname %(hostname)s exactly, or nothing is reinstalled.")
+                                  % {"hostname": self.server.hostname})
+        return value
 
 
 class SuspendForm(forms.Form):
@@ -336,3 +433,81 @@ class PtrForm(forms.Form):
 
 def servers_in_cluster(cluster_id):
     return VirtualServer.objects.filter(node__cluster_id=cluster_id).exclude(state="deleting").order_by("id")
+
+
+# --- OS templates and recipes ----------------------------------------------------------------
+
+class OsTemplateForm(forms.ModelForm):
+    """What an admin sets on a template; the rest comes from the share's scan."""
+
+    class Meta:
+        model = OsTemplate
+        fields = ["enabled", "position"]
+        labels = {"enabled": _("Enabled"), "position": _("Position")}
+
+
+YES = {"yes", "y", "true", "1", "да", "д"}
+NO = {"no", "n", "false", "0", "нет", "н", ""}
+
+
+def parameters_text(parameters: list[dict]) -> str:
+    """A recipe's parameters as the form's lines: name | label | yes/no | default."""
+    return "\n".join(" | ".join([p["name"], p.get("label", ""), "yes" if p.get("required") else "no",
+                                 p.get("default", "")]) for p in parameters)
+
+
+class RecipeForm(forms.ModelForm):
+    """Families and parameters are typed as text; Recipe.clean() checks the result."""
+
+    os_families = forms.CharField(
+        label=_("OS families"), max_length=500,
+        help_text=_("Comma-separated, as in the templates' family, e.g. debian, rhel, ubuntu."))
+    parameters = forms.CharField(
+        label=_("Parameters"), required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono",
+                                     "placeholder": "db_name | Database name | no | app"}),
+        help_text=_("One per line: name | label | required (yes/no) | default. The script gets each as an "
+                    "upper-case environment variable."))
+
+    class Meta:
+        model = Recipe
+        fields = ["name", "slug", "description", "os_families", "parameters", "script", "enabled"]
+        labels = {"name": _("Name"), "slug": _("Slug"), "description": _("Description"), "script": _("Script"),
+                  "enabled": _("Enabled")}
+        help_texts = {"slug": _("Letters, digits, “_” and “-”; the API names the recipe by it."),
+                      "script": _("Run as root in the installed system; starts with #!/bin/sh or #!/bin/bash."),
+                      "enabled": _("Only enabled recipes are offered.")}
+        widgets = {"description": forms.Textarea(attrs={"rows": 2}),
+                   "script": forms.Textarea(attrs={"rows": 16, "spellcheck": "false", "class": "mono",
+                                                   "wrap": "off"})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and not self.is_bound:
+            self.initial["os_families"] = ", ".join(self.instance.os_families)
+            self.initial["parameters"] = parameters_text(self.instance.parameters)
+
+    def clean_os_families(self) -> list[str]:
+        families = [part.strip() for part in self.cleaned_data["os_families"].split(",") if part.strip()]
+        if not families:
+            raise ValidationError(_("Give at least one OS family."))
+        return list(dict.fromkeys(families))
+
+    def clean_parameters(self) -> list[dict]:
+        parameters, errors = [], []
+        for number, line in enumerate(self.cleaned_data["parameters"].splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, label, required, default = ([part.strip() for part in line.split("|", 3)] + [""] * 3)[:4]
+            if required.lower() not in YES | NO:
+                errors.append(_("Line %(n)s: required is yes or no, not “%(value)s”.") % {"n": number, "value": required})
+                continue
+            item = {"name": name, "label": label or name, "required": required.lower() in YES, "default": default}
+            try:  # one line at a time, so that the error names its line
+                parameters = normalize_parameters([*parameters, item])
+            except ValidationError as exc:
+                errors += [_("Line %(n)s: %(error)s") % {"n": number, "error": message}
+                           for message in exc.message_dict.get("parameters", exc.messages)]
+        if errors:
+            raise ValidationError(errors)
+        return parameters

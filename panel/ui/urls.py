@@ -1,6 +1,6 @@
 from django.urls import path
 
-from panel.ui.views import admin, auth, ipam, keys, nodes, servers, webhooks
+from panel.ui.views import admin, auth, ipam, keys, nodes, provisioning, servers, webhooks
 
 app_name = "ui"
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("servers/", servers.server_list, name="servers"),
     path("servers/<int:server_id>/", servers.server_detail, name="server"),
     path("servers/<int:server_id>/actions/<slug:action>/", servers.server_action, name="server-action"),
+    path("servers/<int:server_id>/reinstall/", servers.server_reinstall, name="server-reinstall"),
     path("servers/<int:server_id>/addresses/<int:address_id>/ptr/", ipam.address_ptr, name="server-address-ptr"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
@@ -30,6 +31,13 @@ urlpatterns = [
     path("admin/plans/", admin.plan_list, name="admin-plans"),
     path("admin/plans/new/", admin.plan_create, name="admin-plan-create"),
     path("admin/plans/<int:plan_id>/edit/", admin.plan_edit, name="admin-plan-edit"),
+    path("admin/os-templates/", provisioning.template_list, name="admin-templates"),
+    path("admin/os-templates/rescan/", provisioning.template_rescan, name="admin-template-rescan"),
+    path("admin/os-templates/<int:template_id>/", provisioning.template_update, name="admin-template-update"),
+    path("admin/recipes/", provisioning.recipe_list, name="admin-recipes"),
+    path("admin/recipes/new/", provisioning.recipe_create, name="admin-recipe-create"),
+    path("admin/recipes/<int:recipe_id>/edit/", provisioning.recipe_edit, name="admin-recipe-edit"),
+    path("admin/recipes/<int:recipe_id>/delete/", provisioning.recipe_delete, name="admin-recipe-delete"),
     path("admin/nodes/", nodes.node_list, name="admin-nodes"),
     path("admin/nodes/new/", nodes.node_create, name="admin-node-create"),
     path("admin/nodes/<int:node_id>/", nodes.node_detail, name="admin-node"),

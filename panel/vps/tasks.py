@@ -157,7 +157,10 @@ def _install(step: Step, server: VirtualServer, driver: Driver) -> None:
     what = "an overlay of the template's image" if template.boot.get("image") else "empty"
     step(30, f"creating a {server.disk_gib} GiB disk ({what})")
     spec = domain_spec(server, install=InstallBoot(url, seed))
-    step(40, f"booting the {template.name} installer ({spec.virt_type})")
+    step(40, f"booting the {template.name} installer ({spec.virt_type}); it fetches its config from {url.split('/provision/')[0]}")
+    if not spec.nics:
+        step(41, "warning: the server has no network card, so its installer cannot reach the panel "
+                 "(give its cluster a network with an IP pool)")
     try:
         driver.define(spec)
         driver.start(server.domain_name)

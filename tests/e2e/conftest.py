@@ -162,6 +162,13 @@ def running_panel(data: Path, *, tag: str = "e2e", worker: bool = True, env: dic
         "RECONCILE_INTERVAL_MINUTES": "60",
         "WORKERS": "2",
         "PORT": str(port),
+        # The local node's servers sit on a NAT network of a test range; guests fetch their
+        # install config from the panel at its gateway (local node) or at the host's address
+        # on the cluster bridge (test cluster nodes): the panel listens there too.
+        "LOCAL_NAT_CIDR": "10.77.5.0/24",
+        "BIND": "127.0.0.1,10.77.5.1,10.77.0.1",
+        # QEMU (another user) reads the templates' files: not under pytest's private tmp folders.
+        "TEMPLATE_SHARE": str(ROOT / ".cache" / "os-templates"),
         **(env or {}),
     }
     panel_env.pop("REDIS_URL", None)
@@ -173,7 +180,7 @@ def running_panel(data: Path, *, tag: str = "e2e", worker: bool = True, env: dic
         panel.manage("collectstatic", "--noinput", "-v", "0")
         panel.admin_password = panel.manage("create_admin").strip().split(" / ")[-1]
         panel.admin_key = panel.manage("create_api_key", "--scope", "admin", "--name", tag).strip().splitlines()[-1]
-        panel.spawn("web", "runpanel", "--no-worker", "--bind", "127.0.0.1", "--port", str(port))
+        panel.spawn("web", "runpanel", "--no-worker", "--port", str(port))
         if worker:
             panel.start_worker()
         wait_for(lambda: _answers(panel.url + "/login/"), 60, "the panel to answer")
@@ -264,3 +271,24 @@ def panel_db_rows(panel: LivePanel, sql: str, *args) -> list[tuple]:
         return list(cur.fetchall())
     finally:
         conn.close()
+
+
+def add_nat_network(panel: LivePanel, cluster_id: int, cidr: str, bridge: str = "br-nat"):
+    """A NAT network with a pool on a test cluster (before its nodes are installed): servers
+    need an address to fetch their install config. Returns what removes both again."""
+    admin = panel.admin_key
+    r = panel.call(admin, "POST", "/api/v1/networks/", json={"cluster": cluster_id, "name": "private", "kind": "nat",
+                                                              "bridge": bridge, "nat_cidr": cidr})
+    assert r.status_code == 201, r.text
+    network = r.json()["id"]
+    gateway = cidr.rsplit(".", 1)[0] + ".1"
+    r = panel.call(admin, "POST", "/api/v1/ip-pools/", json={"name": f"nat-{cluster_id}", "network": network,
+                                                              "cidr": cidr, "gateway": gateway, "quarantine_minutes": 0})
+    assert r.status_code == 201, r.text
+    pool = r.json()["id"]
+
+    def remove():
+        panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
+        panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
+
+    return remove

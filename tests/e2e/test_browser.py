@@ -23,7 +23,7 @@ def browser():
 def test_a_customer_reboots_a_server_and_watches_it_happen(live_panel, plan_id, browser, tmp_path):
     panel = live_panel
     carol = make_tenant(panel, "carol")
-    r = panel.call(carol.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "hostname": "browser-1"})
+    r = panel.call(carol.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "os_template": "tiny", "hostname": "browser-1"})
     op = panel.wait_operation(carol.key, r.json()["id"])
     assert op["status"] == "succeeded", op
     server = panel.call(carol.key, "GET", f"/api/v1/servers/{op['server']}/").json()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import make_tenant, panel_db_rows, wait_for
+from tests.e2e.conftest import add_nat_network, make_tenant, panel_db_rows, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,7 @@ def nodes(live_panel, test_cluster):
                                                               "cpu_overcommit": "4", "ram_overcommit": "1"})
     assert r.status_code == 201, r.text
     cluster_id = r.json()["id"]
+    remove_network = add_nat_network(panel, cluster_id, "10.77.7.0/24")
     r = panel.call(admin, "POST", "/api/v1/storages/", json={"cluster": cluster_id, "name": "disks", "kind": "dir",
                                                               "path": "/var/lib/libvirt/images/panel"})
     assert r.status_code == 201, r.text
@@ -44,6 +45,7 @@ def nodes(live_panel, test_cluster):
     for node in panel.call(admin, "GET", f"/api/v1/nodes/?cluster={cluster_id}").json()["results"]:
         r = panel.call(admin, "DELETE", f"/api/v1/nodes/{node['id']}/")
         assert r.status_code == 204, r.text
+    remove_network()
     assert panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster_id}/").status_code == 204
 
 
@@ -88,7 +90,7 @@ def test_six_servers_spread_over_the_nodes_and_boot(live_panel, test_cluster, no
     created = []
     for n in range(6):
         r = panel.call(admin, "POST", "/api/v1/servers/", json={
-            "customer": tenant.customer_id, "plan": plan_id, "hostname": f"spread-{n}", "cluster": nodes["cluster"]})
+            "customer": tenant.customer_id, "plan": plan_id, "os_template": "tiny", "hostname": f"spread-{n}", "cluster": nodes["cluster"]})
         assert r.status_code == 202, r.text
         created.append(r.json()["id"])
     servers = []
@@ -140,7 +142,7 @@ def test_a_dead_libvirtd_or_a_cut_link_takes_the_node_out_and_back(live_panel, t
     tenant = make_tenant(panel, "health")
     for n in range(2):
         r = panel.call(admin, "POST", "/api/v1/servers/", json={
-            "customer": tenant.customer_id, "plan": plan_id, "hostname": f"health-{n}", "cluster": nodes["cluster"]})
+            "customer": tenant.customer_id, "plan": plan_id, "os_template": "tiny", "hostname": f"health-{n}", "cluster": nodes["cluster"]})
         assert r.status_code == 202, r.text
         op = panel.wait_operation(admin, r.json()["id"], timeout=120)
         assert op["status"] == "succeeded", op
@@ -148,7 +150,7 @@ def test_a_dead_libvirtd_or_a_cut_link_takes_the_node_out_and_back(live_panel, t
         assert server["node"] != node2
         panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
     r = panel.call(admin, "POST", "/api/v1/servers/", json={
-        "customer": tenant.customer_id, "plan": plan_id, "hostname": "pinned", "node": node2})
+        "customer": tenant.customer_id, "plan": plan_id, "os_template": "tiny", "hostname": "pinned", "node": node2})
     assert r.status_code == 409 and "offline" in r.json()["detail"]
 
     test_cluster.start_libvirtd(2)
@@ -215,7 +217,7 @@ def test_a_node_with_servers_cannot_be_removed_and_an_empty_one_goes(live_panel,
     node3 = nodes[3]["id"]
     tenant = make_tenant(panel, "remove")
     r = panel.call(admin, "POST", "/api/v1/servers/", json={
-        "customer": tenant.customer_id, "plan": plan_id, "hostname": "stay", "node": node3})
+        "customer": tenant.customer_id, "plan": plan_id, "os_template": "tiny", "hostname": "stay", "node": node3})
     op = panel.wait_operation(admin, r.json()["id"], timeout=120)
     assert op["status"] == "succeeded", op
     r = panel.call(admin, "DELETE", f"/api/v1/nodes/{node3}/")

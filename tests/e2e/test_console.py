@@ -64,7 +64,7 @@ def console_url(panel, key, server_id) -> tuple[str, str]:
 def running(live_panel, plan_id):
     panel = live_panel
     alice, bob = make_tenant(panel, "con-alice"), make_tenant(panel, "con-bob")
-    r = panel.call(alice.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "hostname": "console-1"})
+    r = panel.call(alice.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "os_template": "tiny", "hostname": "console-1"})
     op = panel.wait_operation(alice.key, r.json()["id"])
     assert op["status"] == "succeeded", op
     server = panel.call(alice.key, "GET", f"/api/v1/servers/{op['server']}/").json()

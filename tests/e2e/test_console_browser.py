@@ -71,7 +71,7 @@ def test_a_customer_uses_the_console_of_a_running_server(live_panel, plan_id, br
 
     panel = live_panel
     dora = make_tenant(panel, "dora")
-    r = panel.call(dora.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "hostname": "console-1"})
+    r = panel.call(dora.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "os_template": "tiny", "hostname": "console-1"})
     op = panel.wait_operation(dora.key, r.json()["id"])
     assert op["status"] == "succeeded", op
     server = panel.call(dora.key, "GET", f"/api/v1/servers/{op['server']}/").json()

@@ -9,7 +9,7 @@ import struct
 import pytest
 import websockets
 
-from tests.e2e.conftest import make_tenant, wait_for
+from tests.e2e.conftest import add_nat_network, make_tenant, wait_for
 from tests.e2e.test_console import console_url
 
 SHIFTED = set('~!@#$%^&*()_+{}|:"<>?ABCDEFGHIJKLMNOPQRSTUVWXYZ')
@@ -57,6 +57,7 @@ def console_cluster(live_panel, test_cluster):
     cluster = post("/api/v1/clusters/", {"name": "consoles", "os_family": "apt"})["id"]
     # /tmp is shared by the namespace nodes: a shared storage, so servers can move live.
     post("/api/v1/storages/", {"cluster": cluster, "name": "shared", "kind": "dir", "path": "/tmp/pnl-e2e-shared-disks"})
+    remove_network = add_nat_network(panel, cluster, "10.77.6.0/24")
     nodes = {}
     for i in (1, 2):
         node = test_cluster.node(i)
@@ -72,6 +73,7 @@ def console_cluster(live_panel, test_cluster):
         for server in panel.call(admin, "GET", f"/api/v1/servers/?node={node_id}").json()["results"]:
             panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
         assert panel.call(admin, "DELETE", f"/api/v1/nodes/{node_id}/").status_code == 204
+    remove_network()
     panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
 
 
@@ -79,7 +81,7 @@ def test_the_console_follows_the_server_to_another_node(live_panel, test_cluster
     panel, admin = live_panel, live_panel.admin_key
     tenant, nodes = console_cluster["tenant"], console_cluster["nodes"]
     r = panel.call(admin, "POST", "/api/v1/servers/", json={
-        "customer": tenant.customer_id, "plan": console_cluster["plan"], "hostname": "moving", "node": nodes[1]})
+        "customer": tenant.customer_id, "plan": console_cluster["plan"], "os_template": "tiny", "hostname": "moving", "node": nodes[1]})
     op = panel.wait_operation(admin, r.json()["id"], timeout=120)
     assert op["status"] == "succeeded", op
     server = panel.call(admin, "GET", f"/api/v1/servers/{op['server']}/").json()

@@ -80,7 +80,7 @@ async def refused_with(url: str, ctx: ssl.SSLContext, origin: str) -> int:
 def running(live_panel, plan_id, proxy):
     """A customer's running tiny guest, made through the HTTPS proxy."""
     dora = make_tenant(live_panel, "tls-dora")
-    r = call(proxy, dora.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "hostname": "console-tls-1"})
+    r = call(proxy, dora.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "os_template": "tiny", "hostname": "console-tls-1"})
     assert r.status_code == 202, r.text
     op = wait_operation(proxy, dora.key, r.json()["id"])
     assert op["status"] == "succeeded", op

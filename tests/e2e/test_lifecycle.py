@@ -45,7 +45,7 @@ def alice(live_panel):
 def test_a_server_lives_its_whole_life_on_real_libvirt(live_panel, plan_id, alice):
     panel = live_panel
     # The customer creates a server.
-    r = panel.call(alice.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "hostname": "life-1"})
+    r = panel.call(alice.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "os_template": "tiny", "hostname": "life-1"})
     assert r.status_code == 202, r.text
     op = panel.wait_operation(alice.key, r.json()["id"])
     assert op["status"] == "succeeded", op
@@ -111,7 +111,7 @@ def test_a_server_lives_its_whole_life_on_real_libvirt(live_panel, plan_id, alic
 
 def test_a_worker_killed_mid_operation_is_settled_and_reconciled(live_panel, plan_id, alice):
     panel = live_panel
-    r = panel.call(alice.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "hostname": "crash-1"})
+    r = panel.call(alice.key, "POST", "/api/v1/servers/", json={"plan": plan_id, "os_template": "tiny", "hostname": "crash-1"})
     op = panel.wait_operation(alice.key, r.json()["id"])
     assert op["status"] == "succeeded", op
     server = panel.call(alice.key, "GET", f"/api/v1/servers/{op['server']}/").json()

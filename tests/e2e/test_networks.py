@@ -85,7 +85,7 @@ class Guest:
 def make_server(panel, net, test_cluster, index: int, hostname: str, **extra) -> Guest:
     admin = panel.admin_key
     r = panel.call(admin, "POST", "/api/v1/servers/", json={
-        "customer": net["tenant"].customer_id, "plan": net["plan"], "hostname": hostname,
+        "customer": net["tenant"].customer_id, "plan": net["plan"], "os_template": "tiny", "hostname": hostname,
         "node": net["nodes"][index], **extra})
     assert r.status_code == 202, r.text
     op = panel.wait_operation(admin, r.json()["id"], timeout=120)

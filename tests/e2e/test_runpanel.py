@@ -30,7 +30,11 @@ def live_pids(pgid: int) -> list[int]:
 def test_runpanel_serves_works_on_sqlite_and_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
     env = {**os.environ, "PANEL_DATA_DIR": str(tmp_path), "PORT": str(port), "TINY_GUEST_DIR": str(TINY_GUEST),
-           "PANEL_INSTANCE_ID": f"rp{port}", "STOP_TIMEOUT_SECONDS": "5"}
+           "PANEL_INSTANCE_ID": f"rp{port}", "STOP_TIMEOUT_SECONDS": "5",
+           # The demo network of the local node, in a test range of its own; the guest fetches
+           # its install config from the panel at its gateway.
+           "LOCAL_NAT_CIDR": "10.77.8.0/24", "BIND": "127.0.0.1,10.77.8.1",
+           "TEMPLATE_SHARE": str(ROOT / ".cache" / "os-templates")}
     env.pop("DATABASE_URL", None)  # the default: SQLite in the data folder
 
     def manage(*args):
@@ -56,7 +60,7 @@ def test_runpanel_serves_works_on_sqlite_and_stops_cleanly_on_ctrl_c(tmp_path):
         customer = requests.post(url + "/api/v1/customers/", headers=auth, timeout=10,
                                  json={"name": "Q", "email": "q@example.com"}).json()
         r = requests.post(url + "/api/v1/servers/", headers=auth, timeout=10,
-                          json={"customer": customer["id"], "plan": plan["id"], "hostname": "quick"})
+                          json={"customer": customer["id"], "plan": plan["id"], "os_template": "tiny", "hostname": "quick"})
         assert r.status_code == 202, r.text
 
         def finished(op_id):

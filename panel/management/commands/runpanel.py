@@ -21,7 +21,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-        parser.add_argument("--bind", default=os.environ.get("BIND", "0.0.0.0"))
+        parser.add_argument("--bind", default=os.environ.get("BIND", "0.0.0.0"),
+                            help="address(es) to listen on, comma-separated")
         parser.add_argument("--web-processes", type=int,
                             default=int(os.environ.get("WEB_PROCESSES", min(os.cpu_count() or 1, 4))))
         parser.add_argument("--no-worker", action="store_true", help="no worker (run `manage.py qcluster` elsewhere)")
@@ -29,6 +30,8 @@ class Command(BaseCommand):
     def handle(self, *args, port, bind, web_processes, no_worker, **options):
         from nodes.local import register_local_node
         from panel.vps.schedules import ensure_schedules
+        from templates_os.demo import prepare_catalog
+        from templates_os.models import OsTemplate
 
         node = register_local_node()
         if node:
@@ -36,20 +39,28 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"no local node: libvirt does not answer at {settings.LOCAL_LIBVIRT_URI}")
         ensure_schedules()
+        prepare_catalog()
+        for template in OsTemplate.objects.all():
+            state = "offered" if template.offered else f"not offered: {template.invalid_reason or 'disabled'}"
+            self.stdout.write(f"OS template {template.slug}: {state}")
 
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         # One listening socket shared by several daphne processes: a Python process serves one
         # request at a time on one core, so more processes serve more at once.
-        listener = socket.create_server((bind, port), backlog=512, reuse_port=False)
-        listener.set_inheritable(True)
+        listeners = [_listen(address.strip(), port) for address in bind.split(",")]
+        endpoints = []
+        for listener in listeners:
+            listener.set_inheritable(True)
+            endpoints += ["-e", f"fd:fileno={listener.fileno()}"]
+        # X-Forwarded-* are read only behind a trusted proxy: anyone else could forge them.
+        proxy = ["--proxy-headers"] if settings.TRUSTED_PROXY else []
         children = {}
         for index in range(max(1, web_processes)):
-            # X-Forwarded-* are read only behind a trusted proxy: anyone else could forge them.
-            proxy = ["--proxy-headers"] if settings.TRUSTED_PROXY else []
             children[f"web{index + 1}"] = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), *proxy, "panel.asgi:application"],
-                cwd=settings.BASE_DIR, pass_fds=[listener.fileno()])
-        listener.close()
+                [sys.executable, "-m", "daphne", *endpoints, *proxy, "panel.asgi:application"],
+                cwd=settings.BASE_DIR, pass_fds=[listener.fileno() for listener in listeners])
+        for listener in listeners:
+            listener.close()
         children["monitor"] = subprocess.Popen([*manage, "monitor_nodes"], cwd=settings.BASE_DIR)
         if not no_worker:
             children["worker"] = subprocess.Popen([*manage, "qcluster"], cwd=settings.BASE_DIR)
@@ -82,3 +93,15 @@ class Command(BaseCommand):
                 proc.wait()
         self.stdout.write("panel stopped")
         sys.exit(exit_code)
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    """A listening socket; IP_FREEBIND lets it take an address its interface does not carry
+    yet (a bridge made later, a floating address)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_FREEBIND", 15), 1)
+    sock.bind((address, port))
+    sock.listen(512)
+    return sock

@@ -13,6 +13,7 @@ from panel.ui import live
 from panel.ui.forms import CustomerForm, PlanForm, ServerCreateForm, UserCreateForm
 from panel.ui.views.common import actor, admin_only, form_changes, paginate
 from panel.ui.views.nodes import annotated_nodes, nodes_with_usage, placement_preview
+from panel.ui.views.servers import remember_password
 from panel.vps import lifecycle
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 
@@ -187,13 +188,14 @@ def server_create(request):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            server, _op, _password = lifecycle.create_server(
+            server, _op, password = lifecycle.create_server(
                 actor(request), customer=data["customer"], plan=data["plan"], hostname=data["hostname"],
-                os_template=data["os_template"], node=data["node"], private_network=data["private_network"],
+                node=data["node"], private_network=data["private_network"], **form.install_args(),
             )
         except lifecycle.Refused as refused:
             form.add_error(refused.field if refused.field in form.fields else None, refused.message)
         else:
+            remember_password(request, server.pk, password)  # the server page shows it once
             messages.success(request, _("Server “%(name)s” is being created.") % {"name": server.hostname})
             return redirect("ui:server", server_id=server.pk)
     # "Where would it go?": the placement's verdict on every node for the chosen plan.
@@ -203,6 +205,7 @@ def server_create(request):
     return render(request, "ui/admin/server_create.html", {
         "form": form, "title": _("New server"), "back_href": reverse("ui:admin-servers"), "submit": _("Create server"),
         "plans": plans, "preview_plan": preview_plan, "preview": placement_preview(preview_plan),
+        "recipes": form.fields["recipe"].queryset,
     })
 
 

@@ -4,11 +4,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from panel.crypto import decrypt, encrypt
 from panel.ui import live
-from panel.ui.forms import SuspendForm
+from panel.ui.forms import ReinstallForm, SuspendForm
 from panel.ui.views.common import actor, paginate
 from panel.ui.views.ipam import server_addresses
 from panel.vps import lifecycle
@@ -38,6 +41,31 @@ def requested_message(action: str) -> str:
     }[action]
 
 
+# A new root password waits in the session (encrypted) for the next load of the server's page,
+# which takes it out: shown once, never in a URL, a message or the audit log.
+PASSWORD_KEY = "ui-root-password-{}"
+SECRET_PARAMETER = ("password", "secret", "token", "passphrase")
+
+
+def remember_password(request, server_id: int, password: str) -> None:
+    request.session[PASSWORD_KEY.format(server_id)] = encrypt(password)
+
+
+def pop_password(request, server_id: int) -> str:
+    stored = request.session.pop(PASSWORD_KEY.format(server_id), None)
+    return decrypt(stored) if stored else ""
+
+
+def latest_installation(server: VirtualServer) -> dict | None:
+    """The server's latest install for its page; parameters that look secret are masked."""
+    installation = server.installations.select_related("template", "recipe").first()
+    if installation is None:
+        return None
+    params = [(name, "••••••" if any(word in name.lower() for word in SECRET_PARAMETER) else value)
+              for name, value in sorted(installation.recipe_params.items())]
+    return {"install": installation, "params": params}
+
+
 @login_required
 def server_list(request):
     act = actor(request)
@@ -53,14 +81,19 @@ def server_list(request):
 @login_required
 def server_detail(request, server_id: int):
     act = actor(request)
-    server = act.get_or_404(VirtualServer.objects.select_related("plan", "node", "customer"), pk=server_id)
+    server = act.get_or_404(VirtualServer.objects.select_related("plan", "node", "customer", "os_template"),
+                            pk=server_id)
     return render_server_detail(request, server)
 
 
 def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_forms: dict | None = None,
-                         add_form=None):
-    """The server page; the address views render it again with their bound forms' errors."""
+                         add_form=None, reinstall_form=None):
+    """The server page; the address and reinstall views render it again with their bound forms' errors."""
     act = actor(request)
+    password = pop_password(request, server.pk)
+    reinstallable = server.state in lifecycle.REINSTALLABLE
+    if reinstall_form is None and reinstallable:
+        reinstall_form = ReinstallForm(server=server)
     operations = list(Operation.objects.filter(server=server).order_by("-id")[:10])
     snap = live.snapshot(server, act, operations[0] if operations else None)
     buttons = [
@@ -68,9 +101,11 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         for name, kind, admin_only in live.BUTTONS
         if act.acts_for_all_customers or not admin_only
     ]
-    return render(request, "ui/server_detail.html", {
+    response = render(request, "ui/server_detail.html", {
         "server": server, "operations": operations, "snap": snap,
         "buttons": {b["name"]: b for b in buttons}, "is_admin": act.is_admin,
+        "root_password": password, "installation": latest_installation(server),
+        "reinstall_form": reinstall_form if reinstallable or (reinstall_form and reinstall_form.is_bound) else None,
         **server_addresses(server, act, ptr_forms=ptr_forms, add_form=add_form),
         "js_i18n": {
             "offline": _("Live updates are unavailable; reload the page to see changes."),
@@ -79,6 +114,9 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
             "noReason": _("no reason given"),
         },
     }, status=status)
+    if password:
+        add_never_cache_headers(response)  # Cache-Control: no-store, among others
+    return response
 
 
 @require_POST
@@ -113,6 +151,27 @@ def server_action(request, server_id: int, action: str):
     if kind == "delete" and not VirtualServer.objects.filter(pk=server.pk).exists():
         return redirect("ui:admin-servers" if act.is_admin else "ui:servers")
     return redirect("ui:server", server_id=server.pk)
+
+
+@login_required
+def server_reinstall(request, server_id: int):
+    """Install the OS again (the owner's users and admins): the user types the hostname to confirm."""
+    act = actor(request)
+    server = act.get_or_404(VirtualServer.objects.select_related("plan", "node", "customer", "os_template"),
+                            pk=server_id)
+    if request.method != "POST":
+        return redirect(reverse("ui:server", args=[server.pk]) + "#reinstall")
+    form = ReinstallForm(request.POST, server=server)
+    if form.is_valid():
+        try:
+            _op, password = lifecycle.request_reinstall(act, server.pk, **form.install_args())
+        except lifecycle.Refused as refused:
+            form.add_error(refused.field if refused.field in form.fields else None, refused.message)
+        else:
+            remember_password(request, server.pk, password)
+            messages.success(request, _("Reinstall of “%(name)s” requested.") % {"name": server.hostname})
+            return redirect("ui:server", server_id=server.pk)
+    return render_server_detail(request, server, status=400, reinstall_form=form)
 
 
 @login_required
