@@ -197,12 +197,12 @@ def _wait_for_callback(step: Step, server: VirtualServer, driver: Driver, instal
     started, said_fetched, checked = time.monotonic(), False, 0.0
     while True:
         installation.refresh_from_db()
-        if installation.status == Installation.Status.DONE:
-            return installation
         elapsed = time.monotonic() - started
         if installation.config_served_at and not said_fetched:
             said_fetched = True
             step(55, f"the installer fetched its config from {installation.config_served_to}; installing")
+        if installation.status == Installation.Status.DONE:
+            return installation
         if elapsed - checked >= 5:
             checked = elapsed
             if driver.state(server.domain_name) != DomainState.RUNNING:
