@@ -56,6 +56,7 @@ benchmarks: venv
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/power_action.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/server_list.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/placement.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/provision.py
 
 clean:
 	rm -rf $(VENV) data .cache

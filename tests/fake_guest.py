@@ -10,7 +10,8 @@ import re
 from templates_os import provisioning
 from templates_os.seed import read_seed
 
-CONFIG_ARG = re.compile(r"panel\.config=(\S+)")
+# The config URL, whatever the installer's option is called (panel.config=, inst.ks=, url=).
+CONFIG_ARG = re.compile(r"=(https?://\S+/provision/[^/\s]+/)")
 
 
 def config_url_of(spec, uploads: dict) -> str | None:
