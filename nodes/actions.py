@@ -11,7 +11,8 @@ from nodes.sshfiles import node_uri
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.crypto import encrypt
-from panel.vps.lifecycle import Refused, after_commit, enqueue
+from panel.vps import lifecycle
+from panel.vps.lifecycle import Refused
 from panel.vps.models import Operation
 
 
@@ -20,7 +21,7 @@ def _install_operation(actor: Actor, node: Node, params: dict) -> Operation:
         raise Refused(_("An operation is already running on this node."), "operation_in_progress")
     op = Operation.objects.create(kind=Operation.Kind.NODE_INSTALL, node=node, target_repr=node.name, params=params,
                                   requested_by=str(actor))
-    after_commit(lambda: enqueue(op.id))
+    lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
     return op
 
 

@@ -48,6 +48,19 @@ class DomainInfo:
 
 
 @dataclass(frozen=True)
+class DomainStats:
+    """A running domain's cumulative counters since it (its QEMU process) started: they restart
+    at zero on every boot and after a migration (a new QEMU on the destination)."""
+
+    boot_id: int  # libvirt's domain id: a new one on every boot
+    rx_bytes: int = 0  # all NICs, from the guest's point of view
+    tx_bytes: int = 0
+    cpu_ns: int = 0
+    read_bytes: int = 0  # the system disk (vda)
+    write_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class HostInfo:
     hostname: str
     cpus: int
@@ -73,10 +86,14 @@ class Driver:
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
     def update_nic(self, name: str, nic: "Nic") -> None: ...
+    def set_resources(self, name: str, vcpus: int, ram_mib: int, live: bool) -> bool: ...
+    def grow_volume(self, pool: str, name: str, gib: int, domain_name: str | None = None) -> bool: ...
+    def set_user_password(self, name: str, user: str, password: str) -> bool: ...
     def vnc_port(self, name: str) -> int: ...
     def migrate(self, name: str, dest: "Driver", dest_address: str, dest_xml: str, unsafe: bool = False) -> None: ...
     def info(self, name: str) -> DomainInfo | None: ...
     def list_domains(self) -> list[DomainInfo]: ...
+    def stats(self, name: str) -> DomainStats | None: ...
 
     def state(self, name: str) -> DomainState | None:
         """The domain's state, or None when no such domain is defined."""
@@ -113,7 +130,10 @@ def _is_missing(exc) -> bool:
 def _is_connection_error(exc) -> bool:
     import libvirt
 
-    return exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT)
+    if exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT):
+        return True
+    # A kept qemu+ssh connection whose node went away (and came back) says only this.
+    return exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and "client socket is closed" in str(exc)
 
 
 def _reconnecting(method):
@@ -323,6 +343,72 @@ class LibvirtDriver(Driver):
         self._call("update interface", dom.updateDeviceFlags, nic.to_xml(), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     @_reconnecting
+    def set_resources(self, name: str, vcpus: int, ram_mib: int, live: bool) -> bool:
+        """Apply new vCPUs and RAM to the running domain, if `live` and its boot-time maximums
+        allow both; returns whether they now apply live. The persistent definition (the next
+        boot) is the caller's `define`; nothing is changed live unless both fit."""
+        lv = self._libvirt
+        dom = self._require(name)
+        if not live or not self._call("state", dom.isActive):
+            return False
+        max_vcpus = self._call("maximum vCPUs", dom.vcpusFlags, lv.VIR_DOMAIN_VCPU_MAXIMUM | lv.VIR_DOMAIN_AFFECT_LIVE)
+        max_kib = self._call("maximum memory", dom.maxMemory)
+        if vcpus > max_vcpus or ram_mib * 1024 > max_kib:
+            return False
+        try:
+            dom.setVcpusFlags(vcpus, lv.VIR_DOMAIN_AFFECT_LIVE)
+            dom.setMemoryFlags(ram_mib * 1024, lv.VIR_DOMAIN_AFFECT_LIVE)
+        except lv.libvirtError as exc:
+            if _is_connection_error(exc):
+                raise
+            return False  # the guest refused the hot-plug; the next boot applies the definition
+        return True
+
+    @_reconnecting
+    def grow_volume(self, pool: str, name: str, gib: int, domain_name: str | None = None) -> bool:
+        """Grow a volume to `gib` (never shrinks; a volume already that big is left alone).
+        With the running domain `domain_name` using it, QEMU grows it (blockResize) so the guest
+        sees the new size now; returns whether it did. A stopped domain's volume is resized on
+        the node and the guest sees it at its next boot."""
+        lv = self._libvirt
+        size = gib * 1024 ** 3
+        try:
+            vol = self._pool(pool).storageVolLookupByName(name)
+        except lv.libvirtError as exc:
+            raise DriverError(f"volume {name}: {exc}", retryable=_is_connection_error(exc)) from exc
+        dom = self._domain(domain_name) if domain_name else None
+        if dom is not None and self._call("state", dom.isActive):
+            path = self._call("volume path", vol.path)
+            # QEMU holds the image open (and locked): it must do the resize itself.
+            if self._call("block info", dom.blockInfo, path, 0)[0] < size:
+                self._call("block resize", dom.blockResize, path, size, lv.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            return True
+        if self._call("volume info", vol.info)[1] < size:
+            self._call("resize volume", vol.resize, size, 0)
+        return False
+
+    @_reconnecting
+    def set_user_password(self, name: str, user: str, password: str) -> bool:
+        """Set a guest user's password through the QEMU guest agent. False when the domain is
+        not running or has no (answering) agent; DriverError when the agent tried and failed."""
+        lv = self._libvirt
+        dom = self._require(name)
+        if not self._call("state", dom.isActive):
+            return False
+        try:
+            dom.setUserPassword(user, password, 0)
+        except lv.libvirtError as exc:
+            if _is_connection_error(exc):
+                raise
+            code = exc.get_error_code()
+            message = str(exc).lower()
+            if code in (lv.VIR_ERR_AGENT_UNRESPONSIVE, lv.VIR_ERR_OPERATION_INVALID) or "not configured" in message \
+                    or ("agent" in message and "not" in message):
+                return False
+            raise DriverError(f"set password: {exc}") from exc
+        return True
+
+    @_reconnecting
     def vnc_port(self, name: str) -> int:
         """The TCP port of a running domain's VNC server."""
         dom = self._require(name)
@@ -388,6 +474,37 @@ class LibvirtDriver(Driver):
     @_reconnecting
     def list_domains(self) -> list[DomainInfo]:
         return [self._info_of(dom) for dom in self._call("list domains", self.conn.listAllDomains, 0)]
+
+    @_reconnecting
+    def stats(self, name: str) -> DomainStats | None:
+        """The counters of a running domain; None when it does not exist or is not running."""
+        dom = self._domain(name)
+        if dom is None:
+            return None
+        try:
+            if not dom.isActive():
+                return None
+            boot_id = dom.ID()
+            root = ET.fromstring(dom.XMLDesc(0))
+            rx = tx = 0
+            for target in root.findall("devices/interface/target"):
+                if target.get("dev"):
+                    # (rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, …), the guest's view
+                    counters = dom.interfaceStats(target.get("dev"))
+                    rx, tx = rx + counters[0], tx + counters[4]
+            cpu_ns = dom.info()[4]
+            try:
+                # (rd_req, rd_bytes, wr_req, wr_bytes, errs)
+                block = dom.blockStats("vda")
+                read, write = block[1], block[3]
+            except self._libvirt.libvirtError:
+                read = write = 0  # no vda (a diskless domain)
+        except self._libvirt.libvirtError as exc:
+            if _is_missing(exc):
+                return None  # undefined between lookup and read
+            raise  # (stopped between the checks: an error now, None on the next call)
+        return DomainStats(boot_id=boot_id, rx_bytes=rx, tx_bytes=tx, cpu_ns=cpu_ns, read_bytes=read,
+                           write_bytes=write)
 
 
 def choose_virt_type(capabilities: ET.Element) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from nodes.domain_xml import DomainSpec
-from nodes.driver import DomainInfo, DomainState, Driver, DriverError, HostInfo
+from nodes.driver import DomainInfo, DomainState, DomainStats, Driver, DriverError, HostInfo
 
 
 @dataclass
@@ -21,6 +21,9 @@ class _Host:
     deaf_to_acpi: set[str] = field(default_factory=set)
     backing: dict[str, str] = field(default_factory=dict)  # overlay volume -> its base image
     uploads: dict[str, bytes] = field(default_factory=dict)  # uploaded volumes' contents
+    # Guests running the QEMU guest agent (set_user_password works only for these).
+    agent: set[str] = field(default_factory=set)
+    passwords: dict[tuple[str, str], str] = field(default_factory=dict)  # (domain, user) -> password
 
 
 _hosts: dict[str, _Host] = {}
@@ -104,6 +107,8 @@ class FakeDriver(Driver):
         with _lock:
             existing = self.host.domains.get(spec.name)
             self.host.domains[spec.name] = {
+                # What the running domain booted with stays until its next boot.
+                **{k: existing[k] for k in ("max", "live") if existing and k in existing},
                 "spec": spec,
                 "state": existing["state"] if existing else DomainState.SHUTOFF,
                 "boot_id": existing["boot_id"] if existing else -1,
@@ -122,6 +127,10 @@ class FakeDriver(Driver):
             if dom["state"] != DomainState.RUNNING:
                 dom["state"] = DomainState.RUNNING
                 dom["boot_id"] = next(_boot_ids)
+                # What the domain booted with: its maximums, and what it runs with now.
+                spec = dom["spec"]
+                dom["max"] = dom["live"] = (spec.vcpus, spec.ram_mib)
+                dom["counters"] = {}  # a new QEMU process counts from zero
 
     def request_shutdown(self, name: str) -> None:
         self._enter("request_shutdown", name)
@@ -153,6 +162,39 @@ class FakeDriver(Driver):
                 raise DriverError(f"domain {name} has no NIC {nic.mac}")
             dom.setdefault("live_nics", {})[nic.mac] = nic
 
+    def set_resources(self, name: str, vcpus: int, ram_mib: int, live: bool) -> bool:
+        """Like libvirt: live only for a running domain and within what it booted with
+        (tests may raise dom["max"])."""
+        self._enter("set_resources", name)
+        with _lock:
+            dom = self._get(name)
+            if not live or dom["state"] != DomainState.RUNNING:
+                return False
+            max_vcpus, max_ram = dom.get("max", (0, 0))
+            if vcpus > max_vcpus or ram_mib > max_ram:
+                return False
+            dom["live"] = (vcpus, ram_mib)
+            return True
+
+    def grow_volume(self, pool: str, name: str, gib: int, domain_name: str | None = None) -> bool:
+        self._enter("grow_volume", name)
+        with _lock:
+            volumes = self._pool(pool)
+            if name not in volumes:
+                raise DriverError(f"volume {name} does not exist")
+            volumes[name] = max(volumes[name], gib)
+            dom = self.host.domains.get(domain_name) if domain_name else None
+            return bool(dom and dom["state"] == DomainState.RUNNING)
+
+    def set_user_password(self, name: str, user: str, password: str) -> bool:
+        self._enter("set_user_password", name)
+        with _lock:
+            dom = self._get(name)
+            if dom["state"] != DomainState.RUNNING or name not in self.host.agent:
+                return False
+            self.host.passwords[(name, user)] = password
+            return True
+
     def migrate(self, name: str, dest, dest_address: str, dest_xml: str, unsafe: bool = False) -> None:
         self._enter("migrate", name)
         with _lock:
@@ -160,6 +202,7 @@ class FakeDriver(Driver):
             if dom["state"] != DomainState.RUNNING:
                 raise DriverError(f"domain {name} is not running")
             dest.host.domains[name] = self.host.domains.pop(name)
+            dest.host.domains[name]["counters"] = {}  # the destination's QEMU counts from zero
 
     def vnc_port(self, name: str) -> int:
         with _lock:
@@ -176,6 +219,23 @@ class FakeDriver(Driver):
             spec: DomainSpec = dom["spec"]
             return DomainInfo(name, spec.uuid, dom["state"], dom["boot_id"],
                               {"instance": spec.panel_instance, "id": str(spec.server_id or "")})
+
+    def stats(self, name: str) -> DomainStats | None:
+        # Not recorded in `calls` (the usage collector reads it around power actions), but
+        # `fail_next[uri]["stats"]` still injects a failure.
+        failure = self.fail_next.get(self.uri, {}).pop("stats", None)
+        if failure is not None:
+            raise failure
+        with _lock:
+            dom = self.host.domains.get(name)
+            if dom is None or dom["state"] != DomainState.RUNNING:
+                return None
+            return DomainStats(boot_id=dom["boot_id"], **dom.get("counters", {}))
+
+    def set_counters(self, name: str, **counters: int) -> None:
+        """Tests: what the running guest has done since it started (rx_bytes=, cpu_ns=, …)."""
+        with _lock:
+            self._get(name).setdefault("counters", {}).update(counters)
 
     def list_domains(self) -> list[DomainInfo]:
         self._enter("list_domains")

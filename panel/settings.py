@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "panel.api",
     "panel.ipam",
     "panel.webhooks",
+    "panel.usage",
     "panel.ui",
     "nodes",
     "novnc",
@@ -162,7 +163,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "panel.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "panel.api.schema.PanelAutoSchema",
     "EXCEPTION_HANDLER": "panel.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -46,6 +46,9 @@ def test_it_renders_xml_that_parses():
     assert root.find("cpu").get("mode") == "host-passthrough"
     graphics = root.find("devices/graphics")
     assert graphics.get("listen") == "127.0.0.1" and graphics.get("passwd") is None
+    channel = root.find("devices/channel")
+    assert channel.get("type") == "unix" and channel.find("target").get("type") == "virtio"
+    assert channel.find("target").get("name") == "org.qemu.guest_agent.0"
 
 
 def test_qemu_domains_have_no_host_passthrough_cpu_and_disk_boot_without_a_kernel():

@@ -14,16 +14,6 @@ from tests.test_ui_views import messages_of, ui_russian_catalog  # noqa: F401  (
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def ipam_inline(monkeypatch):
-    """panel.ipam.actions imports after_commit/enqueue by name: run its network updates inline too."""
-    from panel.ipam import actions
-    from panel.vps import tasks
-
-    monkeypatch.setattr(actions, "after_commit", lambda fn: fn())
-    monkeypatch.setattr(actions, "enqueue", tasks.run_operation)
-
-
 @pytest.fixture
 def public(ui_world):
     """A public network with a /28 pool in the servers' cluster (the servers predate it)."""

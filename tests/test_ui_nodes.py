@@ -20,13 +20,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def no_worker(monkeypatch, settings, tmp_path):
-    """Nothing reaches the worker; ssh client files go to a temporary directory."""
-    from nodes import actions
+def no_worker(ui_world, monkeypatch, settings, tmp_path):
+    """Once the world's servers are made, nothing more reaches the worker (node installs stay
+    queued); ssh client files go to a temporary directory."""
     from panel.vps import lifecycle
 
     monkeypatch.setattr(lifecycle, "after_commit", lambda fn: None)
-    monkeypatch.setattr(actions, "after_commit", lambda fn: None)  # imported by name there
     settings.SSH_DIR = tmp_path / "ssh"
 
 

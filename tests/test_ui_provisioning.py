@@ -249,10 +249,7 @@ def public_address(ui_world, monkeypatch):
     from panel.accounts.tenancy import SYSTEM
     from panel.ipam import actions
     from panel.ipam.models import IpPool
-    from panel.vps import tasks
 
-    monkeypatch.setattr(actions, "after_commit", lambda fn: fn())
-    monkeypatch.setattr(actions, "enqueue", tasks.run_operation)
     network = Network.objects.create(cluster=ui_world.node.cluster, name="public", kind="bridged", bridge="br-pub",
                                      interface="eth1")
     pool = IpPool.objects.create(name="pub4", network=network, cidr="203.0.113.0/28", gateway="203.0.113.1")

@@ -27,7 +27,8 @@ class Event(models.Model):
     """
 
     NAMES = ["server.created", "server.active", "server.state_changed", "server.suspended", "server.unsuspended",
-             "server.deleted", "server.failed", "operation.finished", "backup.finished", "node.down", "node.up"]
+             "server.deleted", "server.failed", "operation.finished", "backup.finished", "node.down", "node.up",
+             "server.traffic_exceeded"]
 
     event = models.CharField(max_length=40, choices=[(n, n) for n in NAMES], db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

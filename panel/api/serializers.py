@@ -1,6 +1,7 @@
 """Serializers of API v1: the shapes of ../API.md."""
 
 from django.contrib.auth.password_validation import validate_password
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
@@ -21,7 +22,7 @@ class PlanSerializer(serializers.ModelSerializer):
     class Meta:
         model = Plan
         fields = ["id", "name", "vcpus", "ram_mib", "disk_gib", "traffic_gib", "bandwidth_mbit",
-                  "ipv4_count", "ipv6_count", "backups", "created_at"]
+                  "ipv4_count", "ipv6_count", "backups", "throttled_mbit", "created_at"]
 
 
 class ServerSerializer(serializers.ModelSerializer):
@@ -62,7 +63,8 @@ class ServerDetailSerializer(ServerSerializer):
         fields = ServerSerializer.Meta.fields + ["install"]
         read_only_fields = fields
 
-    def get_install(self, obj) -> InstallationSerializer | None:
+    @extend_schema_field(InstallationSerializer(allow_null=True))
+    def get_install(self, obj):
         latest = obj.installations.select_related("template", "recipe").first()
         return InstallationSerializer(latest).data if latest else None
 
@@ -429,3 +431,27 @@ class IpAddressUpdateSerializer(serializers.Serializer):
                                                 help_text="Move the address to this server (admins)")
     ptr = serializers.CharField(max_length=253, required=False, allow_blank=True,
                                 validators=[hostname_validator], help_text="Reverse DNS name")
+
+
+class ChangePlanSerializer(serializers.Serializer):
+    plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all(), help_text="The new plan; disks only grow")
+
+
+class ResetPasswordSerializer(serializers.Serializer):
+    password = serializers.CharField(required=False, allow_blank=True, max_length=128, write_only=True,
+                                     trim_whitespace=False, style={"input_type": "password"},
+                                     help_text="The new root password; generated when not given")
+
+
+class PasswordResetAcceptedSerializer(AcceptedWithPasswordSerializer):
+    """The 202 answer of reset-password: the password this once, and whether it took effect."""
+
+    applies = serializers.ChoiceField(
+        choices=["now", "agent_required", "failed", "pending"],
+        help_text="now: the guest agent set it; agent_required: the server runs no guest agent, nothing changed; "
+                  "failed: not set, see `error`; pending: the operation has not finished yet (poll it: its "
+                  "params get `applies`)")
+
+    class Meta(AcceptedWithPasswordSerializer.Meta):
+        fields = AcceptedWithPasswordSerializer.Meta.fields + ["applies"]
+        read_only_fields = fields

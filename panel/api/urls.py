@@ -1,6 +1,8 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from panel.api import views
+from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
 
 router = DefaultRouter(trailing_slash=True)
@@ -21,4 +23,4 @@ router.register("ip-pools", views.IpPoolViewSet)
 router.register("ip-addresses", views.IpAddressViewSet)
 router.register("webhooks", WebhookViewSet)
 
-urlpatterns = router.urls
+urlpatterns = [path("servers/<int:pk>/usage/", ServerUsageView.as_view(), name="server-usage"), *router.urls]

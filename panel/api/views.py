@@ -192,6 +192,28 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         v = data.validated_data
         return accepted(lifecycle.request_migration(actor(request), pk, v["node"], v["live"]))
 
+    @extend_schema(request=s.ChangePlanSerializer, responses={202: s.AcceptedSerializer})
+    @action(detail=True, methods=["post"], url_path="change-plan")
+    def change_plan(self, request, pk=None):
+        """Move the server to another plan (provider only); the operation's params say in
+        `applies` which sizes took effect now and which at the next boot."""
+        data = s.ChangePlanSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return accepted(lifecycle.request_plan_change(actor(request), pk, data.validated_data["plan"]))
+
+    @extend_schema(request=s.ResetPasswordSerializer, responses={202: s.PasswordResetAcceptedSerializer})
+    @action(detail=True, methods=["post"], url_path="reset-password")
+    def reset_password(self, request, pk=None):
+        """Set root's password through the guest agent of the running server. The password is
+        in this answer only; `applies` says whether it took effect."""
+        data = s.ResetPasswordSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        op, password = lifecycle.request_password_reset(actor(request), pk, data.validated_data.get("password", ""))
+        response = accepted_with_password(op, password)
+        finished = op.status in (Operation.Status.SUCCEEDED, Operation.Status.FAILED)
+        response.data["applies"] = op.params.get("applies", "failed") if finished else "pending"
+        return response
+
     @extend_schema(request=s.EmptySerializer, responses={201: s.ConsoleSerializer})
     @action(detail=True, methods=["post"])
     def console(self, request, pk=None):
@@ -201,6 +223,13 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         token, raw = tokens.issue(actor(request), pk)
         url = request.build_absolute_uri(reverse("novnc:console-token", args=[raw]))
         return Response({"url": url, "expires_at": token.expires_at}, status=status.HTTP_201_CREATED)
+
+
+def admin_view(view) -> bool:
+    """The admin's view of a resource; the schema made without a caller documents that one."""
+    if getattr(view, "swagger_fake_view", False) and not view.request.user.is_authenticated:
+        return True
+    return actor(view.request).is_admin
 
 
 class OsTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, PanelViewSet):
@@ -214,16 +243,16 @@ class OsTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self):
-        return self.queryset.all() if actor(self.request).is_admin else OsTemplate.offered_objects.all()
+        return self.queryset.all() if admin_view(self) else OsTemplate.offered_objects.all()
 
     def get_serializer_class(self):
-        return s.OsTemplateAdminSerializer if actor(self.request).is_admin else s.OsTemplateSerializer
+        return s.OsTemplateAdminSerializer if admin_view(self) else s.OsTemplateSerializer
 
     def perform_update(self, serializer):
         self.audit("os_template.update", serializer.save(), **{k: str(v) for k, v in serializer.validated_data.items()})
 
     @extend_schema(request=s.EmptySerializer, responses={200: s.OsTemplateAdminSerializer(many=True)})
-    @action(detail=False, methods=["post"], permission_classes=[IsAdmin])
+    @action(detail=False, methods=["post"], permission_classes=[IsAdmin], pagination_class=None)
     def rescan(self, request):
         """Read the template share again."""
         from templates_os.repository import scan
@@ -242,10 +271,10 @@ class RecipeViewSet(AuditedModelViewSet):
     audit_name = "recipe"
 
     def get_queryset(self):
-        return self.queryset.all() if actor(self.request).is_admin else Recipe.objects.filter(enabled=True)
+        return self.queryset.all() if admin_view(self) else Recipe.objects.filter(enabled=True)
 
     def get_serializer_class(self):
-        return s.RecipeAdminSerializer if actor(self.request).is_admin else s.RecipeSerializer
+        return s.RecipeAdminSerializer if admin_view(self) else s.RecipeSerializer
 
 
 class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):

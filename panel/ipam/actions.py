@@ -8,7 +8,8 @@ from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.ipam import allocation
 from panel.ipam.models import IpAddress, IpPool
-from panel.vps.lifecycle import Refused, after_commit, enqueue
+from panel.vps import lifecycle
+from panel.vps.lifecycle import Refused
 from panel.vps.models import Operation, VirtualServer
 
 
@@ -21,7 +22,7 @@ def _update_network(actor: Actor, server: VirtualServer) -> Operation | None:
                       "operation_in_progress")
     op = Operation.objects.create(kind=Operation.Kind.NETWORK_UPDATE, server=server, customer_id=server.customer_id,
                                   target_repr=server.hostname, requested_by=str(actor))
-    after_commit(lambda: enqueue(op.id))
+    lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
     return op
 
 

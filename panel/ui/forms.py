@@ -77,10 +77,18 @@ class UserCreateForm(forms.ModelForm):
 
 
 class PlanForm(forms.ModelForm):
+    # Optional here (a form posted without it keeps 0, "unchanged").
+    throttled_mbit = forms.IntegerField(min_value=0, max_value=1_000_000, required=False, initial=0,
+                                        label=_("Bandwidth after the traffic quota (Mbit/s)"),
+                                        help_text=_("0 = unchanged"))
+
+    def clean_throttled_mbit(self):
+        return self.cleaned_data.get("throttled_mbit") or 0
+
     class Meta:
         model = Plan
         fields = ["name", "vcpus", "ram_mib", "disk_gib", "traffic_gib", "bandwidth_mbit", "ipv4_count",
-                  "ipv6_count", "backups"]
+                  "ipv6_count", "backups", "throttled_mbit"]
         labels = {"name": _("Name"), "vcpus": _("vCPUs"), "ram_mib": _("RAM (MiB)"), "disk_gib": _("Disk (GiB)"),
                   "traffic_gib": _("Traffic (GiB per month)"), "bandwidth_mbit": _("Bandwidth (Mbit/s)"),
                   "ipv4_count": _("IPv4 addresses"), "ipv6_count": _("IPv6 addresses"), "backups": _("Backups")}

@@ -16,6 +16,7 @@ urlpatterns = [
     path("servers/<int:server_id>/", servers.server_detail, name="server"),
     path("servers/<int:server_id>/actions/<slug:action>/", servers.server_action, name="server-action"),
     path("servers/<int:server_id>/reinstall/", servers.server_reinstall, name="server-reinstall"),
+    path("servers/<int:server_id>/billing/<slug:action>/", servers.server_billing_action, name="server-billing"),
     path("servers/<int:server_id>/addresses/<int:address_id>/ptr/", ipam.address_ptr, name="server-address-ptr"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),

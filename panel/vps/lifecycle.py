@@ -267,3 +267,89 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         audit.record(actor, "server.migrate", server, operation=op.id, node=node.name, live=live)
         after_commit(lambda: enqueue(op.id))
     return op
+
+
+# -- billing actions: change of plan, root password reset ------------------------------------
+
+PLAN_CHANGEABLE = frozenset({S.RUNNING, S.STOPPED, S.SUSPENDED})
+
+
+def _adjust_node(node_id: int, vcpus: int, ram_mib: int, disk_gib: int) -> None:
+    """Add the (signed) differences to a node's capacity counters; call under its row lock."""
+    from django.db.models import F
+
+    grow = {f: max(d, 0) for f, d in (("alloc_vcpus", vcpus), ("alloc_ram_mib", ram_mib), ("alloc_disk_gib", disk_gib))}
+    if any(grow.values()):
+        Node.objects.filter(pk=node_id).update(**{f: F(f) + d for f, d in grow.items() if d})
+    if min(vcpus, ram_mib, disk_gib) < 0:
+        placement.release(node_id, max(-vcpus, 0), max(-ram_mib, 0), max(-disk_gib, 0))
+
+
+def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
+    """Move a server to another plan (the provider: admins and billing keys). The disk only
+    grows; the node's capacity for the difference is taken now, under the node's row lock, in
+    this transaction (what shrinks is given back). The worker applies the new sizes."""
+    with transaction.atomic():
+        server = actor.get_or_404(VirtualServer.objects.select_for_update().select_related("plan"), pk=server_id)
+        if not actor.acts_for_all_customers:
+            raise Refused(_("Only the provider can do this."), "permission_denied", 403)
+        if server.state not in PLAN_CHANGEABLE:
+            raise Refused(_("Cannot change the plan of a server that is %(state)s.") %
+                          {"state": server.get_state_display().lower()}, "invalid_state")
+        if plan.disk_gib < server.disk_gib:
+            raise Refused(_("Disks only grow: the server has %(disk)s GiB, the plan %(plan)s only %(new)s GiB.")
+                          % {"disk": server.disk_gib, "plan": plan.name, "new": plan.disk_gib},
+                          "disk_shrink", 400, field="plan")
+        before = {"vcpus": server.vcpus, "ram_mib": server.ram_mib, "disk_gib": server.disk_gib}
+        after = {"vcpus": plan.vcpus, "ram_mib": plan.ram_mib, "disk_gib": plan.disk_gib}
+        if plan.pk == server.plan_id and before == after:
+            raise Refused(_("The server already has this plan."), "invalid", 400, field="plan")
+        op = _new_operation(actor, server, K.CHANGE_PLAN, {
+            "plan": plan.pk, "previous_plan": server.plan_id, "before": before, "after": after,
+            "state": server.state})
+        delta = {k: after[k] - before[k] for k in after}
+        node = Node.objects.select_for_update().select_related("cluster").prefetch_related("cluster__storages") \
+            .get(pk=server.node_id)
+        if any(d > 0 for d in delta.values()):
+            if node.state != Node.State.ONLINE:
+                raise Refused(_("The server's node is %(state)s; try again later.") %
+                              {"state": node.get_state_display().lower()}, "no_capacity", 409)
+            why = placement.why_not(node, placement.Request(*(max(delta[k], 0) for k in ("vcpus", "ram_mib",
+                                                                                           "disk_gib"))))
+            if why:
+                detail = why if actor.is_admin else _("its node has no room for this plan right now")
+                raise Refused(_("The server cannot grow to this plan: %(why)s") % {"why": detail}, "no_capacity", 409)
+        _adjust_node(node.pk, delta["vcpus"], delta["ram_mib"], delta["disk_gib"])
+        audit.record(actor, "server.change_plan", server, operation=op.id, plan=plan.name,
+                     previous_plan=server.plan.name, **{k: f"{before[k]}→{after[k]}" for k in after})
+        after_commit(lambda: enqueue(op.id))
+    return op
+
+
+def check_password(password: str) -> None:
+    if password and (len(password) < 8 or len(password) > 128 or any(ord(c) < 32 for c in password)):
+        raise Refused(_("A password has 8 to 128 characters and no control characters."), "invalid", 400,
+                      field="password")
+
+
+def request_password_reset(actor: Actor, server_id: int, password: str = "") -> tuple[Operation, str]:
+    """Set root's password on a running server through its QEMU guest agent (the owner and the
+    provider). Returns the operation and the password (generated when not given; shown once).
+    The password goes to the worker encrypted in the operation and is dropped there."""
+    from panel.crypto import encrypt
+    from templates_os.provisioning import generate_password
+
+    check_password(password)
+    password = password or generate_password()
+    with transaction.atomic():
+        server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
+        if server.state == S.SUSPENDED:
+            raise Refused(_("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or
+                          _("no reason given")}, "server_suspended")
+        if server.state != S.RUNNING:
+            raise Refused(_("The password is set by the guest agent of a running server; start it first."),
+                          "invalid_state")
+        op = _new_operation(actor, server, K.RESET_PASSWORD, {"user": "root", "secret": encrypt(password)})
+        audit.record(actor, "server.reset_password", server, operation=op.id)
+        after_commit(lambda: enqueue(op.id))
+    return op, password

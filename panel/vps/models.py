@@ -30,6 +30,8 @@ class Plan(models.Model):
     ipv4_count = models.PositiveSmallIntegerField(default=1)
     ipv6_count = models.PositiveSmallIntegerField(default=0)
     backups = models.PositiveSmallIntegerField(default=0, help_text=_("How many backups are kept"))
+    throttled_mbit = models.PositiveIntegerField(
+        default=0, help_text=_("bandwidth after the traffic quota is used up; 0 = unchanged"))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -147,6 +149,8 @@ class Operation(models.Model):
         MIGRATE = "migrate", _("Migrate")
         REINSTALL = "reinstall", _("Reinstall")
         NODE_INSTALL = "node_install", _("Install node")
+        CHANGE_PLAN = "change_plan", _("Change plan")
+        RESET_PASSWORD = "reset_password", _("Reset root password")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")

@@ -21,3 +21,9 @@ def ensure_schedules() -> None:
         defaults={"func": "templates_os.repository.scan", "schedule_type": Schedule.MINUTES, "minutes": 5,
                   "repeats": -1},
     )
+    # Usage counters (traffic, CPU, disk) and the traffic quota: panel/usage/collector.py.
+    Schedule.objects.update_or_create(
+        name="collect-usage",
+        defaults={"func": "panel.usage.collector.collect_all", "schedule_type": Schedule.MINUTES, "minutes": 1,
+                  "repeats": -1},
+    )

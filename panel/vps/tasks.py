@@ -157,7 +157,8 @@ def _install(step: Step, server: VirtualServer, driver: Driver) -> None:
     what = "an overlay of the template's image" if template.boot.get("image") else "empty"
     step(30, f"creating a {server.disk_gib} GiB disk ({what})")
     spec = domain_spec(server, install=InstallBoot(url, seed))
-    step(40, f"booting the {template.name} installer ({spec.virt_type}); it fetches its config from {url.split('/provision/')[0]}")
+    panel_at = url.split("/provision/")[0]
+    step(40, f"booting the {template.name} installer ({spec.virt_type}); it fetches its config from {panel_at}")
     if not spec.nics:
         step(41, "warning: the server has no network card, so its installer cannot reach the panel "
                  "(give its cluster a network with an IP pool)")
@@ -223,6 +224,8 @@ def _start(step: Step, server: VirtualServer, driver: Driver) -> None:
 
 
 def _power_off(step: Step, server: VirtualServer, driver: Driver, force: bool) -> None:
+    from panel.usage.collector import collect_server
+    collect_server(server, driver)  # the usage since the last sample; never raises
     timeout = 0 if force else step.op.params.get("timeout", settings.STOP_TIMEOUT_SECONDS)
     step(20, "forcing power off" if force else f"asking the guest to shut down (up to {timeout} s)")
 
@@ -299,6 +302,8 @@ def _network_update(step: Step, server: VirtualServer, driver: Driver) -> None:
 def _migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
     from nodes.models import Node, Storage
 
+    from panel.usage.collector import collect_server
+    collect_server(server, driver)  # the usage since the last sample; never raises
     dest = Node.objects.get(pk=step.op.params["node"])
     live = step.op.params.get("live", True)
     dest_driver = driver_for(dest.uri)
@@ -326,9 +331,85 @@ def _migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
     step(95, f"now on {dest}")
 
 
+def _change_plan(step: Step, server: VirtualServer, driver: Driver) -> None:
+    """Apply a new plan: grow the disk, redefine the domain with the new vCPUs and RAM (the
+    next boot), and apply them live where the running domain's maximums allow. The params'
+    `applies` says, per size, "now", "next_boot" or "unchanged". The capacity was taken by
+    the request; what is not applied when this fails is given back."""
+    from panel.vps.lifecycle import _adjust_node
+    from panel.vps.models import Plan
+
+    params = step.op.params
+    before, after = params["before"], params["after"]
+    delta = {k: after[k] - before[k] for k in after}
+    running = driver.state(server.domain_name) == DomainState.RUNNING
+    applies = params["applies"] = {k: "unchanged" for k in after}  # filled in as the work goes on
+    disk_done = resources_done = False
+    try:
+        if delta["disk_gib"] > 0:
+            step(20, f"growing the disk from {before['disk_gib']} to {after['disk_gib']} GiB")
+            live_disk = driver.grow_volume(server.storage.pool_name, server.disk_volume, after["disk_gib"],
+                                           domain_name=server.domain_name if running else None)
+            disk_done = True
+            server.disk_gib = after["disk_gib"]
+            server.save(update_fields=["disk_gib", "updated_at"])
+            applies["disk_gib"] = "now" if live_disk else "next_boot"
+            step(40, "the running guest sees the larger disk now; its partition and file system are grown "
+                     "inside the guest (cloud-init's growpart does it at boot)" if live_disk else
+                     "the disk is larger; the guest sees it at its next boot")
+        old_bandwidth = server.plan.bandwidth_mbit
+        server.plan = Plan.objects.get(pk=params["plan"])
+        server.vcpus, server.ram_mib = after["vcpus"], after["ram_mib"]
+        step(50, f"redefining the domain with {after['vcpus']} vCPUs and {after['ram_mib']} MiB RAM")
+        spec = domain_spec(server)
+        driver.define(spec)
+        resources_done = True
+        server.save(update_fields=["plan", "vcpus", "ram_mib", "updated_at"])
+    except Exception:
+        _adjust_node(server.node_id, 0 if resources_done else -delta["vcpus"],
+                     0 if resources_done else -delta["ram_mib"], 0 if disk_done else -delta["disk_gib"])
+        raise
+    if delta["vcpus"] or delta["ram_mib"]:
+        live = driver.set_resources(server.domain_name, after["vcpus"], after["ram_mib"], live=running)
+        for k in ("vcpus", "ram_mib"):
+            if delta[k]:
+                applies[k] = "now" if live else "next_boot"
+        if live:
+            step(80, "vCPUs and RAM applied live")
+        elif running:
+            step(80, "vCPUs and RAM: the running domain's maximum does not allow the change live; "
+                     "it applies at the next boot (a reboot from the panel, not from inside the guest)")
+        else:
+            step(80, "vCPUs and RAM apply at the next boot")
+    if running and server.plan.bandwidth_mbit != old_bandwidth:
+        for nic in spec.nics:
+            driver.update_nic(server.domain_name, nic)
+        step(90, "the bandwidth limit is updated live")
+
+
+def _reset_password(step: Step, server: VirtualServer, driver: Driver) -> None:
+    """Set root's password through the guest agent; without one, fail and say so."""
+    params = step.op.params
+    # Used once, then forgotten: a retried operation has no password left to set.
+    password = decrypt(params.pop("secret", ""))
+    Operation.objects.filter(pk=step.op.pk).update(params=params)
+    if not password:
+        params["applies"] = "agent_required"
+        raise DriverError("the new password is no longer available (the operation was interrupted); request it again")
+    user = params.get("user", "root")
+    step(30, "asking the guest agent to set the password")
+    if not driver.set_user_password(server.domain_name, user, password):
+        params["applies"] = "agent_required"
+        raise DriverError("the guest agent is not running in this server; reinstall or use the console to change "
+                          "the password")
+    params["applies"] = "now"
+    step(90, f"the guest agent set {user}'s password")
+
+
 HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
             K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete, K.NETWORK_UPDATE: _network_update,
-            K.MIGRATE: _migrate, K.REINSTALL: _reinstall}
+            K.MIGRATE: _migrate, K.REINSTALL: _reinstall, K.CHANGE_PLAN: _change_plan,
+            K.RESET_PASSWORD: _reset_password}
 
 
 def _claim(operation_id: int) -> Operation | None:

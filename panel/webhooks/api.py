@@ -9,7 +9,8 @@ from django.db import transaction
 from django.http import Http404
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -162,8 +163,10 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(DeliverySerializer(page, many=True).data)
 
-    @extend_schema(request=None, responses={202: DeliverySerializer}, filters=False)
-    @action(detail=True, methods=["post"], url_path=r"deliveries/(?P<delivery_uuid>[0-9a-fA-F-]{32,36})/resend")
+    @extend_schema(request=None, responses={202: DeliverySerializer}, filters=False,
+                   parameters=[OpenApiParameter("delivery_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                                description="The delivery's `id`")])
+    @action(detail=True, methods=["post"], url_path=r"deliveries/(?P<delivery_uuid>[^/.]+)/resend")
     def resend(self, request, pk=None, delivery_uuid=None):
         """Send a delivery again now (admins and billing keys), with the same id and a fresh
         25 h of retries."""

@@ -166,6 +166,8 @@ def running_panel(data: Path, *, tag: str = "e2e", worker: bool = True, env: dic
         # install config from the panel at its gateway (local node) or at the host's address
         # on the cluster bridge (test cluster nodes): the panel listens there too.
         "LOCAL_NAT_CIDR": "10.77.5.0/24",
+        # test_console_tls puts a TLS proxy in front: the panel reads its X-Forwarded-* headers.
+        "TRUSTED_PROXY": "1",
         "BIND": "127.0.0.1,10.77.5.1,10.77.0.1",
         # QEMU (another user) reads the templates' files: not under pytest's private tmp folders.
         "TEMPLATE_SHARE": str(ROOT / ".cache" / "os-templates"),

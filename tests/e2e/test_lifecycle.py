@@ -1,12 +1,14 @@
 """The whole life of a server on real libvirtd + QEMU, through the API of a live panel."""
 
 import re
+import subprocess
 import time
 
 import libvirt
 import pytest
 
 from tests.e2e.conftest import make_tenant, serial_log, wait_for
+from tests.guest import guest_command, wait_shell
 
 
 def domain_name(server: dict) -> str:
@@ -29,10 +31,14 @@ def uptimes(log: str) -> list[float]:
 
 
 def wait_booted(uuid_hex: str, after: int = 0, timeout: float = 60) -> str:
-    """Wait for a 'booted' line in the serial log past offset `after`; returns the new log part."""
+    """Wait for a 'booted' line in the serial log past offset `after` and an uptime line after
+    it; returns the log from that boot on."""
     def booted():
         tail = serial_log(uuid_hex)[after:]
-        return tail if "TINY-GUEST booted" in tail and uptimes(tail) else None
+        if "TINY-GUEST booted" not in tail:
+            return None
+        boot = tail.rsplit("TINY-GUEST booted", 1)[1]
+        return boot if uptimes(boot) else None
 
     return wait_for(booted, timeout, "the guest to boot and print its uptime", interval=0.3)
 
@@ -116,8 +122,13 @@ def test_a_worker_killed_mid_operation_is_settled_and_reconciled(live_panel, pla
     assert op["status"] == "succeeded", op
     server = panel.call(alice.key, "GET", f"/api/v1/servers/{op['server']}/").json()
     sid, name = server["id"], domain_name(server)
-    # The guest is still booting: it does not hear the ACPI button yet, so a graceful stop
-    # waits out its timeout, and the worker dies in the middle of it.
+    # A guest that does not hear the ACPI button (its acpid is gone): a graceful stop waits
+    # out its timeout, and the worker dies in the middle of it.
+    uuid_hex = server["uuid"].replace("-", "")
+    run = subprocess.run
+    wait_shell(run, name, lambda: serial_log(uuid_hex), timeout=60)
+    code, out = guest_command(run, name, lambda: serial_log(uuid_hex), "killall acpid", timeout=40)
+    assert code == 0, out
     r = panel.call(alice.key, "POST", f"/api/v1/servers/{sid}/stop/", json={"timeout": 60})
     stop_id = r.json()["id"]
     wait_for(lambda: panel.call(alice.key, "GET", f"/api/v1/operations/{stop_id}/").json()["status"] == "running",

@@ -22,6 +22,8 @@ PACKAGES=(
   gcc libc6-dev
   # tools used by the infra scripts themselves
   procps xz-utils zstd ca-certificates
+  # the integration guide's examples (tests/e2e/test_integration_guide.py)
+  curl jq
 )
 
 # The system python needs python3-venv (ensurepip) and headers for C extensions.

@@ -15,7 +15,7 @@ from panel.ui.forms import ReinstallForm, SuspendForm
 from panel.ui.views.common import actor, paginate
 from panel.ui.views.ipam import server_addresses
 from panel.vps import lifecycle
-from panel.vps.models import Operation, ServerState, VirtualServer
+from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 
 # Button name in the URL -> (operation kind, extra params).
 ACTIONS = {
@@ -105,6 +105,7 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         "server": server, "operations": operations, "snap": snap,
         "buttons": {b["name"]: b for b in buttons}, "is_admin": act.is_admin,
         "root_password": password, "installation": latest_installation(server),
+        "plans": list(Plan.objects.order_by("disk_gib", "vcpus", "ram_mib")) if act.is_admin else [],
         "reinstall_form": reinstall_form if reinstallable or (reinstall_form and reinstall_form.is_bound) else None,
         **server_addresses(server, act, ptr_forms=ptr_forms, add_form=add_form),
         "js_i18n": {
@@ -179,3 +180,38 @@ def operation_detail(request, operation_id: int):
     act = actor(request)
     op = act.get_or_404(Operation.objects.select_related("server", "customer", "node"), pk=operation_id)
     return render(request, "ui/operation_detail.html", {"op": op, "is_admin": act.is_admin})
+
+
+@require_POST
+@login_required
+def server_billing_action(request, server_id: int, action: str):
+    """The admins' "Change plan" form and the "Reset root password" button (owner and admins);
+    a new password waits in the session for the next load of the page, like after a reinstall."""
+    act = actor(request)
+    server = act.get_or_404(VirtualServer.objects.all(), pk=server_id)
+    try:
+        if action == "change-plan":
+            chosen = request.POST.get("plan", "")
+            plan = Plan.objects.filter(pk=chosen).first() if chosen.isdigit() else None
+            if plan is None:
+                raise lifecycle.Refused(_("Choose a plan."), "invalid", 400, field="plan")
+            op = lifecycle.request_plan_change(act, server.pk, plan)
+            op.refresh_from_db()
+            if op.status == Operation.Status.FAILED:
+                messages.error(request, _("The plan change failed: %(error)s") % {"error": op.error})
+            else:
+                messages.success(request, _("Plan change to “%(plan)s” requested.") % {"plan": plan.name})
+        elif action == "reset-password":
+            op, password = lifecycle.request_password_reset(act, server.pk)
+            op.refresh_from_db()
+            if op.status == Operation.Status.FAILED:
+                messages.error(request, _("The password was not changed: %(error)s") % {"error": op.error})
+            else:
+                remember_password(request, server.pk, password)
+                messages.success(request, _("Password reset requested: it takes effect once the operation "
+                                            "succeeds (the server's guest agent sets it)."))
+        else:
+            raise Http404
+    except lifecycle.Refused as refused:
+        messages.error(request, refused.message)
+    return redirect("ui:server", server_id=server.pk)
