@@ -164,9 +164,7 @@ def check_install(actor: Actor, *, os_template, disk_gib: int, recipe=None, reci
         keys = check_ssh_keys(list(ssh_keys or []))
     except ValueError as exc:
         raise Refused(str(exc), "invalid", 400, field="ssh_keys") from None
-    if password and (len(password) < 8 or len(password) > 128 or any(ord(c) < 32 for c in password)):
-        raise Refused(_("A password has 8 to 128 characters and no control characters."), "invalid", 400,
-                      field="password")
+    check_password(password)
     return InstallChoice(template, recipe, params, password or generate_password(), not password, keys)
 
 
@@ -327,6 +325,7 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
 
 
 def check_password(password: str) -> None:
+    """A root password someone chose (an empty one is generated later): Refused if unusable."""
     if password and (len(password) < 8 or len(password) > 128 or any(ord(c) < 32 for c in password)):
         raise Refused(_("A password has 8 to 128 characters and no control characters."), "invalid", 400,
                       field="password")
