@@ -201,3 +201,29 @@ def dir_pool_xml(name: str, path: str) -> str:
     target = ET.SubElement(pool, "target")
     ET.SubElement(target, "path").text = path
     return ET.tostring(pool, encoding="unicode")
+
+
+def backup_xml(disk: str, target_path: str, since: str | None = None) -> str:
+    """A push-mode backup of one disk into a new qcow2 file; with `since`, only what changed
+    after that checkpoint (an incremental backup)."""
+    _check_text("backup", disk + target_path + (since or ""))
+    backup = ET.Element("domainbackup", mode="push")
+    if since:
+        ET.SubElement(backup, "incremental").text = since
+    disks = ET.SubElement(backup, "disks")
+    entry = ET.SubElement(disks, "disk", name=disk, backup="yes", type="file")
+    ET.SubElement(entry, "target", file=target_path)
+    ET.SubElement(entry, "driver", type="qcow2")
+    return ET.tostring(backup, encoding="unicode")
+
+
+def checkpoint_xml(name: str, disk: str) -> str:
+    """A checkpoint: QEMU starts a dirty bitmap on `disk`, so the next backup can copy only
+    what was written after this one."""
+    _check_text("checkpoint", name + disk)
+    checkpoint = ET.Element("domaincheckpoint")
+    ET.SubElement(checkpoint, "name").text = name
+    disks = ET.SubElement(checkpoint, "disks")
+    ET.SubElement(disks, "disk", name=disk, checkpoint="bitmap")
+    return ET.tostring(checkpoint, encoding="unicode")
+

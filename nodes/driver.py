@@ -19,15 +19,11 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from nodes.domain_xml import DomainSpec, Nic, dir_pool_xml, read_metadata, volume_xml
-
-
-class DriverError(Exception):
-    def __init__(self, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.retryable = retryable
+from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
+from nodes.libvirt_backups import LibvirtBackups
 
 
 class DomainState(StrEnum):
@@ -94,6 +90,15 @@ class Driver:
     def info(self, name: str) -> DomainInfo | None: ...
     def list_domains(self) -> list[DomainInfo]: ...
     def stats(self, name: str) -> DomainStats | None: ...
+    # Backups (nodes/libvirt_backups.py states the contract).
+    def backup_disk(self, name: str, pool: str, disk_volume: str, staging: str, checkpoint: str,
+                    since: str | None = None, tick: Callable[[float], None] | None = None) -> str: ...
+    def checkpoints(self, name: str) -> list[str]: ...
+    def drop_checkpoints(self, name: str, keep: str | None = None, metadata_only: bool = False) -> None: ...
+    def read_volume(self, pool: str, name: str) -> "Iterator[bytes]": ...
+    def write_volume(self, pool: str, name: str, chunks: "Iterable[bytes]", size: int) -> str: ...
+    def assemble_disk(self, pool: str, chain: list[str], dest: str) -> None: ...
+    def move_volume(self, pool: str, source: str, dest: str) -> None: ...
 
     def state(self, name: str) -> DomainState | None:
         """The domain's state, or None when no such domain is defined."""
@@ -121,46 +126,7 @@ class Driver:
         return True
 
 
-def _is_missing(exc) -> bool:
-    import libvirt
-
-    return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL)
-
-
-def _is_connection_error(exc) -> bool:
-    import libvirt
-
-    if exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT):
-        return True
-    # A kept qemu+ssh connection whose node went away (and came back) says only this.
-    return exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and "client socket is closed" in str(exc)
-
-
-def _reconnecting(method):
-    """Run a driver method; if the kept connection turns out dead (the node's libvirtd was
-    restarted, the SSH link dropped), open a new one and try once more."""
-    import functools
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except DriverError as exc:
-            if not exc.retryable:
-                raise
-        except self._libvirt.libvirtError as exc:
-            if not _is_connection_error(exc):
-                raise DriverError(f"{method.__name__}: {exc}") from exc
-        self.close()
-        try:
-            return method(self, *args, **kwargs)
-        except self._libvirt.libvirtError as exc:
-            raise DriverError(f"{method.__name__}: {exc}", retryable=_is_connection_error(exc)) from exc
-
-    return wrapper
-
-
-class LibvirtDriver(Driver):
+class LibvirtDriver(LibvirtBackups, Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
     def __init__(self, uri: str):
@@ -203,24 +169,24 @@ class LibvirtDriver(Driver):
         try:
             return fn(*args)
         except self._libvirt.libvirtError as exc:
-            raise DriverError(f"{what}: {exc}", retryable=_is_connection_error(exc)) from exc
+            raise DriverError(f"{what}: {exc}", retryable=is_connection_error(exc)) from exc
 
     def _domain(self, name: str):
         """The virDomain, or None when it does not exist."""
         try:
             return self.conn.lookupByName(name)
         except self._libvirt.libvirtError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
-            raise DriverError(f"lookup of {name}: {exc}", retryable=_is_connection_error(exc)) from exc
+            raise DriverError(f"lookup of {name}: {exc}", retryable=is_connection_error(exc)) from exc
 
     # -- host --------------------------------------------------------------------------------
-    @_reconnecting
+    @reconnecting
     def ping(self) -> None:
         """One round trip to libvirtd (reconnecting once if the kept connection is dead)."""
         self._call("ping", self.conn.getLibVersion)
 
-    @_reconnecting
+    @reconnecting
     def host_info(self) -> HostInfo:
         conn = self.conn
         model, ram_mib, cpus, *_ = self._call("node info", conn.getInfo)
@@ -235,7 +201,7 @@ class LibvirtDriver(Driver):
         )
 
     # -- storage -----------------------------------------------------------------------------
-    @_reconnecting
+    @reconnecting
     def ensure_pool(self, name: str, path: str) -> None:
         conn = self.conn
         try:
@@ -251,17 +217,17 @@ class LibvirtDriver(Driver):
     def _pool(self, name: str):
         return self._call(f"pool {name}", self.conn.storagePoolLookupByName, name)
 
-    @_reconnecting
+    @reconnecting
     def volume_exists(self, pool: str, name: str) -> bool:
         try:
             self._pool(pool).storageVolLookupByName(name)
             return True
         except self._libvirt.libvirtError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return False
             raise DriverError(f"volume {name}: {exc}") from exc
 
-    @_reconnecting
+    @reconnecting
     def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str:
         """A qcow2 volume (an existing one is kept); with `backing`, a thin overlay on that image."""
         p = self._pool(pool)
@@ -272,7 +238,7 @@ class LibvirtDriver(Driver):
         vol = self._call("create volume", p.createXML, volume_xml(name, capacity_gib, backing=backing), 0)
         return vol.path()
 
-    @_reconnecting
+    @reconnecting
     def upload_volume(self, pool: str, name: str, data: bytes) -> str:
         """A raw volume holding `data` (replacing one of that name), sent over libvirt's stream."""
         self.delete_volume(pool, name)
@@ -289,34 +255,34 @@ class LibvirtDriver(Driver):
             raise
         return vol.path()
 
-    @_reconnecting
+    @reconnecting
     def delete_volume(self, pool: str, name: str) -> None:
         try:
             vol = self._pool(pool).storageVolLookupByName(name)
         except self._libvirt.libvirtError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return
             raise DriverError(f"volume {name}: {exc}") from exc
         self._call("delete volume", vol.delete, 0)
 
     # -- domains -----------------------------------------------------------------------------
-    @_reconnecting
+    @reconnecting
     def define(self, spec: DomainSpec) -> None:
         self._call("define", self.conn.defineXML, spec.to_xml())
 
-    @_reconnecting
+    @reconnecting
     def start(self, name: str) -> None:
         dom = self._require(name)
         if not dom.isActive():
             self._call("start", dom.create)
 
-    @_reconnecting
+    @reconnecting
     def request_shutdown(self, name: str) -> None:
         dom = self._domain(name)
         if dom is not None and dom.isActive():
             self._call("shutdown", dom.shutdown)
 
-    @_reconnecting
+    @reconnecting
     def destroy(self, name: str) -> None:
         dom = self._domain(name)
         if dom is None:
@@ -324,25 +290,28 @@ class LibvirtDriver(Driver):
         try:
             dom.destroy()
         except self._libvirt.libvirtError as exc:
-            if exc.get_error_code() != self._libvirt.VIR_ERR_OPERATION_INVALID and not _is_missing(exc):
-                raise DriverError(f"destroy: {exc}", retryable=_is_connection_error(exc)) from exc
+            if exc.get_error_code() != self._libvirt.VIR_ERR_OPERATION_INVALID and not is_missing(exc):
+                raise DriverError(f"destroy: {exc}", retryable=is_connection_error(exc)) from exc
 
-    @_reconnecting
+    @reconnecting
     def undefine(self, name: str) -> None:
         self.destroy(name)
         dom = self._domain(name)
         if dom is None:
             return
-        flags = self._libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | self._libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        lv = self._libvirt
+        # Checkpoints (backups) are only bookkeeping for this domain: they go with it.
+        flags = lv.VIR_DOMAIN_UNDEFINE_NVRAM | lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | \
+            lv.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
         self._call("undefine", dom.undefineFlags, flags)
 
-    @_reconnecting
+    @reconnecting
     def update_nic(self, name: str, nic: Nic) -> None:
         """Change a running domain's NIC (matched by MAC): its filter parameters, its bandwidth."""
         dom = self._require(name)
         self._call("update interface", dom.updateDeviceFlags, nic.to_xml(), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-    @_reconnecting
+    @reconnecting
     def set_resources(self, name: str, vcpus: int, ram_mib: int, live: bool) -> bool:
         """Apply new vCPUs and RAM to the running domain, if `live` and its boot-time maximums
         allow both; returns whether they now apply live. The persistent definition (the next
@@ -359,12 +328,12 @@ class LibvirtDriver(Driver):
             dom.setVcpusFlags(vcpus, lv.VIR_DOMAIN_AFFECT_LIVE)
             dom.setMemoryFlags(ram_mib * 1024, lv.VIR_DOMAIN_AFFECT_LIVE)
         except lv.libvirtError as exc:
-            if _is_connection_error(exc):
+            if is_connection_error(exc):
                 raise
             return False  # the guest refused the hot-plug; the next boot applies the definition
         return True
 
-    @_reconnecting
+    @reconnecting
     def grow_volume(self, pool: str, name: str, gib: int, domain_name: str | None = None) -> bool:
         """Grow a volume to `gib` (never shrinks; a volume already that big is left alone).
         With the running domain `domain_name` using it, QEMU grows it (blockResize) so the guest
@@ -375,7 +344,7 @@ class LibvirtDriver(Driver):
         try:
             vol = self._pool(pool).storageVolLookupByName(name)
         except lv.libvirtError as exc:
-            raise DriverError(f"volume {name}: {exc}", retryable=_is_connection_error(exc)) from exc
+            raise DriverError(f"volume {name}: {exc}", retryable=is_connection_error(exc)) from exc
         dom = self._domain(domain_name) if domain_name else None
         if dom is not None and self._call("state", dom.isActive):
             path = self._call("volume path", vol.path)
@@ -387,7 +356,7 @@ class LibvirtDriver(Driver):
             self._call("resize volume", vol.resize, size, 0)
         return False
 
-    @_reconnecting
+    @reconnecting
     def set_user_password(self, name: str, user: str, password: str) -> bool:
         """Set a guest user's password through the QEMU guest agent. False when the domain is
         not running or has no (answering) agent; DriverError when the agent tried and failed."""
@@ -398,7 +367,7 @@ class LibvirtDriver(Driver):
         try:
             dom.setUserPassword(user, password, 0)
         except lv.libvirtError as exc:
-            if _is_connection_error(exc):
+            if is_connection_error(exc):
                 raise
             code = exc.get_error_code()
             message = str(exc).lower()
@@ -408,7 +377,7 @@ class LibvirtDriver(Driver):
             raise DriverError(f"set password: {exc}") from exc
         return True
 
-    @_reconnecting
+    @reconnecting
     def vnc_port(self, name: str) -> int:
         """The TCP port of a running domain's VNC server."""
         dom = self._require(name)
@@ -419,7 +388,7 @@ class LibvirtDriver(Driver):
             raise DriverError(f"domain {name} has no VNC port (not running?)")
         return port
 
-    @_reconnecting
+    @reconnecting
     def migrate(self, name: str, dest: "LibvirtDriver", dest_address: str, dest_xml: str, unsafe: bool = False) -> None:
         """Live-migrate a running domain to `dest` (shared storage): QEMU streams memory straight
         to the destination node's address; the destination gets `dest_xml` (its own VNC
@@ -458,7 +427,7 @@ class LibvirtDriver(Driver):
             metadata = {}
         return DomainInfo(dom.name(), dom.UUIDString(), mapped, dom.ID(), metadata)
 
-    @_reconnecting
+    @reconnecting
     def info(self, name: str) -> DomainInfo | None:
         dom = self._domain(name)
         if dom is None:
@@ -471,11 +440,11 @@ class LibvirtDriver(Driver):
                 return None
             raise
 
-    @_reconnecting
+    @reconnecting
     def list_domains(self) -> list[DomainInfo]:
         return [self._info_of(dom) for dom in self._call("list domains", self.conn.listAllDomains, 0)]
 
-    @_reconnecting
+    @reconnecting
     def stats(self, name: str) -> DomainStats | None:
         """The counters of a running domain; None when it does not exist or is not running."""
         dom = self._domain(name)
@@ -500,7 +469,7 @@ class LibvirtDriver(Driver):
             except self._libvirt.libvirtError:
                 read = write = 0  # no vda (a diskless domain)
         except self._libvirt.libvirtError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None  # undefined between lookup and read
             raise  # (stopped between the checks: an error now, None on the next call)
         return DomainStats(boot_id=boot_id, rx_bytes=rx, tx_bytes=tx, cpu_ns=cpu_ns, read_bytes=read,

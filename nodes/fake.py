@@ -24,6 +24,7 @@ class _Host:
     # Guests running the QEMU guest agent (set_user_password works only for these).
     agent: set[str] = field(default_factory=set)
     passwords: dict[tuple[str, str], str] = field(default_factory=dict)  # (domain, user) -> password
+    checkpoints: dict[str, list[str]] = field(default_factory=dict)  # domain -> its checkpoints, oldest first
 
 
 _hosts: dict[str, _Host] = {}
@@ -100,6 +101,78 @@ class FakeDriver(Driver):
         self._enter("delete_volume", name)
         with _lock:
             self._pool(pool).pop(name, None)
+            self.host.uploads.pop(name, None)
+
+    def content(self, name: str) -> bytes:
+        """Tests: a volume's bytes (a disk nobody wrote to reads as its name)."""
+        with _lock:
+            return self.host.uploads.get(name, f"fake disk {name}".encode())
+
+    def set_content(self, name: str, data: bytes) -> None:
+        """Tests: what the guest wrote to its disk."""
+        with _lock:
+            self.host.uploads[name] = data
+
+    # -- backups: the whole disk's bytes stand for both full and incremental images ---------
+    def backup_disk(self, name, pool, disk_volume, staging, checkpoint, since=None, tick=None) -> str:
+        self._enter("backup_disk", name)
+        with _lock:
+            dom = self._get(name)
+            self._pool(pool)[staging] = 1
+            self.host.uploads[staging] = self.content(disk_volume)
+            if dom["state"] != DomainState.RUNNING:
+                return "full"
+            known = self.host.checkpoints.setdefault(name, [])
+            kind = "incremental" if since and since in known else "full"
+            known.append(checkpoint)
+        if tick:
+            tick(1.0)
+        return kind
+
+    def checkpoints(self, name: str) -> list[str]:
+        with _lock:
+            return list(self.host.checkpoints.get(name, []))
+
+    def drop_checkpoints(self, name: str, keep: str | None = None, metadata_only: bool = False) -> None:
+        self._enter("drop_checkpoints", name)
+        with _lock:
+            self.host.checkpoints[name] = [cp for cp in self.host.checkpoints.get(name, []) if cp == keep]
+
+    def read_volume(self, pool: str, name: str):
+        self._enter("read_volume", name)
+        with _lock:
+            if name not in self._pool(pool):
+                raise DriverError(f"volume {name} does not exist")
+            data = self.content(name)
+        for start in range(0, len(data), 65536):
+            yield data[start:start + 65536]
+
+    def write_volume(self, pool: str, name: str, chunks, size: int) -> str:
+        self._enter("write_volume", name)
+        data = b"".join(chunks)
+        if len(data) != size:
+            raise DriverError(f"{name}: {len(data)} bytes received, {size} expected (a truncated file?)")
+        with _lock:
+            self._pool(pool)[name] = 1
+            self.host.uploads[name] = data
+        return f"/fake/{pool}/{name}"
+
+    def assemble_disk(self, pool: str, chain: list[str], dest: str) -> None:
+        self._enter("assemble_disk", dest)
+        with _lock:
+            volumes = self._pool(pool)
+            for image in chain:
+                if image not in volumes:
+                    raise DriverError(f"volume {image} does not exist")
+            volumes[dest] = 1
+            self.host.uploads[dest] = self.content(chain[-1])
+
+    def move_volume(self, pool: str, source: str, dest: str) -> None:
+        self._enter("move_volume", dest)
+        with _lock:
+            volumes = self._pool(pool)
+            volumes[dest] = max(volumes.pop(source), volumes.get(dest, 0))
+            self.host.uploads[dest] = self.host.uploads.pop(source, b"")
 
     def define(self, spec: DomainSpec) -> None:
         self._enter("define", spec.name)

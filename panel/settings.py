@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "novnc",
     "templates_os",
     "recipes",
+    "backup",
 ]
 
 MIDDLEWARE = [

@@ -72,7 +72,7 @@ def after_commit(fn) -> None:
     transaction.on_commit(fn)
 
 
-def _new_operation(actor: Actor, server: VirtualServer, kind: str, params: dict) -> Operation:
+def new_operation(actor: Actor, server: VirtualServer, kind: str, params: dict) -> Operation:
     """Create the operation; the caller hands it to the worker last, with after_commit."""
     if server.operations.filter(status__in=Operation.ACTIVE).exists():
         raise Refused(_("Another operation is in progress on this server; wait for it to finish."), "operation_in_progress")
@@ -105,7 +105,7 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
                 _("Cannot %(action)s a server that is %(state)s.") % {"action": kind, "state": server.get_state_display().lower()},
                 "invalid_state",
             )
-        op = _new_operation(actor, server, kind, params)
+        op = new_operation(actor, server, kind, params)
         if kind == K.SUSPEND:
             server.state_before_suspend = server.state
             server.suspend_reason = str(params.get("reason", ""))[:500]
@@ -185,23 +185,9 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
     choice = check_install(actor, os_template=os_template, disk_gib=plan.disk_gib, recipe=recipe,
                            recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
     with transaction.atomic():
-        want = placement.Request(plan.vcpus, plan.ram_mib, plan.disk_gib, cluster.pk if cluster else None)
-        try:
-            decision = placement.reserve(want, only=node)
-        except placement.NoCapacity as exc:
-            # Admins read why each other node was filtered out; customers are not told about nodes.
-            detail = exc.decision.explain() if actor.is_admin else _("no capacity for this plan right now")
-            raise Refused(_("No node can take this server: %(why)s") % {"why": detail}, "no_capacity", 409)
-        server = VirtualServer.objects.create(
-            customer=customer, plan=plan, node=decision.node, storage=decision.storage, hostname=hostname,
-            os_template=choice.template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib,
-            state=S.CREATING,
-        )
-        from panel.ipam.allocation import allocate_for_new_server
-
-        # In the same transaction: an exhausted pool undoes the server and its placement too.
-        allocate_for_new_server(server, private_network)
-        op = _new_operation(actor, server, K.CREATE, {})
+        server = place_new_server(actor, customer=customer, plan=plan, hostname=hostname, os_template=choice.template,
+                                  node=node, cluster=cluster, private_network=private_network)
+        op = new_operation(actor, server, K.CREATE, {})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name,
                      os_template=choice.template.slug, recipe=choice.recipe.slug if choice.recipe else "")
@@ -209,6 +195,30 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
              plan=plan.pk, os_template=choice.template.slug)
         after_commit(lambda: enqueue(op.id))
     return server, op, choice.password
+
+
+def place_new_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str, os_template: OsTemplate | None,
+                     node: Node | None = None, cluster: Cluster | None = None, private_network: bool = False,
+                     disk_gib: int | None = None) -> VirtualServer:
+    """Reserve a node's capacity and the addresses for a new server and record it (state
+    creating). Call inside the caller's transaction: a refusal undoes all of it."""
+    from panel.ipam.allocation import allocate_for_new_server
+
+    disk_gib = max(disk_gib or 0, plan.disk_gib)
+    want = placement.Request(plan.vcpus, plan.ram_mib, disk_gib, cluster.pk if cluster else None)
+    try:
+        decision = placement.reserve(want, only=node)
+    except placement.NoCapacity as exc:
+        # Admins read why each other node was filtered out; customers are not told about nodes.
+        detail = exc.decision.explain() if actor.is_admin else _("no capacity for this plan right now")
+        raise Refused(_("No node can take this server: %(why)s") % {"why": detail}, "no_capacity", 409)
+    server = VirtualServer.objects.create(
+        customer=customer, plan=plan, node=decision.node, storage=decision.storage, hostname=hostname,
+        os_template=os_template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=disk_gib, state=S.CREATING,
+    )
+    # In the same transaction: an exhausted pool undoes the server and its placement too.
+    allocate_for_new_server(server, private_network)
+    return server
 
 
 def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=None, recipe_params=None,
@@ -227,7 +237,7 @@ def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=
                           {"state": server.get_state_display().lower()}, "invalid_state")
         choice = check_install(actor, os_template=os_template or server.os_template_id, disk_gib=server.disk_gib,
                                recipe=recipe, recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
-        op = _new_operation(actor, server, K.REINSTALL, {"state": server.state})
+        op = new_operation(actor, server, K.REINSTALL, {"state": server.state})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         server.os_template = choice.template
         server.state = S.INSTALLING
@@ -254,7 +264,7 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         if server.state != wanted:
             raise Refused(_("A live migration needs a running server, a cold one a stopped server."),
                           "invalid_state")
-        op = _new_operation(actor, server, K.MIGRATE, {"node": node.pk, "live": live, "state": server.state})
+        op = new_operation(actor, server, K.MIGRATE, {"node": node.pk, "live": live, "state": server.state})
         try:
             placement.reserve(placement.Request(server.vcpus, server.ram_mib, server.disk_gib), only=node)
         except placement.NoCapacity as exc:
@@ -302,7 +312,7 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
         after = {"vcpus": plan.vcpus, "ram_mib": plan.ram_mib, "disk_gib": plan.disk_gib}
         if plan.pk == server.plan_id and before == after:
             raise Refused(_("The server already has this plan."), "invalid", 400, field="plan")
-        op = _new_operation(actor, server, K.CHANGE_PLAN, {
+        op = new_operation(actor, server, K.CHANGE_PLAN, {
             "plan": plan.pk, "previous_plan": server.plan_id, "before": before, "after": after,
             "state": server.state})
         delta = {k: after[k] - before[k] for k in after}
@@ -348,7 +358,7 @@ def request_password_reset(actor: Actor, server_id: int, password: str = "") -> 
         if server.state != S.RUNNING:
             raise Refused(_("The password is set by the guest agent of a running server; start it first."),
                           "invalid_state")
-        op = _new_operation(actor, server, K.RESET_PASSWORD, {"user": "root", "secret": encrypt(password)})
+        op = new_operation(actor, server, K.RESET_PASSWORD, {"user": "root", "secret": encrypt(password)})
         audit.record(actor, "server.reset_password", server, operation=op.id)
         after_commit(lambda: enqueue(op.id))
     return op, password

@@ -151,6 +151,9 @@ class Operation(models.Model):
         NODE_INSTALL = "node_install", _("Install node")
         CHANGE_PLAN = "change_plan", _("Change plan")
         RESET_PASSWORD = "reset_password", _("Reset root password")
+        BACKUP = "backup", _("Back up")
+        RESTORE = "restore", _("Restore from a backup")
+        PANEL_BACKUP = "panel_backup", _("Back up the panel")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")

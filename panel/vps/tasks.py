@@ -131,6 +131,7 @@ def _reinstall(step: Step, server: VirtualServer, driver: Driver) -> None:
     driver.destroy(server.domain_name)
     driver.delete_volume(server.storage.pool_name, server.disk_volume)
     driver.delete_volume(server.storage.pool_name, server.seed_volume)
+    driver.drop_checkpoints(server.domain_name, metadata_only=True)  # their bitmaps were on that disk
     driver.ensure_pool(server.storage.pool_name, server.storage.path)
     _install(step, server, driver)
 
@@ -269,11 +270,18 @@ def _unsuspend(step: Step, server: VirtualServer, driver: Driver) -> None:
 
 
 def _delete(step: Step, server: VirtualServer, driver: Driver) -> None:
+    from backup.retention import delete_server_backups
+
     step(20, "removing the domain")
     driver.undefine(server.domain_name)
     step(60, "removing the disk")
     driver.delete_volume(server.storage.pool_name, server.disk_volume)
     driver.delete_volume(server.storage.pool_name, server.seed_volume)
+    if step.op.params.get("keep_backups"):
+        step(80, "keeping the server's backups (keep_backups)")
+    else:
+        removed = delete_server_backups(server)
+        step(80, f"removed {len(removed)} backup(s)")
     delete_record(server)
 
 
@@ -406,10 +414,22 @@ def _reset_password(step: Step, server: VirtualServer, driver: Driver) -> None:
     step(90, f"the guest agent set {user}'s password")
 
 
+def _backup(step: Step, server: VirtualServer, driver: Driver) -> None:
+    from backup.taking import take
+
+    take(step, server, driver)
+
+
+def _restore(step: Step, server: VirtualServer, driver: Driver) -> None:
+    from backup.restoring import restore
+
+    restore(step, server, driver)
+
+
 HANDLERS = {K.CREATE: _create, K.START: _start, K.STOP: _stop, K.REBOOT: _reboot,
             K.SUSPEND: _suspend, K.UNSUSPEND: _unsuspend, K.DELETE: _delete, K.NETWORK_UPDATE: _network_update,
             K.MIGRATE: _migrate, K.REINSTALL: _reinstall, K.CHANGE_PLAN: _change_plan,
-            K.RESET_PASSWORD: _reset_password}
+            K.RESET_PASSWORD: _reset_password, K.BACKUP: _backup, K.RESTORE: _restore}
 
 
 def _claim(operation_id: int) -> Operation | None:
@@ -466,6 +486,8 @@ def run_operation(operation_id: int) -> str:
     step = Step(op)
     if op.kind == K.NODE_INSTALL:
         return run_node_operation(op, step)
+    if op.kind == K.PANEL_BACKUP:
+        return run_panel_backup(op, step)
     server = VirtualServer.objects.select_related("node", "storage").filter(pk=op.server_id).first()
     state_before = server.state if server is not None else None
     try:
@@ -520,6 +542,22 @@ def _tell(op: Operation, server: VirtualServer | None, state_before: str | None)
 def _finish(op: Operation) -> None:
     op.finished_at = timezone.now()
     op.save(update_fields=["status", "progress", "error", "log", "finished_at", "params"])
+
+
+def run_panel_backup(op: Operation, step: Step) -> str:
+    """The panel's own backup: no server, no node."""
+    from backup.taking import take_panel
+
+    try:
+        take_panel(step, op)
+    except Exception as exc:  # every failure ends the operation visibly, with its reason
+        op.status, op.error = Operation.Status.FAILED, str(exc) or exc.__class__.__name__
+        op.log += f"{timezone.now():%H:%M:%S} failed: {op.error}\n"
+    else:
+        op.status, op.progress = Operation.Status.SUCCEEDED, 100
+        op.log += f"{timezone.now():%H:%M:%S} done\n"
+    _finish(op)
+    return op.status
 
 
 def run_node_operation(op: Operation, step: Step) -> str:

@@ -1,0 +1,83 @@
+"""Backup files on a target: their names, their manifests, and the streams that carry them
+(compressed with zstd, checksummed with SHA-256 as they pass)."""
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+
+import zstandard
+
+from backup.models import Backup
+
+MANIFEST_FORMAT = 1
+
+
+def image_name(backup: Backup) -> str:
+    suffix = ".zst" if backup.compression == "zstd" else ""
+    return f"{backup.server_uuid}/{backup.id:06d}-{backup.kind}.qcow2{suffix}"
+
+
+def manifest_name(backup: Backup) -> str:
+    return f"{backup.server_uuid}/{backup.id:06d}-{backup.kind}.manifest.json"
+
+
+def panel_name(backup: Backup) -> str:
+    return f"panel/{backup.created_at:%Y%m%d-%H%M%S}-{backup.id:06d}.panel"
+
+
+def manifest_bytes(backup: Backup) -> bytes:
+    return json.dumps({"format": MANIFEST_FORMAT, **backup.manifest}, indent=2, sort_keys=True).encode()
+
+
+class Counted:
+    """Passes chunks through while counting and hashing them (the bytes as stored)."""
+
+    def __init__(self):
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        self._hash.update(chunk)
+        return chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def store(chunks: Iterable[bytes], write: Callable[[bytes], object], compression: str,
+          progress: Callable[[int], None] | None = None) -> Counted:
+    """Write `chunks` (compressed if asked); returns the stored size and checksum."""
+    stored = Counted()
+    compressor = zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True).compressobj() if compression == "zstd" else None
+    read = 0
+    for chunk in chunks:
+        read += len(chunk)
+        data = compressor.compress(chunk) if compressor else chunk
+        if data:
+            write(stored.add(data))
+        if progress:
+            progress(read)
+    if compressor:
+        tail = compressor.flush()
+        if tail:
+            write(stored.add(tail))
+    return stored
+
+
+def fetch(read: Callable[[int], bytes], compression: str, checked: Counted, chunk: int = 4 << 20) -> Iterator[bytes]:
+    """The original bytes of a stored file read with `read(n)`, counting and hashing the stored
+    bytes into `checked` on the way (compare its sha256 when the iterator is exhausted)."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj() if compression == "zstd" else None
+    while True:
+        data = read(chunk)
+        if not data:
+            break
+        checked.add(data)
+        try:
+            out = decompressor.decompress(data) if decompressor else data
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"the file does not decompress ({exc}): it is damaged") from exc
+        if out:
+            yield out

@@ -1,0 +1,89 @@
+"""Restoring a server from a backup, onto itself or onto a new server.
+
+Nothing of the server is touched until every file of the chain has come back from the
+target with its recorded checksum and the node has checked and assembled them into a new
+image beside the disk; only then is the server stopped and its disk replaced.
+"""
+
+from django.conf import settings
+
+from backup import files
+from backup.models import Backup
+from backup.taking import BackupFailed
+from nodes.driver import Driver, DriverError
+from panel.vps.models import ServerState, VirtualServer
+
+S = ServerState
+
+
+def restore(step, server: VirtualServer, driver: Driver) -> None:
+    """The `restore` operation: params `backup` (the restore point) and `new_server` (the server
+    was just placed for it, with no disk yet)."""
+    from backup.targets import TargetError, target_for
+    from panel.vps.tasks import _set_state, domain_spec
+
+    op = step.op
+    backup = Backup.objects.select_related("target").get(pk=op.params["backup"])
+    chain = backup.chain()
+    broken = [link for link in chain if link.status != Backup.Status.DONE]
+    if broken:
+        raise BackupFailed(f"backup #{backup.id} needs backup #{broken[0].id}, which is {broken[0].status}: "
+                           "nothing was overwritten")
+    pool, name = server.storage.pool_name, server.domain_name
+    staged, assembled = [], f"{name}-restored.qcow2"
+    new_server = op.params.get("new_server", False)
+    target = target_for(backup.target)
+    try:
+        if new_server:
+            driver.ensure_pool(pool, server.storage.path)
+        for index, link in enumerate(chain):
+            step(10 + 40 * index // len(chain), f"fetching {link.kind} backup #{link.id} "
+                 f"({link.size_bytes / 2**20:.1f} MiB) from {backup.target.name} and checking its sha256")
+            staged.append(f"{name}-restore-{index}.qcow2")
+            _fetch(driver, target, link, pool, staged[-1])
+        step(55, f"all {len(chain)} file(s) match their checksums; the node checks and assembles the image")
+        driver.assemble_disk(pool, staged, assembled)
+        if not new_server:
+            step(70, "stopping the server to replace its disk")
+            driver.stop(name, settings.STOP_TIMEOUT_SECONDS, step.heartbeat)
+        driver.move_volume(pool, assembled, server.disk_volume)
+        # The old disk's bitmaps went with it.
+        driver.drop_checkpoints(name, metadata_only=True)
+        driver.grow_volume(pool, server.disk_volume, server.disk_gib)
+        step(85, f"disk restored from backup #{backup.id} of {backup.created_at:%Y-%m-%d %H:%M}; booting")
+        driver.define(domain_spec(server))
+        driver.start(name)
+    except TargetError as exc:
+        raise BackupFailed(f"{exc}; nothing was overwritten" if server.state != S.CREATING else str(exc)) from exc
+    finally:
+        for volume in [*staged, assembled]:
+            driver.delete_volume(pool, volume)
+        target.close()
+    _set_state(server, S.RUNNING, error="")
+
+
+def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> None:
+    """Copy one backup file from the target into a staging volume, verifying its checksum."""
+    from backup.targets import TargetError
+
+    size = target.size(backup.file_name)
+    if size is None:
+        raise BackupFailed(f"backup #{backup.id}'s file {backup.file_name} is missing on {backup.target.name}: "
+                           "nothing was overwritten")
+    if size != backup.size_bytes:
+        raise BackupFailed(f"backup #{backup.id}'s file has {size} bytes, {backup.size_bytes} were stored: "
+                           "it is damaged; nothing was overwritten")
+    checked = files.Counted()
+    try:
+        with target.reader(backup.file_name) as stream:
+            driver.write_volume(pool, volume, files.fetch(stream.read, backup.compression, checked),
+                                backup.manifest["image"]["bytes"])
+    except (ValueError, DriverError) as exc:
+        if checked.size and checked.sha256 != backup.sha256 or isinstance(exc, ValueError):
+            raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
+        raise
+    except TargetError:
+        raise
+    if checked.sha256 != backup.sha256:
+        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum (sha256 {checked.sha256[:16]}… "
+                           f"instead of {backup.sha256[:16]}…): it is damaged; nothing was overwritten")

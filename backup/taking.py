@@ -1,0 +1,214 @@
+"""Taking backups: a server's disk (full or incremental) and the panel's own state.
+
+A server backup runs in three steps: the node copies the disk as it is at one instant into a
+staging volume (libvirt's backup job, see nodes/libvirt_backups.py); the panel streams that
+volume to the target, compressing and checksumming it; the manifest (checksum, the chain,
+the server's definition) is written beside it. Then older backups are pruned (retention.py).
+A failure anywhere leaves no file on the target and a failed Backup row with the reason.
+"""
+
+import io
+import logging
+import time
+
+from django.utils import timezone
+
+from backup import files, retention
+from backup.models import Backup, BackupPlan, BackupTarget
+from nodes.driver import DomainState, Driver, DriverError
+from panel.vps.models import VirtualServer
+
+log = logging.getLogger(__name__)
+
+# Without a plan (a backup started by hand) a chain gets a new full backup this often.
+DEFAULT_FULL_EVERY = 7
+
+
+class BackupFailed(DriverError):
+    """A backup or restore that cannot go on; the message says why, for the admin."""
+
+
+def _target(row: BackupTarget):
+    from backup.targets import TargetError, check_target, target_for
+
+    error = check_target(row)
+    if error:
+        raise BackupFailed(f"the target {row.name} failed its check: {error}", retryable=True)
+    try:
+        return target_for(row)
+    except TargetError as exc:
+        raise BackupFailed(f"the target {row.name}: {exc}") from exc
+
+
+def _chain_start(server: VirtualServer, target: BackupTarget, full_every: int, driver: Driver) -> Backup | None:
+    """The backup to build an incremental on, or None for a full one: the server's last
+    finished backup on this target, if its checkpoint is still on the domain and the chain
+    is shorter than `full_every`."""
+    last = Backup.objects.filter(server_uuid=server.uuid, target=target, status=Backup.Status.DONE) \
+        .exclude(kind=Backup.Kind.PANEL).order_by("-id").first()
+    if last is None or not last.checkpoint or len(last.chain()) >= full_every:
+        return None
+    if driver.state(server.domain_name) != DomainState.RUNNING:
+        return None
+    return last if last.checkpoint in driver.checkpoints(server.domain_name) else None
+
+
+def describe(server: VirtualServer) -> dict:
+    """What a restore needs to know about the server, kept in the manifest."""
+    from panel.ipam.models import IpAddress
+
+    return {
+        "uuid": str(server.uuid), "hostname": server.hostname, "customer_id": server.customer_id,
+        "plan_id": server.plan_id, "plan": server.plan.name, "vcpus": server.vcpus, "ram_mib": server.ram_mib,
+        "disk_gib": server.disk_gib, "os_template": server.os_template.slug if server.os_template else "",
+        "node": server.node.name if server.node else "",
+        "addresses": sorted(IpAddress.objects.filter(server=server).values_list("address", flat=True)),
+    }
+
+
+class Progress:
+    """Operation progress from a byte count, written at most every few seconds."""
+
+    def __init__(self, step, low: int, high: int, total: int, what: str):
+        self.step, self.low, self.high, self.total, self.what = step, low, high, max(total, 1), what
+        self.said = 0.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.said >= 2:
+            self.said = now
+            percent = self.low + (self.high - self.low) * min(done / self.total, 1)
+            self.step(int(percent), f"{self.what}: {done / 2**20:.0f} of {self.total / 2**20:.0f} MiB")
+
+
+def take(step, server: VirtualServer, driver: Driver) -> None:
+    """The `backup` operation: back up the server's disk to the target in the operation's params."""
+    from panel.api.events import emit
+    from backup.targets import TargetError
+
+    op = step.op
+    target_row = BackupTarget.objects.get(pk=op.params["target"])
+    plan = BackupPlan.objects.filter(pk=op.params.get("plan")).first()
+    step(8, f"checking the target {target_row.name}")
+    target = _target(target_row)
+    full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
+    base = _chain_start(server, target_row, full_every, driver)
+    backup = Backup.objects.create(
+        server=server, server_uuid=server.uuid, hostname=server.hostname, customer_id=server.customer_id,
+        target=target_row, plan=plan, parent=base, operation=op,
+        kind=Backup.Kind.INCREMENTAL if base else Backup.Kind.FULL,
+        compression=plan.compression if plan else BackupPlan.Compression.ZSTD)
+    op.params["backup_id"] = backup.id
+    pool, staging = server.storage.pool_name, f"{server.domain_name}-backup-{backup.id}.qcow2"
+    running = driver.state(server.domain_name) == DomainState.RUNNING
+    try:
+        how = "the running disk through libvirt's backup job" if running else "the stopped disk"
+        what = f"changes since backup #{base.id}" if base else "the whole disk"
+        step(10, f"copying {what}: {how}")
+        copied = Progress(step, 10, 50, 100, "copied (percent of the job)")
+        made = driver.backup_disk(server.domain_name, pool, server.disk_volume, staging, f"panel-{backup.id}",
+                                  base.checkpoint if base else None, tick=lambda f: copied(int(f * 100)))
+        if made == "full" and base:
+            step(50, f"backup #{base.id}'s checkpoint is gone (the disk was replaced?): a full backup instead")
+            backup.kind, backup.parent = Backup.Kind.FULL, None
+        backup.checkpoint = f"panel-{backup.id}" if running else ""
+        backup.file_name = files.image_name(backup)
+        step(50, f"sending the image to {target_row.name} as {backup.file_name}"
+                 f"{' (zstd)' if backup.compression == 'zstd' else ''}")
+        image = {"bytes": 0}
+
+        def counted_chunks():
+            for chunk in driver.read_volume(pool, staging):
+                image["bytes"] += len(chunk)
+                yield chunk
+
+        with target.writer(backup.file_name) as out:
+            stored = files.store(counted_chunks(), out.write, backup.compression,
+                                 Progress(step, 50, 90, server.disk_gib * 2**30, "sent"))
+        backup.size_bytes, backup.sha256 = stored.size, stored.sha256
+        backup.manifest = {
+            "backup": backup.id, "kind": backup.kind, "created_at": backup.created_at.isoformat(),
+            "parent": {"id": base.id, "file": base.file_name, "sha256": base.sha256} if backup.parent else None,
+            "checkpoint": backup.checkpoint, "consistent": "backup job of the running domain" if running else "stopped",
+            "image": {"format": "qcow2", "bytes": image["bytes"], "virtual_gib": server.disk_gib},
+            "file": {"name": backup.file_name, "compression": backup.compression, "bytes": backup.size_bytes,
+                     "sha256": backup.sha256},
+            "server": describe(server),
+        }
+        with target.writer(files.manifest_name(backup)) as out:
+            out.write(files.manifest_bytes(backup))
+    except (DriverError, TargetError, OSError) as exc:
+        _failed(backup, target, exc)
+        emit("backup.finished", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
+             backup=backup.id, status="failed", error=backup.error)
+        raise BackupFailed(backup.error) from exc
+    finally:
+        driver.delete_volume(pool, staging)
+        target.close()
+    backup.status, backup.finished_at = Backup.Status.DONE, timezone.now()
+    backup.save()
+    # QEMU keeps a bitmap per checkpoint up to date on every write: only the newest is needed.
+    driver.drop_checkpoints(server.domain_name, keep=backup.checkpoint or _last_checkpoint(server, target_row))
+    step(92, f"{backup.kind} backup #{backup.id}: {backup.size_bytes / 2**20:.1f} MiB stored, sha256 {backup.sha256[:16]}…")
+    removed = retention.prune(server.uuid, target_row, retention.keep_for(server, plan))
+    if removed:
+        step(96, f"retention: removed backup(s) {', '.join(f'#{i}' for i in removed)}")
+    emit("backup.finished", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
+         backup=backup.id, kind=backup.kind, status="done", size_bytes=backup.size_bytes, target=target_row.name)
+
+
+def _last_checkpoint(server: VirtualServer, target: BackupTarget) -> str | None:
+    last = Backup.objects.filter(server_uuid=server.uuid, target=target, status=Backup.Status.DONE) \
+        .exclude(checkpoint="").order_by("-id").first()
+    return last.checkpoint if last else None
+
+
+def _failed(backup: Backup, target, exc: Exception) -> None:
+    backup.status, backup.finished_at = Backup.Status.FAILED, timezone.now()
+    backup.error = str(exc) or exc.__class__.__name__
+    backup.save()
+    for name in (backup.file_name, files.manifest_name(backup)):
+        if name:
+            try:
+                target.delete(name)
+            except Exception:  # the writer already removed its partial file; this is a second try
+                log.warning("could not remove %s of failed backup %s", name, backup.id, exc_info=True)
+
+
+def take_panel(step, op) -> None:
+    """The `panel_backup` operation: the database, settings and keys, encrypted, to the target."""
+    from panel.api.events import emit
+    from backup import panel_state
+    from backup.targets import TargetError
+
+    target_row = BackupTarget.objects.get(pk=op.params["target"])
+    plan = BackupPlan.objects.filter(pk=op.params.get("plan")).first()
+    step(10, f"checking the target {target_row.name}")
+    target = _target(target_row)
+    backup = Backup.objects.create(target=target_row, plan=plan, kind=Backup.Kind.PANEL, operation=op,
+                                   hostname="", compression="none")
+    try:
+        step(30, "dumping the database, settings and keys (encrypted with the backup key)")
+        buffer = io.BytesIO()
+        summary = panel_state.dump(buffer)
+        backup.file_name = files.panel_name(backup)
+        step(70, f"sending it to {target_row.name} as {backup.file_name}")
+        with target.writer(backup.file_name) as out:
+            stored = files.store([buffer.getvalue()], out.write, "none")
+        backup.size_bytes, backup.sha256 = stored.size, stored.sha256
+        backup.manifest = {"backup": backup.id, "kind": "panel", "created_at": backup.created_at.isoformat(),
+                           "file": {"name": backup.file_name, "bytes": stored.size, "sha256": stored.sha256},
+                           "panel": summary}
+    except (DriverError, TargetError, OSError, panel_state.PanelBackupError) as exc:
+        _failed(backup, target, exc)
+        emit("backup.finished", backup=backup.id, kind="panel", status="failed", error=backup.error)
+        raise BackupFailed(backup.error) from exc
+    finally:
+        target.close()
+    backup.status, backup.finished_at = Backup.Status.DONE, timezone.now()
+    backup.save()
+    removed = retention.prune_panel(target_row, plan.keep if plan else retention.PANEL_KEEP)
+    step(95, f"panel backup #{backup.id}: {backup.size_bytes / 1024:.0f} KiB"
+             + (f"; removed old panel backup(s) {', '.join(f'#{i}' for i in removed)}" if removed else ""))
+    emit("backup.finished", backup=backup.id, kind="panel", status="done", size_bytes=backup.size_bytes,
+         target=target_row.name)

@@ -1,0 +1,207 @@
+"""Backups on a node through libvirt: point-in-time copies of a domain's disk, checkpoints for
+incremental ones, streaming volumes to and from the panel, and rebuilding a disk from backups.
+
+Contract (the fake driver keeps it too):
+
+- `backup_disk` copies a disk as it is at one instant into a new qcow2 volume. A running domain
+  is copied by libvirt's backup job (QEMU copies the point-in-time view while the guest keeps
+  writing; never a plain copy of a disk being written) and gets a checkpoint, a dirty bitmap
+  from which the next backup can be incremental. A stopped domain is copied whole by
+  `qemu-img convert` through libvirt (nothing writes to it).
+- `assemble_disk` checks each image's structure, chains them (a full backup, then the
+  incrementals in order) and writes one standalone qcow2 image; it never touches the disk
+  the domain uses. `move_volume` then puts it in place.
+- Volumes move between the panel and the node over libvirt's own connection (`read_volume`,
+  `write_volume`): on a remote node that is the qemu+ssh tunnel, with its pinned host key.
+"""
+
+import shlex
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from typing import Callable, Iterable, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+from nodes.domain_xml import backup_xml, checkpoint_xml, volume_xml
+from nodes.libvirt_errors import DriverError, is_connection_error, reconnecting
+
+CHUNK = 4 * 1024 * 1024
+
+# Runs on the node with the new image as $1 and the chain after it. `rebase -u` only rewrites
+# the header (a backup job's incremental image names the live disk as its backing file); the
+# check then reads each image's structure through its new backing chain.
+ASSEMBLE_SCRIPT = r"""
+set -e
+dest=$1; shift
+prev=
+damaged() { echo "the backup image $(basename "$1") is damaged (qemu-img check failed)" >&2; exit 3; }
+for image in "$@"; do
+  if [ -z "$prev" ]; then
+    qemu-img rebase -q -u -f qcow2 -b '' "$image" 2>/dev/null || damaged "$image"
+  else
+    qemu-img rebase -q -u -f qcow2 -F qcow2 -b "$prev" "$image" 2>/dev/null || damaged "$image"
+  fi
+  qemu-img check -q -f qcow2 "$image" >/dev/null 2>&1 || damaged "$image"
+  prev=$image
+done
+qemu-img convert -q -f qcow2 -O qcow2 "$prev" "$dest.part"
+mv -f "$dest.part" "$dest"
+"""
+
+
+class LibvirtBackups:
+    """The backup half of LibvirtDriver (mixed into it; uses its connection helpers)."""
+
+    @reconnecting
+    def backup_disk(self, name: str, pool: str, disk_volume: str, staging: str, checkpoint: str,
+                    since: str | None = None, tick: Callable[[float], None] | None = None) -> str:
+        """Copy `disk_volume` of domain `name` into the new volume `staging`; returns "full" or
+        "incremental". An incremental whose checkpoint libvirt no longer has (a reinstall
+        replaced the disk) falls back to a full backup."""
+        lv = self._libvirt
+        self.delete_volume(pool, staging)  # a leftover of a crashed run
+        dom = self._require(name)
+        if not self._call("state", dom.isActive):
+            source = self._call("volume", self._pool(pool).storageVolLookupByName, disk_volume)
+            capacity = self._call("volume info", source.info)[1]
+            # createXMLFrom runs qemu-img convert, which reads through the template's backing image.
+            self._call("copy volume", self._pool(pool).createXMLFrom,
+                       volume_xml(staging, 0, capacity_bytes=capacity), source, 0)
+            return "full"
+        path = f"{self._pool_path(pool)}/{staging}"
+        kind = "incremental" if since else "full"
+        try:
+            self._call("backup", dom.backupBegin, backup_xml("vda", path, since), checkpoint_xml(checkpoint, "vda"), 0)
+        except DriverError as exc:
+            if not since or exc.retryable:
+                raise
+            # The checkpoint's bitmap is gone (the disk was replaced): start a new chain.
+            self.drop_checkpoints(name, metadata_only=True)
+            self._call("backup", dom.backupBegin, backup_xml("vda", path), checkpoint_xml(checkpoint, "vda"), 0)
+            kind = "full"
+        self._wait_for_job(dom, tick)
+        self._call("refresh pool", self._pool(pool).refresh, 0)
+        return kind
+
+    def _wait_for_job(self, dom, tick) -> None:
+        lv = self._libvirt
+        while True:
+            stats = self._call("job", dom.jobStats, 0)
+            if stats.get("type", lv.VIR_DOMAIN_JOB_NONE) == lv.VIR_DOMAIN_JOB_NONE:
+                break
+            if tick and stats.get("disk_total"):
+                tick(stats.get("disk_processed", 0) / stats["disk_total"])
+            time.sleep(0.2)
+        done = self._call("job", dom.jobStats, lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        if not done.get("success", done.get("type") == lv.VIR_DOMAIN_JOB_COMPLETED):
+            raise DriverError(f"the backup job failed: {done.get('errmsg', 'no reason given by libvirt')}")
+
+    def _pool_path(self, pool: str) -> str:
+        root = ET.fromstring(self._call("pool XML", self._pool(pool).XMLDesc, 0))
+        return root.findtext("target/path")
+
+    @reconnecting
+    def checkpoints(self, name: str) -> list[str]:
+        dom = self._domain(name)
+        if dom is None:
+            return []
+        return [cp.getName() for cp in self._call("checkpoints", dom.listAllCheckpoints, 0)]
+
+    @reconnecting
+    def drop_checkpoints(self, name: str, keep: str | None = None, metadata_only: bool = False) -> None:
+        """Delete the domain's checkpoints but `keep`: each one costs QEMU a bitmap to update on
+        every write. `metadata_only` when the disk holding the bitmaps was replaced."""
+        lv = self._libvirt
+        dom = self._domain(name)
+        if dom is None:
+            return
+        flags = lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY if metadata_only else 0
+        for cp in self._call("checkpoints", dom.listAllCheckpoints, 0):
+            if cp.getName() != keep:
+                try:
+                    cp.delete(flags)
+                except lv.libvirtError as exc:
+                    if is_connection_error(exc):
+                        raise
+                    cp.delete(lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+
+    def read_volume(self, pool: str, name: str) -> Iterator[bytes]:
+        """The volume's bytes, in chunks, over libvirt's stream."""
+        vol = self._call("volume", self._pool(pool).storageVolLookupByName, name)
+        stream = self.conn.newStream(0)
+        self._call("download", vol.download, stream, 0, 0, 0)
+        try:
+            while True:
+                chunk = self._call("download", stream.recv, CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+            self._call("download", stream.finish)
+        except BaseException:
+            try:
+                stream.abort()
+            except self._libvirt.libvirtError:
+                pass
+            raise
+
+    def write_volume(self, pool: str, name: str, chunks: Iterable[bytes], size: int) -> str:
+        """A volume of exactly `size` bytes from `chunks` (replacing one of that name)."""
+        self.delete_volume(pool, name)
+        vol = self._call("create volume", self._pool(pool).createXML,
+                         volume_xml(name, 0, fmt="raw", capacity_bytes=size), 0)
+        stream = self.conn.newStream(0)
+        self._call("upload", vol.upload, stream, 0, size, 0)
+        sent = 0
+        try:
+            for chunk in chunks:
+                sent += len(chunk)
+                if sent > size:
+                    raise DriverError(f"{name}: more data than the {size} bytes announced")
+                view = memoryview(chunk)
+                while view:
+                    n = self._call("upload", stream.send, bytes(view[:CHUNK]))
+                    view = view[n:]
+            if sent != size:
+                raise DriverError(f"{name}: {sent} bytes received, {size} expected (a truncated file?)")
+            self._call("upload", stream.finish)
+        except BaseException:
+            try:
+                stream.abort()
+            except self._libvirt.libvirtError:
+                pass
+            self.delete_volume(pool, name)
+            raise
+        return vol.path()
+
+    @reconnecting
+    def assemble_disk(self, pool: str, chain: list[str], dest: str) -> None:
+        root = self._pool_path(pool)
+        self._run_on_node(["sh", "-c", ASSEMBLE_SCRIPT, "sh", f"{root}/{dest}", *[f"{root}/{c}" for c in chain]])
+        self._call("refresh pool", self._pool(pool).refresh, 0)
+
+    @reconnecting
+    def move_volume(self, pool: str, source: str, dest: str) -> None:
+        """Rename `source` to `dest` in the pool, replacing `dest` (whose domain must be off)."""
+        root = self._pool_path(pool)
+        self._run_on_node(["mv", "-f", f"{root}/{source}", f"{root}/{dest}"])
+        self._call("refresh pool", self._pool(pool).refresh, 0)
+
+    def _run_on_node(self, argv: list[str], timeout: float = 3600) -> str:
+        """Run a command on the node: here for qemu:///system, else over the same ssh (wrapper,
+        pinned host key) libvirt's qemu+ssh connection uses. Every argument is quoted."""
+        url = urlsplit(self.uri)
+        if url.hostname:
+            wrapper = parse_qs(url.query).get("command", ["ssh"])[0]
+            command = [wrapper, "-p", str(url.port or 22), f"{url.username or 'root'}@{url.hostname}",
+                       "--", shlex.join(argv)]
+        else:
+            command = argv
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DriverError(f"{argv[0]} on the node: {exc}", retryable=True) from exc
+        if done.returncode != 0:
+            detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+            raise DriverError(f"{' / '.join(detail) or argv[0] + ' failed'} (exit {done.returncode})",
+                              retryable=done.returncode == 255)  # 255: ssh itself failed
+        return done.stdout
