@@ -216,6 +216,9 @@ PANEL_PORT = envint("PORT", 8000)
 TINY_GUEST_DIR = Path(envstr("TINY_GUEST_DIR", str(BASE_DIR / ".cache" / "tiny-guest")))
 # Encrypts node credentials at rest (panel/crypto.py); keep it with your backups.
 CREDENTIALS_KEY = envstr("CREDENTIALS_KEY") or secret_in_file(DATA_DIR / "credentials_key")
+# Encrypts the panel's own backups (backup/panel_state.py); generated into DATA_DIR/backup_key
+# when unset. Keep a copy away from the panel: without it a panel backup cannot be read.
+PANEL_BACKUP_KEY = envstr("PANEL_BACKUP_KEY")
 # SSH client files (the panel's key, known_hosts of pinned node keys) for libvirt's ssh transport.
 SSH_DIR = DATA_DIR / "ssh"
 # Node health: every node is checked this often; libvirt keepalive notices a dead link too.

@@ -189,7 +189,7 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
                                   node=node, cluster=cluster, private_network=private_network)
         op = new_operation(actor, server, K.CREATE, {})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
-        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=decision.node.name,
+        audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=server.node.name,
                      os_template=choice.template.slug, recipe=choice.recipe.slug if choice.recipe else "")
         emit("server.created", customer_id=customer.pk, server=server.pk, hostname=hostname, operation=op.id,
              plan=plan.pk, os_template=choice.template.slug)

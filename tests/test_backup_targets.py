@@ -1,0 +1,486 @@
+"""Backup targets: a folder on the panel's host and a real FTP server (pyftpdlib on loopback).
+
+Both kinds must keep partial files out of sight, clean up after a failed write, report a full
+disk as a permanent error and never leak the FTP password into a message.
+"""
+
+import ftplib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.filesystems import AbstractedFS
+from pyftpdlib.exceptions import _FileReadWriteError
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.servers import ThreadedFTPServer
+
+from backup.targets import CheckResult, DirTarget, FtpTarget, TargetError, check_target, target_for
+
+MIB = 1024 * 1024
+NAME = "3f2a0c5e/000012-incremental.qcow2.zst"
+
+
+@dataclass
+class Ftpd:
+    host: str
+    port: int
+    user: str
+    password: str
+    home: Path
+
+    def target(self, **overrides) -> FtpTarget:
+        args = dict(host=self.host, port=self.port, username=self.user, password=self.password, path="", tls=False)
+        args.update(overrides)
+        return FtpTarget(**args)
+
+
+class UnbufferedFS(AbstractedFS):
+    """pyftpdlib writes uploads through a buffered file: on a full disk the final flush raises
+    inside its close() and it never answers the STOR (real servers send 452/552/426). Writing
+    unbuffered makes it fail on write() and answer "426 No space left on device"."""
+
+    def open(self, filename, mode):
+        if "w" in mode or "a" in mode:
+            return open(filename, mode, buffering=0)
+        return super().open(filename, mode)
+
+
+class ErrnoDTPHandler(DTPHandler):
+    """pyftpdlib loses the errno of a failed file write and answers "426 None; transfer
+    aborted."; answer with the OS error's text instead, as it means to (and proftpd does)."""
+
+    def handle_error(self):
+        exc = sys.exc_info()[1]
+        cause = getattr(exc, "__cause__", None)
+        if isinstance(exc, _FileReadWriteError) and isinstance(cause, OSError) and cause.errno:
+            self._resp = (f"426 {os.strerror(cause.errno)}; transfer aborted.", logging.getLogger("pyftpdlib").warning)
+            self.close()
+        else:
+            super().handle_error()
+
+
+def serve_ftp(home: Path, certfile: Path | None = None):
+    """Start pyftpdlib on a free loopback port serving `home` (explicit FTPS only when given a
+    certificate); returns (Ftpd, stop)."""
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("backup", "s3cret-Pa55word", str(home), perm="elradfmwMT")
+    # A subclass per server: pyftpdlib keeps the authorizer on the handler class.
+    settings = {"authorizer": authorizer, "banner": "test ftpd", "abstracted_fs": UnbufferedFS}
+    if certfile:
+        from pyftpdlib.handlers import TLS_FTPHandler
+
+        base = TLS_FTPHandler
+        settings.update(certfile=str(certfile), tls_control_required=True, tls_data_required=True)
+    else:
+        base = FTPHandler
+        settings["dtp_handler"] = ErrnoDTPHandler
+    handler = type("Handler", (base,), settings)
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+        server.close_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def shutdown():
+        stop.set()
+        thread.join(10)
+
+    host, port = server.address
+    return Ftpd(host, port, "backup", "s3cret-Pa55word", home), shutdown
+
+
+@pytest.fixture
+def ftpd(tmp_path):
+    home = tmp_path / "ftp-home"
+    home.mkdir()
+    server, shutdown = serve_ftp(home)
+    yield server
+    shutdown()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a target that fills up."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+@pytest.fixture(params=["dir", "ftp"])
+def target(request, tmp_path):
+    """Each kind of target, empty."""
+    if request.param == "dir":
+        folder = tmp_path / "backups"
+        folder.mkdir()
+        store = DirTarget(folder)
+        yield store
+    else:
+        store = request.getfixturevalue("ftpd").target()
+        yield store
+    store.close()
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_in_chunks(store, name: str, data: bytes, chunk: int = 64 * 1024) -> None:
+    with store.writer(name) as out:
+        for start in range(0, len(data), chunk):
+            out.write(data[start : start + chunk])
+
+
+def read_all(store, name: str) -> bytes:
+    chunks = []
+    with store.reader(name) as src:
+        while chunk := src.read(100_000):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- both kinds
+
+
+def test_it_stores_and_reads_back_a_file(target):
+    data = os.urandom(3 * MIB)
+    with target.writer(NAME) as out:
+        for start in range(0, len(data), 256 * 1024):
+            out.write(data[start : start + 256 * 1024])
+            # Mid-write, only the .part exists: the final name never holds half a file.
+            assert target.size(NAME) is None
+        assert target.size(NAME + ".part") is not None
+    assert target.size(NAME) == len(data)
+    assert target.size(NAME + ".part") is None
+    assert read_all(target, NAME) == data
+
+
+def test_it_replaces_an_existing_file(target):
+    write_in_chunks(target, NAME, b"old contents")
+    write_in_chunks(target, NAME, b"new")
+    assert read_all(target, NAME) == b"new"
+
+
+def test_an_error_inside_the_writer_leaves_no_file_and_no_part(target):
+    with pytest.raises(RuntimeError, match="source disk failed"):
+        with target.writer(NAME) as out:
+            out.write(os.urandom(MIB))
+            raise RuntimeError("source disk failed")
+    assert target.size(NAME) is None
+    assert target.size(NAME + ".part") is None
+    # The target still works afterwards (FTP: the control connection stayed in step).
+    write_in_chunks(target, NAME, b"after")
+    assert read_all(target, NAME) == b"after"
+
+
+def test_delete_is_idempotent_and_removes_the_emptied_folder(target):
+    write_in_chunks(target, NAME, b"data")
+    target.delete(NAME)
+    assert target.size(NAME) is None
+    target.delete(NAME)
+    target.delete("never/existed")
+
+
+def test_size_of_a_missing_file_is_none(target):
+    assert target.size("nothing-here.qcow2") is None
+    assert target.size("no-folder/nothing-here.qcow2") is None
+
+
+def test_reading_a_missing_file_is_a_permanent_error(target):
+    with pytest.raises(TargetError, match="missing on the target") as info:
+        with target.reader("nothing-here.qcow2"):
+            pass
+    assert info.value.permanent
+
+
+def test_a_reader_stopped_early_leaves_the_target_usable(target):
+    data = os.urandom(2 * MIB)
+    write_in_chunks(target, NAME, data)
+    with target.reader(NAME) as src:
+        assert src.read(1000) == data[:1000]
+    assert read_all(target, NAME) == data
+    assert target.size(NAME) == len(data)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/../../b", "/etc/passwd", "a/b/c", "", "bad\0name", "x\r\nDELE y"])
+def test_both_kinds_refuse_names_that_escape_or_inject(target, name):
+    with pytest.raises(ValueError):
+        target.size(name)
+    with pytest.raises(ValueError):
+        with target.writer(name):
+            pass
+
+
+# --- a folder on the panel's host
+
+
+def test_dir_check_reports_free_space_and_leaves_no_probe(tmp_path):
+    result = DirTarget(tmp_path).check()
+    assert isinstance(result, CheckResult)
+    assert result.free_bytes > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dir_refuses_names_with_dot_dot_or_absolute_names(tmp_path):
+    store = DirTarget(tmp_path)
+    for name in ("..", "../x", "a/..", "/tmp/x"):
+        with pytest.raises(ValueError):
+            store.size(name)
+        with pytest.raises(ValueError):
+            store.delete(name)
+
+
+def test_dir_with_a_missing_folder_is_a_permanent_error(tmp_path):
+    store = DirTarget(tmp_path / "not-mounted")
+    with pytest.raises(TargetError, match="does not exist") as info:
+        store.check()
+    assert info.value.permanent
+    assert not (tmp_path / "not-mounted").exists()
+
+
+def test_dir_writes_the_final_file_only_at_the_end(tmp_path):
+    store = DirTarget(tmp_path)
+    with store.writer(NAME) as out:
+        out.write(b"x" * 1000)
+        assert files_under(tmp_path) == [NAME + ".part"]
+    assert files_under(tmp_path) == [NAME]
+
+
+def test_a_full_dir_is_a_permanent_error_and_leaves_nothing(small_tmpfs):
+    store = DirTarget(small_tmpfs)
+    with pytest.raises(TargetError, match="the target is full") as info:
+        write_in_chunks(store, NAME, os.urandom(2 * MIB))
+    assert info.value.permanent
+    assert files_under(small_tmpfs) == []
+
+
+# --- an FTP server
+
+
+def test_ftp_check_reports_no_free_space_and_leaves_no_probe(ftpd):
+    with ftpd.target() as store:
+        assert store.check() == CheckResult(free_bytes=None)
+    assert list(ftpd.home.iterdir()) == []
+
+
+def test_ftp_check_in_a_subfolder(ftpd):
+    (ftpd.home / "backups").mkdir()
+    with ftpd.target(path="/backups") as store:
+        assert store.check().free_bytes is None
+        write_in_chunks(store, NAME, b"data")
+    assert files_under(ftpd.home) == ["backups/" + NAME]
+
+
+def test_ftp_with_a_missing_folder_is_a_permanent_error(ftpd):
+    with pytest.raises(TargetError, match="does not exist") as info:
+        ftpd.target(path="/nowhere").check()
+    assert info.value.permanent
+
+
+def self_signed_cert(folder: Path) -> Path:
+    """A PEM file with a self-signed certificate for 127.0.0.1 and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "ftpd.pem"
+    path.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return path
+
+
+def test_it_stores_and_reads_back_a_file_over_ftps(tmp_path):
+    pytest.importorskip("OpenSSL", reason="pyftpdlib's FTPS server needs pyOpenSSL")
+    home = tmp_path / "ftps-home"
+    home.mkdir()
+    server, shutdown = serve_ftp(home, certfile=self_signed_cert(tmp_path))
+    try:
+        data = os.urandom(MIB + 123)
+        with server.target(tls=True) as store:
+            assert store.check().free_bytes is None
+            write_in_chunks(store, NAME, data)
+            assert store.size(NAME) == len(data)
+            assert read_all(store, NAME) == data
+            with store.reader(NAME) as src:  # stopping early over TLS
+                assert src.read(10) == data[:10]
+            store.delete(NAME)
+        assert files_under(home) == []
+        # The server insists on TLS: a plain FTP login is refused.
+        with pytest.raises(TargetError) as info:
+            server.target(tls=False).check()
+        assert info.value.permanent
+    finally:
+        shutdown()
+
+
+def test_a_refused_ftp_login_is_permanent_and_hides_the_password(ftpd):
+    store = ftpd.target(password="wrong-Pa55word-123")
+    with pytest.raises(TargetError, match="FTP login refused") as info:
+        store.check()
+    assert info.value.permanent
+    assert "wrong-Pa55word-123" not in str(info.value)
+    assert "wrong-Pa55word-123" not in repr(store)
+
+
+def test_an_unreachable_ftp_server_is_a_retryable_error():
+    store = FtpTarget("127.0.0.1", closed_port(), "backup", "s3cret-Pa55word", "", tls=False)
+    with pytest.raises(TargetError, match="cannot reach FTP server 127.0.0.1") as info:
+        store.check()
+    assert not info.value.permanent
+    assert "s3cret-Pa55word" not in str(info.value)
+
+
+def test_a_full_ftp_server_is_a_permanent_error_and_leaves_nothing(small_tmpfs):
+    server, shutdown = serve_ftp(small_tmpfs)
+    try:
+        with server.target() as store:
+            with pytest.raises(TargetError, match="the target is full") as info:
+                write_in_chunks(store, NAME, os.urandom(2 * MIB))
+            assert info.value.permanent
+            assert "s3cret-Pa55word" not in str(info.value)
+        assert files_under(small_tmpfs) == []
+    finally:
+        shutdown()
+
+
+def test_the_ftp_writer_reconnects_after_the_server_dropped_it(ftpd):
+    store = ftpd.target()
+    write_in_chunks(store, "a.bin", b"first")
+    store._conn.sock.shutdown(socket.SHUT_RDWR)  # the connection died between two backups
+    with pytest.raises(TargetError) as info:
+        store.size("a.bin")
+    assert not info.value.permanent
+    assert store.size("a.bin") == 5
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [ftplib.error_perm("552 Quota exceeded"), ftplib.error_temp("452 Insufficient storage"),
+     ftplib.error_temp("426 No space left on device; transfer aborted.")],
+)
+def test_ftp_replies_that_mean_full_are_permanent(reply):
+    error = FtpTarget("ftp.example.com", 21, "u", "p", "")._error(reply, "cannot store x")
+    assert error.permanent
+    assert str(error).startswith("the target is full: ")
+
+
+def test_other_ftp_replies_are_classified_by_their_code():
+    store = FtpTarget("ftp.example.com", 21, "u", "pw-secret", "")
+    assert store._error(ftplib.error_perm("550 Permission denied"), "cannot store x").permanent
+    assert not store._error(ftplib.error_temp("421 Too many connections"), "cannot store x").permanent
+    assert not store._error(ConnectionResetError(104, "Connection reset by peer"), "cannot store x").permanent
+    assert "pw-secret" not in str(store._error(ftplib.error_perm("530 bad login pw-secret"), "login"))
+
+
+# --- from the database
+
+
+@pytest.mark.django_db
+def test_check_target_stores_the_error_of_an_unreachable_ftp_server():
+    from backup.models import BackupTarget
+    from panel.crypto import encrypt
+
+    row = BackupTarget.objects.create(
+        name="offsite",
+        kind=BackupTarget.Kind.FTP,
+        host="127.0.0.1",
+        port=closed_port(),
+        username="backup",
+        password=encrypt("s3cret-Pa55word"),
+        free_bytes=123,
+    )
+    error = check_target(row)
+    row.refresh_from_db()
+    assert error.startswith("cannot reach FTP server")
+    assert row.check_error == error
+    assert row.checked_at is not None
+    assert row.free_bytes is None
+    assert "s3cret-Pa55word" not in error
+
+
+@pytest.mark.django_db
+def test_check_target_clears_the_error_of_a_good_folder(tmp_path):
+    from backup.models import BackupTarget
+
+    row = BackupTarget.objects.create(name="local", kind=BackupTarget.Kind.DIR, path=str(tmp_path), check_error="old")
+    assert check_target(row) == ""
+    row.refresh_from_db()
+    assert row.check_error == ""
+    assert row.free_bytes > 0
+    assert row.checked_at is not None
+
+
+@pytest.mark.django_db
+def test_target_for_decrypts_the_stored_password(ftpd):
+    from backup.models import BackupTarget
+    from panel.crypto import encrypt
+
+    row = BackupTarget.objects.create(
+        name="ftp",
+        kind=BackupTarget.Kind.FTP,
+        host=ftpd.host,
+        port=ftpd.port,
+        username=ftpd.user,
+        password=encrypt(ftpd.password),
+    )
+    assert row.password != ftpd.password
+    store = target_for(row)
+    assert isinstance(store, FtpTarget) and not store.tls
+    assert check_target(row) == ""
+    row.refresh_from_db()
+    assert row.check_error == "" and row.free_bytes is None
+
+
+def test_target_for_builds_the_right_kind(tmp_path):
+    from backup.models import BackupTarget
+
+    assert isinstance(target_for(BackupTarget(kind=BackupTarget.Kind.DIR, path=str(tmp_path))), DirTarget)
+    ftps = target_for(BackupTarget(kind=BackupTarget.Kind.FTPS, host="ftp.example.com", port=None))
+    assert isinstance(ftps, FtpTarget) and ftps.tls and ftps.port == 21
