@@ -92,9 +92,10 @@ class Target:
     def check(self) -> CheckResult:
         """Write, read back and delete a small probe file; report the free space if known."""
         name = f".panel-check-{secrets.token_hex(6)}"
+        # A failed write cleans up after itself; from here on the probe is ours to delete.
+        with self.writer(name) as out:
+            out.write(PROBE_BYTES)
         try:
-            with self.writer(name) as out:
-                out.write(PROBE_BYTES)
             with self.reader(name) as src:
                 data = src.read(len(PROBE_BYTES) + 1)
             if data != PROBE_BYTES:
@@ -167,6 +168,20 @@ class _DirUpload:
             raise _dir_error(exc, f"cannot write {self._name}") from exc
 
 
+class _DirDownload:
+    """The object a DirTarget reader yields: converts the file's OSErrors to TargetError."""
+
+    def __init__(self, file: BinaryIO, name: str):
+        self._file = file
+        self._name = name
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._file.read(n)
+        except OSError as exc:
+            raise _dir_error(exc, f"cannot read {self._name}") from exc
+
+
 class DirTarget(Target):
     """A folder on the panel's host (a mounted backup disk or share)."""
 
@@ -233,7 +248,7 @@ class DirTarget(Target):
         except OSError as exc:
             raise _dir_error(exc, f"cannot read {name}") from exc
         with file:
-            yield file
+            yield _DirDownload(file, name)
 
     def size(self, name: str) -> int | None:
         path = self._path(name)
@@ -293,26 +308,31 @@ class _FtpUpload:
 class _FtpDownload:
     """The object an FtpTarget reader yields: reads from the RETR data connection."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, on_error: Callable[[OSError], TargetError]):
         self.sock = sock
+        self._on_error = on_error
         self.eof = False
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            chunk = self.sock.recv(n)
+        except OSError as exc:
+            raise self._on_error(exc) from None
+        if not chunk:
+            self.eof = True
+        return chunk
 
     def read(self, n: int = -1) -> bytes:
         if self.eof:
             return b""
         if n is None or n < 0:
             chunks = []
-            while chunk := self.sock.recv(1 << 16):
+            while chunk := self._recv(1 << 16):
                 chunks.append(chunk)
-            self.eof = True
             return b"".join(chunks)
         # Fill up to n bytes like a file would, so callers can rely on short reads meaning EOF.
         buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                self.eof = True
-                break
+        while len(buf) < n and (chunk := self._recv(n - len(buf))):
             buf += chunk
         return bytes(buf)
 
@@ -354,9 +374,6 @@ class FtpTarget(Target):
                 return TargetError(f"FTP login refused by {self.host}:{self.port}: {detail}", permanent=True)
             # 5xx: the server said no (missing file, permission); 4xx: try later.
             return TargetError(f"{action}: {detail}", permanent=isinstance(exc, ftplib.error_perm))
-        if isinstance(exc, ssl.SSLError):
-            # A TLS handshake that fails once (bad certificate, no TLS) fails every time.
-            return TargetError(f"TLS with {self.host}:{self.port} failed: {detail}", permanent=True)
         if isinstance(exc, (OSError, EOFError, ftplib.Error)):
             return TargetError(f"FTP connection to {self.host}:{self.port} lost: {action}: {detail}")
         return TargetError(f"{action}: {detail}")
@@ -399,6 +416,11 @@ class FtpTarget(Target):
         except TargetError:
             conn.close()
             raise
+        except ssl.SSLError as exc:
+            conn.close()
+            # A TLS handshake that fails once (protocol or cipher mismatch) fails every time;
+            # later on, an SSLError is just a dropped connection.
+            raise TargetError(f"TLS with {self.host}:{self.port} failed: {exc}", permanent=True) from None
         except (OSError, EOFError, ftplib.Error) as exc:
             conn.close()
             raise self._error(exc, f"cannot log in to {self.host}:{self.port}") from None
@@ -507,11 +529,11 @@ class FtpTarget(Target):
                 sock = conn.transfercmd(f"RETR {name}")
             except ftplib.error_perm as exc:
                 if _reply_code(exc) == "550":
-                    raise TargetError(
-                        f"{name} is missing on the target {self.host}:{self.port}: {self._clean(str(exc))}", permanent=True
-                    ) from None
+                    where = f"{self.host}:{self.port}"
+                    reply = self._clean(str(exc))
+                    raise TargetError(f"{name} is missing on the target {where}: {reply}", permanent=True) from None
                 raise
-        download = _FtpDownload(sock)
+        download = _FtpDownload(sock, lambda exc: self._error(exc, action))
         try:
             yield download
         except BaseException:

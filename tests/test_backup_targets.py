@@ -72,7 +72,9 @@ def serve_ftp(home: Path, certfile: Path | None = None):
     authorizer = DummyAuthorizer()
     authorizer.add_user("backup", "s3cret-Pa55word", str(home), perm="elradfmwMT")
     # A subclass per server: pyftpdlib keeps the authorizer on the handler class.
+    # auth_failed_timeout: pyftpdlib waits 3 s after a wrong password; the test needs no pause.
     settings = {"authorizer": authorizer, "banner": "test ftpd", "abstracted_fs": UnbufferedFS}
+    settings["auth_failed_timeout"] = 0.1
     if certfile:
         from pyftpdlib.handlers import TLS_FTPHandler
 
@@ -240,15 +242,23 @@ def test_both_kinds_refuse_names_that_escape_or_inject(target, name):
 # --- a folder on the panel's host
 
 
-def test_dir_check_reports_free_space_and_leaves_no_probe(tmp_path):
-    result = DirTarget(tmp_path).check()
+@pytest.fixture
+def folder(tmp_path):
+    """An empty folder of its own (the shared conftest puts a template share in tmp_path)."""
+    path = tmp_path / "backups"
+    path.mkdir()
+    return path
+
+
+def test_dir_check_reports_free_space_and_leaves_no_probe(folder):
+    result = DirTarget(folder).check()
     assert isinstance(result, CheckResult)
     assert result.free_bytes > 0
-    assert list(tmp_path.iterdir()) == []
+    assert list(folder.iterdir()) == []
 
 
-def test_dir_refuses_names_with_dot_dot_or_absolute_names(tmp_path):
-    store = DirTarget(tmp_path)
+def test_dir_refuses_names_with_dot_dot_or_absolute_names(folder):
+    store = DirTarget(folder)
     for name in ("..", "../x", "a/..", "/tmp/x"):
         with pytest.raises(ValueError):
             store.size(name)
@@ -264,12 +274,14 @@ def test_dir_with_a_missing_folder_is_a_permanent_error(tmp_path):
     assert not (tmp_path / "not-mounted").exists()
 
 
-def test_dir_writes_the_final_file_only_at_the_end(tmp_path):
-    store = DirTarget(tmp_path)
+def test_dir_writes_the_final_file_only_at_the_end(folder):
+    store = DirTarget(folder)
     with store.writer(NAME) as out:
         out.write(b"x" * 1000)
-        assert files_under(tmp_path) == [NAME + ".part"]
-    assert files_under(tmp_path) == [NAME]
+        assert files_under(folder) == [NAME + ".part"]
+    assert files_under(folder) == [NAME]
+    store.delete(NAME)
+    assert list(folder.iterdir()) == []  # the emptied server folder went too
 
 
 def test_a_full_dir_is_a_permanent_error_and_leaves_nothing(small_tmpfs):
@@ -446,10 +458,10 @@ def test_check_target_stores_the_error_of_an_unreachable_ftp_server():
 
 
 @pytest.mark.django_db
-def test_check_target_clears_the_error_of_a_good_folder(tmp_path):
+def test_check_target_clears_the_error_of_a_good_folder(folder):
     from backup.models import BackupTarget
 
-    row = BackupTarget.objects.create(name="local", kind=BackupTarget.Kind.DIR, path=str(tmp_path), check_error="old")
+    row = BackupTarget.objects.create(name="local", kind=BackupTarget.Kind.DIR, path=str(folder), check_error="old")
     assert check_target(row) == ""
     row.refresh_from_db()
     assert row.check_error == ""

@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
 from panel.api import views
 from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
@@ -22,5 +23,11 @@ router.register("networks", views.NetworkViewSet)
 router.register("ip-pools", views.IpPoolViewSet)
 router.register("ip-addresses", views.IpAddressViewSet)
 router.register("webhooks", WebhookViewSet)
+# /servers/{id}/backup/, restore/, backups/: detail actions only, beside ServerViewSet's.
+router.register("servers", ServerBackupViewSet, basename="server-backup")
+router.register("backup-targets", BackupTargetViewSet)
+router.register("backup-plans", BackupPlanViewSet)
+router.register("backups", BackupViewSet)
+router.register("panel-backup", PanelBackupViewSet, basename="panel-backup")
 
 urlpatterns = [path("servers/<int:pk>/usage/", ServerUsageView.as_view(), name="server-usage"), *router.urls]

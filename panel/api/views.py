@@ -2,7 +2,7 @@
 
 from django.db.models import ProtectedError
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
@@ -150,9 +150,13 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
                                                    **install_args(v))
         return accepted_with_password(op, password)
 
-    @extend_schema(responses={202: s.AcceptedSerializer})
+    @extend_schema(responses={202: s.AcceptedSerializer}, parameters=[OpenApiParameter(
+        "keep_backups", bool, description="Keep the server's backups (restorable as a new server); default: "
+                                          "they are deleted with it")])
     def destroy(self, request, pk=None):
-        return accepted(lifecycle.request_action(actor(request), pk, Operation.Kind.DELETE))
+        keep_backups = request.query_params.get("keep_backups", "").lower() in ("1", "true")
+        return accepted(lifecycle.request_action(actor(request), pk, Operation.Kind.DELETE,
+                                                 {"keep_backups": keep_backups}))
 
     def _act(self, request, pk, kind, serializer_class=s.EmptySerializer):
         params = serializer_class(data=request.data)

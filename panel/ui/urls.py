@@ -1,6 +1,6 @@
 from django.urls import path
 
-from panel.ui.views import admin, auth, ipam, keys, nodes, provisioning, servers, webhooks
+from panel.ui.views import admin, auth, backups, ipam, keys, nodes, provisioning, servers, webhooks
 
 app_name = "ui"
 
@@ -18,6 +18,8 @@ urlpatterns = [
     path("servers/<int:server_id>/reinstall/", servers.server_reinstall, name="server-reinstall"),
     path("servers/<int:server_id>/billing/<slug:action>/", servers.server_billing_action, name="server-billing"),
     path("servers/<int:server_id>/addresses/<int:address_id>/ptr/", ipam.address_ptr, name="server-address-ptr"),
+    path("servers/<int:server_id>/backups/backup/", backups.server_backup, name="server-backup"),
+    path("servers/<int:server_id>/backups/restore/", backups.server_restore, name="server-restore"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
     path("api-keys/<int:key_id>/revoke/", keys.revoke_key, name="key-revoke"),
@@ -73,4 +75,15 @@ urlpatterns = [
     path("admin/api-keys/", keys.admin_keys, name="admin-keys"),
     path("admin/api-keys/new/", keys.admin_key_create, name="admin-key-create"),
     path("admin/webhooks/", webhooks.webhook_list, name="admin-webhooks"),
+    path("admin/backups/", backups.backup_list, name="admin-backups"),
+    path("admin/backups/panel/", backups.panel_backup, name="admin-backup-panel"),
+    path("admin/backups/<int:backup_id>/restore-as-new/", backups.restore_as_new, name="admin-backup-restore-as-new"),
+    path("admin/backups/targets/new/", backups.target_create, name="admin-backup-target-create"),
+    path("admin/backups/targets/<int:target_id>/edit/", backups.target_edit, name="admin-backup-target-edit"),
+    path("admin/backups/targets/<int:target_id>/check/", backups.target_check, name="admin-backup-target-check"),
+    path("admin/backups/targets/<int:target_id>/delete/", backups.target_delete, name="admin-backup-target-delete"),
+    path("admin/backups/plans/new/", backups.plan_create, name="admin-backup-plan-create"),
+    path("admin/backups/plans/<int:plan_id>/edit/", backups.plan_edit, name="admin-backup-plan-edit"),
+    path("admin/backups/plans/<int:plan_id>/run/", backups.plan_run, name="admin-backup-plan-run"),
+    path("admin/backups/plans/<int:plan_id>/delete/", backups.plan_delete, name="admin-backup-plan-delete"),
 ]

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 from panel.crypto import decrypt, encrypt
 from panel.ui import live
 from panel.ui.forms import ReinstallForm, SuspendForm
+from panel.ui.views.backups import server_backups
 from panel.ui.views.common import actor, paginate
 from panel.ui.views.ipam import server_addresses
 from panel.vps import lifecycle
@@ -108,6 +109,7 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         "plans": list(Plan.objects.order_by("disk_gib", "vcpus", "ram_mib")) if act.is_admin else [],
         "reinstall_form": reinstall_form if reinstallable or (reinstall_form and reinstall_form.is_bound) else None,
         **server_addresses(server, act, ptr_forms=ptr_forms, add_form=add_form),
+        **server_backups(server, act),
         "js_i18n": {
             "offline": _("Live updates are unavailable; reload the page to see changes."),
             "deleted": _("This server has been deleted."),

@@ -1,0 +1,232 @@
+"""Backups on the test cluster: real libvirt backup jobs of a running QEMU guest, stored on a
+real FTP server on loopback (pyftpdlib), restored after the guest destroyed its own disk; and
+the panel's own backup brought back into a fresh database by `manage.py restore_panel`."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, _mysql, make_tenant, wait_for
+from tests.guest import guest_command, wait_shell
+
+DATA_MIB = (64, 32)  # the guest's data: 32 MiB at 64 MiB into its disk (the installed system is below 8 MiB)
+
+
+@pytest.fixture(scope="module")
+def ftp_server(tmp_path_factory):
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    home = tmp_path_factory.mktemp("ftp-home")
+    (home / "vps").mkdir()
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("backup", "ftp-secret-1", str(home), perm="elradfmwMT")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "banner": "test ftp"})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.5}, daemon=True)
+    thread.start()
+    yield {"server": server, "port": server.address[1], "home": home}
+    server.close_all()
+
+
+@pytest.fixture(scope="module")
+def backup_env(live_panel, test_cluster, ftp_server):
+    panel, admin = live_panel, live_panel.admin_key
+
+    def post(path, body, expect=201):
+        r = panel.call(admin, "POST", path, json=body)
+        assert r.status_code == expect, r.text
+        return r.json()
+
+    cluster = post("/api/v1/clusters/", {"name": "backups", "os_family": "apt"})["id"]
+    post("/api/v1/storages/", {"cluster": cluster, "name": "disks", "kind": "dir",
+                               "path": "/var/lib/libvirt/images/panel"})
+    network = post("/api/v1/networks/", {"cluster": cluster, "name": "public", "kind": "bridged", "bridge": "br-pub",
+                                         "interface": "eth1"})["id"]
+    pool = post("/api/v1/ip-pools/", {"name": "backup-public", "network": network, "cidr": "10.77.1.0/24",
+                                      "first": "10.77.1.120", "last": "10.77.1.139", "gateway": "10.77.1.1",
+                                      "quarantine_minutes": 0})["id"]
+    node = test_cluster.node(1)
+    op = post("/api/v1/nodes/", {"cluster": cluster, "name": f"backup-{node.name}", "address": node.address,
+                                 "ssh_password": node.root_password}, expect=202)
+    op = panel.wait_operation(admin, op["id"], timeout=180)
+    assert op["status"] == "succeeded", op
+    plan = post("/api/v1/plans/", {"name": "backup-plan", "vcpus": 1, "ram_mib": 128, "disk_gib": 1,
+                                   "backups": 3})["id"]
+    target = post("/api/v1/backup-targets/", {"name": "loopback-ftp", "kind": "ftp", "host": "127.0.0.1",
+                                              "port": ftp_server["port"], "username": "backup",
+                                              "password": "ftp-secret-1", "path": "vps"})
+    assert "password" not in target and not target["check_error"]
+    yield {"node": op["node"], "plan": plan, "target": target["id"], "tenant": make_tenant(panel, "backup"),
+           "other": make_tenant(panel, "backup-other")}
+    for server in panel.call(admin, "GET", f"/api/v1/servers/?node={op['node']}").json()["results"]:
+        panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
+    assert panel.call(admin, "DELETE", f"/api/v1/nodes/{op['node']}/").status_code == 204
+    panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
+    panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
+    panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
+
+
+class Guest:
+    def __init__(self, cluster, server: dict):
+        self.name = "vps-" + server["uuid"].replace("-", "")[:12]
+        self.run = lambda argv, **kw: cluster.run(1, argv, **kw)
+
+    def log(self) -> str:
+        return self.run(["cat", f"/var/log/libvirt/qemu/{self.name}-serial.log"]).stdout
+
+    def sh(self, command: str, timeout: float = 60) -> str:
+        wait_shell(self.run, self.name, self.log, timeout=120)
+        code, out = guest_command(self.run, self.name, self.log, command, timeout=timeout)
+        assert code == 0, out
+        return out.strip()
+
+    def data_md5(self) -> str:
+        start, count = DATA_MIB
+        return self.sh(f"dd if=/dev/vda bs=1M skip={start} count={count} 2>/dev/null | md5sum").split()[0]
+
+
+def _backups(panel, key, server_id) -> list[dict]:
+    r = panel.call(key, "GET", f"/api/v1/servers/{server_id}/backups/")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["results"] if isinstance(body, dict) else body
+
+
+@pytest.fixture(scope="module")
+def guest_server(live_panel, test_cluster, backup_env):
+    panel, tenant = live_panel, backup_env["tenant"]
+    r = panel.call(panel.admin_key, "POST", "/api/v1/servers/", json={
+        "customer": tenant.customer_id, "plan": backup_env["plan"], "hostname": "backup-1", "os_template": "tiny",
+        "node": backup_env["node"]})
+    assert r.status_code == 202, r.text
+    op = panel.wait_operation(panel.admin_key, r.json()["id"], timeout=240)
+    assert op["status"] == "succeeded", op
+    server = panel.call(tenant.key, "GET", f"/api/v1/servers/{op['server']}/").json()
+    return server, Guest(test_cluster, server)
+
+
+def test_a_scheduled_backup_of_a_busy_guest_restores_its_destroyed_disk(live_panel, backup_env, guest_server,
+                                                                          ftp_server):
+    panel, admin, tenant = live_panel, live_panel.admin_key, backup_env["tenant"]
+    server, guest = guest_server
+    start, count = DATA_MIB
+    guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={start} count={count} conv=fsync 2>/dev/null; sync")
+    # The guest keeps writing (1 MiB at 256 MiB, over and over) while the backup runs.
+    guest.sh("(echo 'while :; do dd if=/dev/urandom of=/dev/vda bs=64k seek=4096 count=16 conv=fsync 2>/dev/null; "
+             "done' >/tmp/writer.sh)")
+    guest.sh("sh /tmp/writer.sh </dev/null >/dev/null 2>&1 & (echo $! >/tmp/writer.pid)")
+    before = guest.data_md5()
+
+    plan = panel.call(admin, "POST", "/api/v1/backup-plans/", json={
+        "name": "every-minute", "target": backup_env["target"], "schedule": "* * * * *", "scope": "servers",
+        "servers": [server["id"]], "keep": 3, "full_every": 7, "compression": "zstd"})
+    assert plan.status_code == 201, plan.text
+    started = time.monotonic()
+    full = wait_for(lambda: next((b for b in _backups(panel, tenant.key, server["id"]) if b["status"] != "running"),
+                                 None), 200, "the scheduled backup", interval=2)
+    print(f"the scheduled backup finished {time.monotonic() - started:.0f} s after the plan was made")
+    assert full["status"] == "done", full
+    assert panel.call(admin, "PATCH", f"/api/v1/backup-plans/{plan.json()['id']}/",
+                      json={"enabled": False}).status_code == 200
+    assert full["kind"] == "full" and full["target"] == "loopback-ftp"
+
+    guest.sh("kill $(cat /tmp/writer.pid)")
+    guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={start + 8} count=1 conv=fsync 2>/dev/null; sync")
+    changed = guest.data_md5()
+    assert changed != before
+    r = panel.call(tenant.key, "POST", f"/api/v1/servers/{server['id']}/backup/", json={})
+    assert r.status_code == 202, r.text
+    op = panel.wait_operation(tenant.key, r.json()["id"], timeout=180)
+    assert op["status"] == "succeeded", op
+    incremental = _backups(panel, tenant.key, server["id"])[0]
+    assert incremental["kind"] == "incremental" and incremental["parent"] == full["id"]
+    print(f"full backup {full['size_bytes']} bytes stored, incremental {incremental['size_bytes']} bytes "
+          f"({full['size_bytes'] / max(incremental['size_bytes'], 1):.0f}x smaller)")
+    assert incremental["size_bytes"] * 5 < full["size_bytes"]
+    stored = sorted(p.name for p in (ftp_server["home"] / "vps").rglob("*") if p.is_file())
+    assert len(stored) == 4 and not [n for n in stored if n.endswith(".part")], stored
+
+    # The customer destroys the disk from inside the guest.
+    guest.sh("dd if=/dev/zero of=/dev/vda bs=1M count=128 conv=fsync 2>/dev/null; sync")
+    assert guest.data_md5() != changed
+    boots = guest.log().count("TINY-GUEST installed")
+    r = panel.call(tenant.key, "POST", f"/api/v1/servers/{server['id']}/restore/", json={"backup": incremental["id"]})
+    assert r.status_code == 202, r.text
+    op = panel.wait_operation(tenant.key, r.json()["id"], timeout=240)
+    assert op["status"] == "succeeded", op
+    wait_for(lambda: guest.log().count("TINY-GUEST installed") > boots, 120, "the restored guest to boot")
+    assert guest.data_md5() == changed
+    assert panel.call(tenant.key, "GET", f"/api/v1/servers/{server['id']}/").json()["state"] == "running"
+    # Another customer sees none of it.
+    assert panel.call(backup_env["other"].key, "GET", f"/api/v1/servers/{server['id']}/backups/").status_code == 404
+
+
+def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel, backup_env, guest_server,
+                                                                     ftp_server):
+    panel, tenant = live_panel, backup_env["tenant"]
+    server, guest = guest_server
+    backups = [b for b in _backups(panel, tenant.key, server["id"]) if b["status"] == "done"]
+    assert backups, "needs the backups of the test before"
+    full = backups[-1]
+    files = sorted(p for p in (ftp_server["home"] / "vps").rglob(f"{full['id']:06d}-full.qcow2*"))
+    assert len(files) == 1, files
+    data = bytearray(files[0].read_bytes())
+    original = bytes(data)
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    now = guest.data_md5()
+    try:
+        r = panel.call(tenant.key, "POST", f"/api/v1/servers/{server['id']}/restore/", json={"backup": full["id"]})
+        op = panel.wait_operation(tenant.key, r.json()["id"], timeout=120)
+        assert op["status"] == "failed" and "damaged" in op["error"] and "nothing was overwritten" in op["error"], op
+        assert guest.data_md5() == now
+    finally:
+        files[0].write_bytes(original)
+
+    ftp_server["server"].close_all()  # the FTP server goes away
+    r = panel.call(tenant.key, "POST", f"/api/v1/servers/{server['id']}/backup/", json={})
+    op = panel.wait_operation(tenant.key, r.json()["id"], timeout=120)
+    assert op["status"] == "failed" and "cannot reach" in op["error"] and "127.0.0.1" in op["error"], op
+    assert "ftp-secret-1" not in op["error"]
+    assert panel.call(tenant.key, "GET", f"/api/v1/servers/{server['id']}/").json()["state"] == "running"
+    assert guest.data_md5() == now
+
+
+def test_restore_panel_brings_a_fresh_database_back(live_panel, backup_env, tmp_path):
+    panel = live_panel
+    file = tmp_path / "panel.backup"
+    panel.manage("backup_panel", str(file))
+    key = (Path(panel.env["PANEL_DATA_DIR"]) / "backup_key").read_text().strip()
+    fresh_db = f"{panel.env['DATABASE_URL'].rsplit('/', 1)[-1]}_fresh"
+    fresh = {**panel.env, "DATABASE_URL": f"mysql://root@localhost/{fresh_db}",
+             "PANEL_DATA_DIR": str(tmp_path / "fresh-data")}
+    for name in ("CREDENTIALS_KEY", "SECRET_KEY", "PANEL_INSTANCE_ID"):
+        fresh.pop(name, None)
+    _mysql(f"CREATE DATABASE {fresh_db} CHARACTER SET utf8mb4")
+
+    def manage(*args):
+        out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=fresh, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    query = ("from panel.accounts.models import Customer, ApiKey; from panel.vps.models import VirtualServer; "
+             "from nodes.models import Node; from nodes.ssh import panel_identity; "
+             "print(sorted(Customer.objects.values_list('name', flat=True)), "
+             "sorted(VirtualServer.objects.values_list('hostname', flat=True)), ApiKey.objects.count(), "
+             "Node.objects.count(), panel_identity()[1].split()[1])")
+    try:
+        original = subprocess.run([sys.executable, "manage.py", "shell", "-c", query], cwd=ROOT, env=panel.env,
+                                  capture_output=True, text=True, timeout=120).stdout.strip()
+        manage("restore_panel", str(file), "--key", key, "--yes")
+        restored = manage("shell", "-c", query).strip()
+        assert restored == original and "backup-1" in restored, (original, restored)
+    finally:
+        _mysql(f"DROP DATABASE IF EXISTS {fresh_db}")
