@@ -78,6 +78,6 @@ def fetch(read: Callable[[int], bytes], compression: str, checked: Counted, chun
         try:
             out = decompressor.decompress(data) if decompressor else data
         except zstandard.ZstdError as exc:
-            raise ValueError(f"the file does not decompress ({exc}): it is damaged") from exc
+            raise ValueError(f"it does not decompress: {exc}") from exc
         if out:
             yield out

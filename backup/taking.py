@@ -106,12 +106,15 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
         what = f"changes since backup #{base.id}" if base else "the whole disk"
         step(10, f"copying {what}: {how}")
         copied = Progress(step, 10, 50, 100, "copied (percent of the job)")
-        made = driver.backup_disk(server.domain_name, pool, server.disk_volume, staging, f"panel-{backup.id}",
-                                  base.checkpoint if base else None, tick=lambda f: copied(int(f * 100)))
+        made, checkpointed = driver.backup_disk(server.domain_name, pool, server.disk_volume, staging,
+                                                f"panel-{backup.id}", base.checkpoint if base else None,
+                                                tick=lambda f: copied(int(f * 100)))
         if made == "full" and base:
             step(50, f"backup #{base.id}'s checkpoint is gone (the disk was replaced?): a full backup instead")
             backup.kind, backup.parent = Backup.Kind.FULL, None
-        backup.checkpoint = f"panel-{backup.id}" if running else ""
+        if running and not checkpointed:
+            step(50, "this disk cannot keep a change bitmap (qcow2 v2 image): full backups only")
+        backup.checkpoint = f"panel-{backup.id}" if checkpointed else ""
         backup.file_name = files.image_name(backup)
         step(50, f"sending the image to {target_row.name} as {backup.file_name}"
                  f"{' (zstd)' if backup.compression == 'zstd' else ''}")

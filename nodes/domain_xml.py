@@ -188,6 +188,9 @@ def volume_xml(name: str, capacity_gib: int, fmt: str = "qcow2", backing: str | 
         ET.SubElement(vol, "capacity", unit="GiB").text = str(capacity_gib)
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
+    if fmt == "qcow2":
+        # qcow2 v3: only it can keep the dirty bitmaps of incremental backups (libvirt's default is v2).
+        ET.SubElement(target, "compat").text = "1.1"
     if backing:
         store = ET.SubElement(vol, "backingStore")
         ET.SubElement(store, "path").text = backing

@@ -121,13 +121,13 @@ class FakeDriver(Driver):
             self._pool(pool)[staging] = 1
             self.host.uploads[staging] = self.content(disk_volume)
             if dom["state"] != DomainState.RUNNING:
-                return "full"
+                return "full", False
             known = self.host.checkpoints.setdefault(name, [])
             kind = "incremental" if since and since in known else "full"
             known.append(checkpoint)
         if tick:
             tick(1.0)
-        return kind
+        return kind, True
 
     def checkpoints(self, name: str) -> list[str]:
         with _lock:

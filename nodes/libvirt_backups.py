@@ -54,11 +54,11 @@ class LibvirtBackups:
 
     @reconnecting
     def backup_disk(self, name: str, pool: str, disk_volume: str, staging: str, checkpoint: str,
-                    since: str | None = None, tick: Callable[[float], None] | None = None) -> str:
-        """Copy `disk_volume` of domain `name` into the new volume `staging`; returns "full" or
-        "incremental". An incremental whose checkpoint libvirt no longer has (a reinstall
-        replaced the disk) falls back to a full backup."""
-        lv = self._libvirt
+                    since: str | None = None, tick: Callable[[float], None] | None = None) -> tuple[str, bool]:
+        """Copy `disk_volume` of domain `name` into the new volume `staging`. Returns the kind
+        ("full" or "incremental") and whether `checkpoint` was made. An incremental whose
+        checkpoint is gone (a reinstall replaced the disk) becomes a full backup; a disk that
+        cannot hold bitmaps (a qcow2 v2 image) gets full backups without a checkpoint."""
         self.delete_volume(pool, staging)  # a leftover of a crashed run
         dom = self._require(name)
         if not self._call("state", dom.isActive):
@@ -67,21 +67,23 @@ class LibvirtBackups:
             # createXMLFrom runs qemu-img convert, which reads through the template's backing image.
             self._call("copy volume", self._pool(pool).createXMLFrom,
                        volume_xml(staging, 0, capacity_bytes=capacity), source, 0)
-            return "full"
+            return "full", False
         path = f"{self._pool_path(pool)}/{staging}"
-        kind = "incremental" if since else "full"
-        try:
-            self._call("backup", dom.backupBegin, backup_xml("vda", path, since), checkpoint_xml(checkpoint, "vda"), 0)
-        except DriverError as exc:
-            if not since or exc.retryable:
-                raise
-            # The checkpoint's bitmap is gone (the disk was replaced): start a new chain.
-            self.drop_checkpoints(name, metadata_only=True)
-            self._call("backup", dom.backupBegin, backup_xml("vda", path), checkpoint_xml(checkpoint, "vda"), 0)
-            kind = "full"
+        attempts = [(since, checkpoint)] if since else []
+        attempts += [(None, checkpoint), (None, None)]
+        for number, (base, mark) in enumerate(attempts):
+            try:
+                self._call("backup", dom.backupBegin, backup_xml("vda", path, base),
+                           checkpoint_xml(mark, "vda") if mark else None, 0)
+                break
+            except DriverError as exc:
+                if exc.retryable or number == len(attempts) - 1:
+                    raise
+                if base:  # the checkpoint's bitmap went with a replaced disk: start a new chain
+                    self.drop_checkpoints(name, metadata_only=True)
         self._wait_for_job(dom, tick)
         self._call("refresh pool", self._pool(pool).refresh, 0)
-        return kind
+        return ("incremental" if base else "full"), mark is not None
 
     def _wait_for_job(self, dom, tick) -> None:
         lv = self._libvirt

@@ -176,7 +176,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Two models have a `status`: keep the operations' enum named as before webhooks came.
     "ENUM_NAME_OVERRIDES": {"StatusEnum": "panel.vps.models.Operation.Status",
-                            "DeliveryStatusEnum": "panel.webhooks.models.Delivery.Status"},
+                            "DeliveryStatusEnum": "panel.webhooks.models.Delivery.Status",
+                            "ScopeEnum": "panel.accounts.models.ApiKey.Scope",
+                            "BackupScopeEnum": "backup.models.BackupPlan.Scope",
+                            "BackupStatusEnum": "backup.models.Backup.Status",
+                            "BackupKindEnum": "backup.models.Backup.Kind"},
 }
 
 LOGGING = {

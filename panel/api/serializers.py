@@ -46,8 +46,8 @@ class ServerSerializer(serializers.ModelSerializer):
 class InstallationSerializer(serializers.ModelSerializer):
     """The server's latest install: its recipe's outcome and output."""
 
-    recipe = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    os_template = serializers.SlugRelatedField(source="template", slug_field="slug", read_only=True)
+    recipe = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    os_template = serializers.SlugRelatedField(source="template", slug_field="slug", read_only=True, allow_null=True)
 
     class Meta:
         model = Installation
