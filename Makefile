@@ -57,6 +57,7 @@ benchmarks: venv
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/server_list.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/placement.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/provision.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/backup.py
 
 clean:
 	rm -rf $(VENV) data .cache

@@ -103,9 +103,14 @@ class Bench:
 
     def backup(self, compression: str) -> tuple[float, int]:
         known = {b["id"] for b in self.backups()}
-        t0 = time.time()
-        summary = self.post(f"/api/v1/backup-plans/{self.plans[compression]}/run/", {}, expect=200)["summary"]
-        assert "queued 1" in summary, summary
+        deadline = time.time() + 60
+        while True:  # the previous backup's operation may still be finishing (retention, events)
+            t0 = time.time()
+            summary = self.post(f"/api/v1/backup-plans/{self.plans[compression]}/run/", {}, expect=200)["summary"]
+            if "queued 1" in summary:
+                break
+            assert "in progress" in summary and time.time() < deadline, summary
+            time.sleep(0.05)
         new = wait_for(lambda: next((b for b in self.backups() if b["id"] not in known and b["status"] != "running"),
                                     None), 600, "the backup", interval=0.2)
         assert new["status"] == "done" and new["kind"] == "full", new

@@ -137,7 +137,7 @@ def _remove_domains(instance: str) -> None:
                 continue
             if dom.isActive():
                 dom.destroy()
-            dom.undefine()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
     finally:
         conn.close()
 
@@ -294,3 +294,43 @@ def add_nat_network(panel: LivePanel, cluster_id: int, cidr: str, bridge: str = 
         panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
 
     return remove
+
+
+@contextlib.contextmanager
+def cluster_with_node(panel: LivePanel, test_cluster, name: str, first: str, last: str, **plan_fields):
+    """A cluster `name` with a directory storage, a bridged public network on the nodes' eth1
+    with the pool slice `first`..`last` of 10.77.1.0/24, node 1 of the test cluster installed in
+    it, and a plan of 1 vCPU / 128 MiB / 1 GiB (`plan_fields` add to it). Yields {"node", "plan"};
+    on leaving, its servers, the node, pool, network and cluster are removed."""
+    admin = panel.admin_key
+
+    def post(path, body, expect=201):
+        r = panel.call(admin, "POST", path, json=body)
+        assert r.status_code == expect, r.text
+        return r.json()
+
+    cluster = post("/api/v1/clusters/", {"name": name, "os_family": "apt"})["id"]
+    post("/api/v1/storages/", {"cluster": cluster, "name": "disks", "kind": "dir",
+                               "path": "/var/lib/libvirt/images/panel"})
+    network = post("/api/v1/networks/", {"cluster": cluster, "name": "public", "kind": "bridged", "bridge": "br-pub",
+                                         "interface": "eth1"})["id"]
+    pool = post("/api/v1/ip-pools/", {"name": f"{name}-public", "network": network, "cidr": "10.77.1.0/24",
+                                      "first": first, "last": last, "gateway": "10.77.1.1",
+                                      "quarantine_minutes": 0})["id"]
+    node = test_cluster.node(1)
+    op = post("/api/v1/nodes/", {"cluster": cluster, "name": f"{name}-{node.name}", "address": node.address,
+                                 "ssh_password": node.root_password}, expect=202)
+    op = panel.wait_operation(admin, op["id"], timeout=180)
+    assert op["status"] == "succeeded", op
+    plan = post("/api/v1/plans/", {"name": f"{name}-plan", "vcpus": 1, "ram_mib": 128, "disk_gib": 1,
+                                   **plan_fields})["id"]
+    try:
+        yield {"node": op["node"], "plan": plan}
+    finally:
+        for server in panel.call(admin, "GET", f"/api/v1/servers/?node={op['node']}").json()["results"]:
+            panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
+        assert panel.call(admin, "DELETE", f"/api/v1/nodes/{op['node']}/").status_code == 204
+        panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
+        panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
+        panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
+

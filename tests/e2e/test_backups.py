@@ -2,7 +2,6 @@
 real FTP server on loopback (pyftpdlib), restored after the guest destroyed its own disk; and
 the panel's own backup brought back into a fresh database by `manage.py restore_panel`."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, _mysql, make_tenant, wait_for
+from tests.e2e.conftest import ROOT, _mysql, cluster_with_node, make_tenant, wait_for
 from tests.guest import guest_command, wait_shell
 
 DATA_MIB = (64, 32)  # the guest's data: 32 MiB at 64 MiB into its disk (the installed system is below 8 MiB)
@@ -37,40 +36,15 @@ def ftp_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backup_env(live_panel, test_cluster, ftp_server):
-    panel, admin = live_panel, live_panel.admin_key
-
-    def post(path, body, expect=201):
-        r = panel.call(admin, "POST", path, json=body)
-        assert r.status_code == expect, r.text
-        return r.json()
-
-    cluster = post("/api/v1/clusters/", {"name": "backups", "os_family": "apt"})["id"]
-    post("/api/v1/storages/", {"cluster": cluster, "name": "disks", "kind": "dir",
-                               "path": "/var/lib/libvirt/images/panel"})
-    network = post("/api/v1/networks/", {"cluster": cluster, "name": "public", "kind": "bridged", "bridge": "br-pub",
-                                         "interface": "eth1"})["id"]
-    pool = post("/api/v1/ip-pools/", {"name": "backup-public", "network": network, "cidr": "10.77.1.0/24",
-                                      "first": "10.77.1.120", "last": "10.77.1.139", "gateway": "10.77.1.1",
-                                      "quarantine_minutes": 0})["id"]
-    node = test_cluster.node(1)
-    op = post("/api/v1/nodes/", {"cluster": cluster, "name": f"backup-{node.name}", "address": node.address,
-                                 "ssh_password": node.root_password}, expect=202)
-    op = panel.wait_operation(admin, op["id"], timeout=180)
-    assert op["status"] == "succeeded", op
-    plan = post("/api/v1/plans/", {"name": "backup-plan", "vcpus": 1, "ram_mib": 128, "disk_gib": 1,
-                                   "backups": 3})["id"]
-    target = post("/api/v1/backup-targets/", {"name": "loopback-ftp", "kind": "ftp", "host": "127.0.0.1",
-                                              "port": ftp_server["port"], "username": "backup",
-                                              "password": "ftp-secret-1", "path": "vps"})
-    assert "password" not in target and not target["check_error"]
-    yield {"node": op["node"], "plan": plan, "target": target["id"], "tenant": make_tenant(panel, "backup"),
-           "other": make_tenant(panel, "backup-other")}
-    for server in panel.call(admin, "GET", f"/api/v1/servers/?node={op['node']}").json()["results"]:
-        panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
-    assert panel.call(admin, "DELETE", f"/api/v1/nodes/{op['node']}/").status_code == 204
-    panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
-    panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
-    panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
+    panel = live_panel
+    with cluster_with_node(panel, test_cluster, "backups", "10.77.1.120", "10.77.1.139", backups=3) as env:
+        r = panel.call(panel.admin_key, "POST", "/api/v1/backup-targets/", json={
+            "name": "loopback-ftp", "kind": "ftp", "host": "127.0.0.1", "port": ftp_server["port"],
+            "username": "backup", "password": "ftp-secret-1", "path": "vps"})
+        assert r.status_code == 201, r.text
+        assert "password" not in r.json() and not r.json()["check_error"]
+        yield {**env, "target": r.json()["id"], "tenant": make_tenant(panel, "backup"),
+               "other": make_tenant(panel, "backup-other")}
 
 
 class Guest:

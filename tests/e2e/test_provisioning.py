@@ -17,7 +17,7 @@ import pytest
 import requests
 from passlib.hash import sha512_crypt
 
-from tests.e2e.conftest import make_tenant, panel_db_rows, wait_for
+from tests.e2e.conftest import cluster_with_node, make_tenant, panel_db_rows, wait_for
 from tests.guest import guest_command, wait_shell
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ0ZXN0a2V5Zm9ycHJvdmlzaW9uaW5nAAAA e2e@test"
@@ -25,34 +25,8 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ0ZXN0a2V5Zm9ycHJvdmlzaW9uaW5nAAAA 
 
 @pytest.fixture(scope="module")
 def prov(live_panel, test_cluster):
-    panel, admin = live_panel, live_panel.admin_key
-
-    def post(path, body, expect=201):
-        r = panel.call(admin, "POST", path, json=body)
-        assert r.status_code == expect, r.text
-        return r.json()
-
-    cluster = post("/api/v1/clusters/", {"name": "prov", "os_family": "apt"})["id"]
-    post("/api/v1/storages/", {"cluster": cluster, "name": "disks", "kind": "dir",
-                               "path": "/var/lib/libvirt/images/panel"})
-    network = post("/api/v1/networks/", {"cluster": cluster, "name": "public", "kind": "bridged", "bridge": "br-pub",
-                                         "interface": "eth1"})["id"]
-    pool = post("/api/v1/ip-pools/", {"name": "prov-public", "network": network, "cidr": "10.77.1.0/24",
-                                      "first": "10.77.1.60", "last": "10.77.1.79", "gateway": "10.77.1.1",
-                                      "quarantine_minutes": 0})["id"]
-    node = test_cluster.node(1)
-    op = post("/api/v1/nodes/", {"cluster": cluster, "name": f"prov-{node.name}", "address": node.address,
-                                 "ssh_password": node.root_password}, expect=202)
-    op = panel.wait_operation(admin, op["id"], timeout=180)
-    assert op["status"] == "succeeded", op
-    plan = post("/api/v1/plans/", {"name": "prov-plan", "vcpus": 1, "ram_mib": 128, "disk_gib": 1})["id"]
-    yield {"node": op["node"], "plan": plan, "tenant": make_tenant(panel, "prov")}
-    for server in panel.call(admin, "GET", f"/api/v1/servers/?node={op['node']}").json()["results"]:
-        panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
-    assert panel.call(admin, "DELETE", f"/api/v1/nodes/{op['node']}/").status_code == 204
-    panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
-    panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
-    panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
+    with cluster_with_node(live_panel, test_cluster, "prov", "10.77.1.60", "10.77.1.79") as env:
+        yield {**env, "tenant": make_tenant(live_panel, "prov")}
 
 
 class Guest:

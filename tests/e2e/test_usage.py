@@ -7,7 +7,7 @@ kernel lacks tc's sfq, so libvirt cannot apply <bandwidth> here.)
 
 import pytest
 
-from tests.e2e.conftest import make_tenant
+from tests.e2e.conftest import cluster_with_node, make_tenant
 from tests.guest import guest_command, wait_shell
 
 PING = 1400  # payload bytes of each echo request (and of its reply)
@@ -15,36 +15,8 @@ PING = 1400  # payload bytes of each echo request (and of its reply)
 
 @pytest.fixture(scope="module")
 def usage_env(live_panel, test_cluster):
-    panel, admin = live_panel, live_panel.admin_key
-
-    def post(path, body, expect=201):
-        r = panel.call(admin, "POST", path, json=body)
-        assert r.status_code == expect, r.text
-        return r.json()
-
-    cluster = post("/api/v1/clusters/", {"name": "usage", "os_family": "apt"})["id"]
-    post("/api/v1/storages/", {"cluster": cluster, "name": "disks", "kind": "dir",
-                               "path": "/var/lib/libvirt/images/panel"})
-    network = post("/api/v1/networks/", {"cluster": cluster, "name": "public", "kind": "bridged", "bridge": "br-pub",
-                                         "interface": "eth1"})["id"]
-    pool = post("/api/v1/ip-pools/", {"name": "usage-public", "network": network, "cidr": "10.77.1.0/24",
-                                      "first": "10.77.1.80", "last": "10.77.1.99", "gateway": "10.77.1.1",
-                                      "quarantine_minutes": 0})["id"]
-    node = test_cluster.node(1)
-    op = post("/api/v1/nodes/", {"cluster": cluster, "name": f"usage-{node.name}", "address": node.address,
-                                 "ssh_password": node.root_password}, expect=202)
-    op = panel.wait_operation(admin, op["id"], timeout=180)
-    assert op["status"] == "succeeded", op
-    plan = post("/api/v1/plans/", {"name": "usage-plan", "vcpus": 1, "ram_mib": 128, "disk_gib": 1,
-                                   "traffic_gib": 10})["id"]
-    yield {"node": op["node"], "plan": plan, "tenant": make_tenant(panel, "usage"),
-           "other": make_tenant(panel, "usage-other")}
-    for server in panel.call(admin, "GET", f"/api/v1/servers/?node={op['node']}").json()["results"]:
-        panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
-    assert panel.call(admin, "DELETE", f"/api/v1/nodes/{op['node']}/").status_code == 204
-    panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
-    panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
-    panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
+    with cluster_with_node(live_panel, test_cluster, "usage", "10.77.1.80", "10.77.1.99", traffic_gib=10) as env:
+        yield {**env, "tenant": make_tenant(live_panel, "usage"), "other": make_tenant(live_panel, "usage-other")}
 
 
 class Guest:
