@@ -319,6 +319,10 @@ def _migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
         step(15, f"preparing storage {server.storage.name} on {dest}")
         dest_driver.ensure_pool(server.storage.pool_name, server.storage.path)
         spec = domain_spec(server, node=dest)
+        if driver.checkpoints(server.domain_name):
+            # Backup checkpoints stay with the source's libvirt: the next backup is a full one.
+            driver.drop_checkpoints(server.domain_name)
+            step(25, "backup checkpoints dropped: the next backup after the move is a full one")
         if live:
             step(30, f"live migration to {dest}")
             driver.migrate(server.domain_name, dest_driver, dest.address or "127.0.0.1", spec.to_xml(),
