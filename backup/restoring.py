@@ -64,8 +64,6 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
 
 def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> None:
     """Copy one backup file from the target into a staging volume, verifying its checksum."""
-    from backup.targets import TargetError
-
     size = target.size(backup.file_name)
     if size is None:
         raise BackupFailed(f"backup #{backup.id}'s file {backup.file_name} is missing on {backup.target.name}: "
@@ -78,11 +76,13 @@ def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> No
         with target.reader(backup.file_name) as stream:
             driver.write_volume(pool, volume, files.fetch(stream.read, backup.compression, checked),
                                 backup.manifest["image"]["bytes"])
-    except (ValueError, DriverError) as exc:
-        if checked.size and checked.sha256 != backup.sha256 or isinstance(exc, ValueError):
+    except ValueError as exc:  # zstd refused the bytes
+        raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
+    except DriverError as exc:
+        # The whole file came and differs (e.g. it unpacks to another size): damaged. Otherwise
+        # the transfer itself broke off, and it says why.
+        if checked.size == backup.size_bytes and checked.sha256 != backup.sha256:
             raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
-        raise
-    except TargetError:
         raise
     if checked.sha256 != backup.sha256:
         raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum (sha256 {checked.sha256[:16]}… "

@@ -14,13 +14,7 @@ from panel.accounts.tenancy import SYSTEM
 from panel.api.models import Event
 from panel.vps import lifecycle
 from panel.vps.models import Operation
-
-
-@pytest.fixture
-def target(db, tmp_path):
-    folder = tmp_path / "backups"
-    folder.mkdir()
-    return BackupTarget.objects.create(name="local", kind="dir", path=str(folder))
+from tests.backup_fixtures import target  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -219,8 +213,9 @@ def test_a_backup_restores_as_a_new_server_with_new_addresses(server, target, wo
     driver = disk_of(server)
     driver.set_content(server.disk_volume, b"clone me")
     _op, backup = back_up(server, target)
-    admin = lifecycle.Actor(user=world.admin, api_key=None, customer_id=None, is_admin=True) \
-        if hasattr(lifecycle, "Actor") else SYSTEM
+    from panel.accounts.tenancy import Actor
+
+    admin = Actor(user=world.admin, api_key=None, customer_id=None, is_admin=True)
     new, op = actions.restore_as_new_server(admin, backup.id, hostname="alice-clone")
     op.refresh_from_db()
     new.refresh_from_db()
@@ -250,3 +245,24 @@ def test_the_panel_backs_itself_up_to_a_target(world, target):
     data = (target_path(target) / backup.file_name).read_bytes()
     assert hashlib.sha256(data).hexdigest() == backup.sha256
     assert b"Alice Ltd" not in data  # encrypted
+
+
+def test_a_transfer_that_breaks_off_is_not_called_damage(server, target, monkeypatch):
+    import os
+
+    from nodes.driver import DriverError
+    from nodes.fake import FakeDriver
+
+    driver = disk_of(server)
+    driver.set_content(server.disk_volume, os.urandom(10 * 2**20))  # several chunks, incompressible
+    _op, backup = back_up(server, target)
+    driver.set_content(server.disk_volume, b"current")
+
+    def breaks_off(self, pool, name, chunks, size):
+        next(iter(chunks))  # the first chunk arrives, then the node goes away
+        raise DriverError("the node went away", retryable=True)
+
+    monkeypatch.setattr(FakeDriver, "write_volume", breaks_off)
+    op = restore(server, backup)
+    assert op.status == "failed" and "went away" in op.error and "damaged" not in op.error
+    assert driver.content(server.disk_volume) == b"current"
