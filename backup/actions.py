@@ -139,3 +139,17 @@ def request_panel_backup(actor: Actor, target: BackupTarget, plan: BackupPlan | 
     audit.record(actor, "panel.backup", None, operation=op.id, target=target.name)
     lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
     return op
+
+
+def save_checked(save) -> BackupTarget:
+    """Save a target with `save()` and check it; one that fails its check is not kept: the
+    save is rolled back and Refused says why (the API and the UI's forms alike)."""
+    from backup.targets import check_target
+
+    with transaction.atomic():
+        target = save()
+        error = check_target(target)
+        if error:
+            raise Refused(_("The target failed its check: %(error)s") % {"error": error}, "target_check_failed", 400)
+    return target
+

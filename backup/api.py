@@ -1,11 +1,9 @@
 """API v1 for backups: a server's backup, restore and backups; targets, plans, the backups list
 and the panel's own backup (admins). Every request goes through backup.actions."""
 
-from collections.abc import Callable
 
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -122,19 +120,6 @@ class BackupTargetSerializer(serializers.ModelSerializer):
         return super().update(instance, validated_data)
 
 
-def save_checked(save: Callable[[], BackupTarget]) -> BackupTarget:
-    """Save a target with `save()` and check it; one that fails its check is not kept: the
-    save is rolled back and Refused says why (the UI's forms use this too)."""
-    from backup.targets import check_target
-
-    with transaction.atomic():
-        target = save()
-        error = check_target(target)
-        if error:
-            raise Refused(_("The target failed its check: %(error)s") % {"error": error}, "target_check_failed", 400)
-    return target
-
-
 class BackupTargetViewSet(AuditedModelViewSet):
     """Backup targets (admins): saved only when their check (write, read, delete a file) passes."""
 
@@ -145,11 +130,11 @@ class BackupTargetViewSet(AuditedModelViewSet):
     filterset_fields = ["kind", "enabled"]
 
     def perform_create(self, serializer):
-        target = save_checked(serializer.save)
+        target = actions.save_checked(serializer.save)
         self.audit("backup_target.create", target, name=target.name, kind=target.kind)
 
     def perform_update(self, serializer):
-        target = save_checked(serializer.save)
+        target = actions.save_checked(serializer.save)
         self.audit("backup_target.update", target, fields=sorted(serializer.validated_data))  # no password
 
     def perform_destroy(self, instance):

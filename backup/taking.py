@@ -40,15 +40,14 @@ def _target(row: BackupTarget):
         raise BackupFailed(f"the target {row.name}: {exc}") from exc
 
 
-def _chain_start(server: VirtualServer, target: BackupTarget, full_every: int, driver: Driver) -> Backup | None:
+def _chain_start(server: VirtualServer, target: BackupTarget, full_every: int, driver: Driver,
+                 running: bool) -> Backup | None:
     """The backup to build an incremental on, or None for a full one: the server's last
-    finished backup on this target, if its checkpoint is still on the domain and the chain
-    is shorter than `full_every`."""
+    finished backup on this target, if the server runs, that backup's checkpoint is still on
+    the domain and the chain is shorter than `full_every`."""
     last = Backup.objects.filter(server_uuid=server.uuid, target=target, status=Backup.Status.DONE) \
         .exclude(kind=Backup.Kind.PANEL).order_by("-id").first()
-    if last is None or not last.checkpoint or len(last.chain()) >= full_every:
-        return None
-    if driver.state(server.domain_name) != DomainState.RUNNING:
+    if not running or last is None or not last.checkpoint or len(last.chain()) >= full_every:
         return None
     return last if last.checkpoint in driver.checkpoints(server.domain_name) else None
 
@@ -67,18 +66,20 @@ def describe(server: VirtualServer) -> dict:
 
 
 class Progress:
-    """Operation progress from a byte count, written at most every few seconds."""
+    """Operation progress from the share done of a part of the work (`low`..`high` percent),
+    written at most every few seconds. `done` and `total` are bytes, or percent with `percent`."""
 
-    def __init__(self, step, low: int, high: int, total: int, what: str):
+    def __init__(self, step, low: int, high: int, total: int, what: str, percent: bool = False):
         self.step, self.low, self.high, self.total, self.what = step, low, high, max(total, 1), what
-        self.said = 0.0
+        self.percent, self.said = percent, 0.0
 
     def __call__(self, done: int) -> None:
         now = time.monotonic()
         if now - self.said >= 2:
             self.said = now
-            percent = self.low + (self.high - self.low) * min(done / self.total, 1)
-            self.step(int(percent), f"{self.what}: {done / 2**20:.0f} of {self.total / 2**20:.0f} MiB")
+            share = min(done / self.total, 1)
+            amount = f"{share:.0%}" if self.percent else f"{done / 2**20:.0f} of {self.total / 2**20:.0f} MiB"
+            self.step(int(self.low + (self.high - self.low) * share), f"{self.what}: {amount}")
 
 
 def take(step, server: VirtualServer, driver: Driver) -> None:
@@ -92,7 +93,8 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     step(8, f"checking the target {target_row.name}")
     target = _target(target_row)
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
-    base = _chain_start(server, target_row, full_every, driver)
+    running = driver.state(server.domain_name) == DomainState.RUNNING
+    base = _chain_start(server, target_row, full_every, driver, running)
     backup = Backup.objects.create(
         server=server, server_uuid=server.uuid, hostname=server.hostname, customer_id=server.customer_id,
         target=target_row, plan=plan, parent=base, operation=op,
@@ -100,12 +102,11 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
         compression=plan.compression if plan else BackupPlan.Compression.ZSTD)
     op.params["backup_id"] = backup.id
     pool, staging = server.storage.pool_name, f"{server.domain_name}-backup-{backup.id}.qcow2"
-    running = driver.state(server.domain_name) == DomainState.RUNNING
     try:
         how = "the running disk through libvirt's backup job" if running else "the stopped disk"
         what = f"changes since backup #{base.id}" if base else "the whole disk"
         step(10, f"copying {what}: {how}")
-        copied = Progress(step, 10, 50, 100, "copied (percent of the job)")
+        copied = Progress(step, 10, 50, 100, "copied", percent=True)
         made, checkpointed = driver.backup_disk(server.domain_name, pool, server.disk_volume, staging,
                                                 f"panel-{backup.id}", base.checkpoint if base else None,
                                                 tick=lambda f: copied(int(f * 100)))

@@ -7,25 +7,14 @@ from django.test import Client
 from backup.models import Backup, BackupPlan, BackupTarget
 from panel.vps.models import Operation
 
+from tests.backup_fixtures import queued_server, target  # noqa: F401 (fixtures)
+
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def server(world, alice_server, monkeypatch):
-    """Alice's running server on a plan with 3 backups; from here on operations stay queued."""
-    from panel.vps import lifecycle
-
-    world.plan.backups = 3
-    world.plan.save()
-    monkeypatch.setattr(lifecycle, "enqueue", lambda op_id: None)
-    return alice_server
-
-
-@pytest.fixture
-def target(tmp_path):
-    folder = tmp_path / "backups"
-    folder.mkdir()
-    return BackupTarget.objects.create(name="disk", kind="dir", path=str(folder))
+def server(queued_server):
+    return queued_server
 
 
 @pytest.fixture

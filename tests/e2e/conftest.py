@@ -334,3 +334,26 @@ def cluster_with_node(panel: LivePanel, test_cluster, name: str, first: str, las
         panel.call(admin, "DELETE", f"/api/v1/networks/{network}/")
         panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
 
+
+class ClusterGuest:
+    """A server's guest on node 1 of the test cluster: its serial log, and commands typed into
+    its shell (tests/guest.py)."""
+
+    READY_TIMEOUT = 90  # seconds for the shell to answer at all
+    COMMAND_TIMEOUT = 40
+
+    def __init__(self, cluster, server: dict):
+        self.name = "vps-" + server["uuid"].replace("-", "")[:12]
+        self.run = lambda argv, **kw: cluster.run(1, argv, **kw)
+
+    def log(self) -> str:
+        return self.run(["cat", f"/var/log/libvirt/qemu/{self.name}-serial.log"]).stdout
+
+    def sh(self, command: str, timeout: float | None = None) -> str:
+        from tests.guest import guest_command, wait_shell
+
+        wait_shell(self.run, self.name, self.log, timeout=self.READY_TIMEOUT)
+        code, out = guest_command(self.run, self.name, self.log, command, timeout=timeout or self.COMMAND_TIMEOUT)
+        assert code == 0, out
+        return out
+

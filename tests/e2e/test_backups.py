@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, _mysql, cluster_with_node, make_tenant, wait_for
-from tests.guest import guest_command, wait_shell
+from tests.e2e.conftest import ROOT, ClusterGuest, _mysql, cluster_with_node, make_tenant, wait_for
 
 DATA_MIB = (64, 32)  # the guest's data: 32 MiB at 64 MiB into its disk (the installed system is below 8 MiB)
 
@@ -47,19 +46,8 @@ def backup_env(live_panel, test_cluster, ftp_server):
                "other": make_tenant(panel, "backup-other")}
 
 
-class Guest:
-    def __init__(self, cluster, server: dict):
-        self.name = "vps-" + server["uuid"].replace("-", "")[:12]
-        self.run = lambda argv, **kw: cluster.run(1, argv, **kw)
-
-    def log(self) -> str:
-        return self.run(["cat", f"/var/log/libvirt/qemu/{self.name}-serial.log"]).stdout
-
-    def sh(self, command: str, timeout: float = 60) -> str:
-        wait_shell(self.run, self.name, self.log, timeout=120)
-        code, out = guest_command(self.run, self.name, self.log, command, timeout=timeout)
-        assert code == 0, out
-        return out.strip()
+class Guest(ClusterGuest):
+    READY_TIMEOUT, COMMAND_TIMEOUT = 120, 60
 
     def data_md5(self) -> str:
         start, count = DATA_MIB

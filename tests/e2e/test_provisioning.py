@@ -17,8 +17,7 @@ import pytest
 import requests
 from passlib.hash import sha512_crypt
 
-from tests.e2e.conftest import cluster_with_node, make_tenant, panel_db_rows, wait_for
-from tests.guest import guest_command, wait_shell
+from tests.e2e.conftest import ClusterGuest, cluster_with_node, make_tenant, panel_db_rows, wait_for
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ0ZXN0a2V5Zm9ycHJvdmlzaW9uaW5nAAAA e2e@test"
 
@@ -29,19 +28,8 @@ def prov(live_panel, test_cluster):
         yield {**env, "tenant": make_tenant(live_panel, "prov")}
 
 
-class Guest:
-    def __init__(self, cluster, server: dict):
-        self.name = "vps-" + server["uuid"].replace("-", "")[:12]
-        self.run = lambda argv, **kw: cluster.run(1, argv, **kw)
-
-    def log(self) -> str:
-        return self.run(["cat", f"/var/log/libvirt/qemu/{self.name}-serial.log"]).stdout
-
-    def sh(self, command: str) -> str:
-        wait_shell(self.run, self.name, self.log, timeout=60)
-        code, out = guest_command(self.run, self.name, self.log, command, timeout=40)
-        assert code == 0, out
-        return out
+class Guest(ClusterGuest):
+    READY_TIMEOUT = 60
 
     def config_urls(self) -> list[str]:
         """The one-time URLs the installer got, from QEMU's command lines in the node's log."""

@@ -7,8 +7,7 @@ kernel lacks tc's sfq, so libvirt cannot apply <bandwidth> here.)
 
 import pytest
 
-from tests.e2e.conftest import cluster_with_node, make_tenant
-from tests.guest import guest_command, wait_shell
+from tests.e2e.conftest import ClusterGuest, cluster_with_node, make_tenant
 
 PING = 1400  # payload bytes of each echo request (and of its reply)
 
@@ -17,21 +16,6 @@ PING = 1400  # payload bytes of each echo request (and of its reply)
 def usage_env(live_panel, test_cluster):
     with cluster_with_node(live_panel, test_cluster, "usage", "10.77.1.80", "10.77.1.99", traffic_gib=10) as env:
         yield {**env, "tenant": make_tenant(live_panel, "usage"), "other": make_tenant(live_panel, "usage-other")}
-
-
-class Guest:
-    def __init__(self, cluster, server: dict):
-        self.name = "vps-" + server["uuid"].replace("-", "")[:12]
-        self.run = lambda argv, **kw: cluster.run(1, argv, **kw)
-
-    def log(self) -> str:
-        return self.run(["cat", f"/var/log/libvirt/qemu/{self.name}-serial.log"]).stdout
-
-    def sh(self, command: str, timeout: float = 40) -> str:
-        wait_shell(self.run, self.name, self.log, timeout=90)
-        code, out = guest_command(self.run, self.name, self.log, command, timeout=timeout)
-        assert code == 0, out
-        return out
 
 
 def test_traffic_is_counted_and_a_reboot_loses_none_of_it(live_panel, test_cluster, usage_env):
@@ -44,7 +28,7 @@ def test_traffic_is_counted_and_a_reboot_loses_none_of_it(live_panel, test_clust
     assert op["status"] == "succeeded", op
     server = panel.call(tenant.key, "GET", f"/api/v1/servers/{op['server']}/").json()
     url = f"/api/v1/servers/{server['id']}/usage/"
-    guest = Guest(test_cluster, server)
+    guest = ClusterGuest(test_cluster, server)
 
     def traffic() -> int:
         r = panel.call(tenant.key, "GET", url)

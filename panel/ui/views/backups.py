@@ -14,7 +14,6 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from backup import actions
-from backup.api import save_checked
 from backup.models import Backup, BackupPlan, BackupTarget
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
@@ -84,7 +83,7 @@ def _edit_target(request, target: BackupTarget | None):
     form = BackupTargetForm(request.POST or None, instance=target)
     if request.method == "POST" and form.is_valid():  # is_valid runs the model's clean()
         try:
-            saved = save_checked(form.save)
+            saved = actions.save_checked(form.save)
         except Refused as refused:
             form.add_error(None, refused.message)
         else:
