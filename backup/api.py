@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from backup import actions
 from backup.models import Backup, BackupPlan, BackupTarget
 from nodes.models import Node
+from nodes.ssh import fingerprint
 from panel.api import serializers as s
 from panel.api.permissions import IsAdmin, actor
 from panel.api.views import AuditedModelViewSet, PanelViewSet, accepted
@@ -91,13 +92,21 @@ class ServerBackupViewSet(PanelViewSet):
 class BackupTargetSerializer(serializers.ModelSerializer):
     password = serializers.CharField(write_only=True, required=False, allow_blank=True, max_length=200,
                                      trim_whitespace=False, style={"input_type": "password"},
-                                     help_text="FTP only; never shown; blank on an update keeps the stored one")
+                                     help_text="SFTP/FTP only; never shown; blank on an update keeps the stored "
+                                               "one; SFTP without one logs in with the panel's key")
+    host_key = serializers.CharField(required=False, allow_blank=True, max_length=0,
+                                     help_text="SFTP: the host key pinned at the first check; only \"\" may be "
+                                               "written, to accept a changed key at the next check")
+    host_key_fingerprint = serializers.SerializerMethodField(help_text="SFTP: the pinned key's SHA256 fingerprint")
 
     class Meta:
         model = BackupTarget
-        fields = ["id", "name", "kind", "path", "host", "port", "username", "password", "enabled", "checked_at",
-                  "check_error", "free_bytes", "created_at"]
+        fields = ["id", "name", "kind", "path", "host", "port", "username", "password", "host_key",
+                  "host_key_fingerprint", "enabled", "checked_at", "check_error", "free_bytes", "created_at"]
         read_only_fields = ["checked_at", "check_error", "free_bytes", "created_at"]
+
+    def get_host_key_fingerprint(self, target) -> str:
+        return fingerprint(target.host_key) if target.host_key else ""
 
     def validate(self, attrs):
         probe = BackupTarget()

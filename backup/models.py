@@ -10,22 +10,27 @@ from panel.vps.models import Operation, Plan, VirtualServer
 
 
 class BackupTarget(models.Model):
-    """A place that stores backup files: a folder on the panel's host (mount a backup disk or
-    share there) or an FTP/FTPS server. The password is stored encrypted."""
+    """A place that stores backup files: a folder on the panel's host, the same folder on every
+    node (a local disk or a share mounted there), a backup host over SSH (SFTP) or an FTP/FTPS
+    server. The password is stored encrypted."""
 
     class Kind(models.TextChoices):
         DIR = "dir", _("Folder on the panel's host")
+        NODE = "node", _("Folder on the server's node")
+        SFTP = "sftp", _("Backup host over SSH (SFTP)")
         FTP = "ftp", _("FTP")
         FTPS = "ftps", _("FTP over TLS (explicit FTPS)")
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.DIR)
-    # dir: an absolute folder; ftp/ftps: the folder on the server ("" = the login's home)
+    # dir/node: an absolute folder; sftp/ftp/ftps: the folder on the server ("" = the login's home)
     path = models.CharField(max_length=500, blank=True)
     host = models.CharField(max_length=253, blank=True)
     port = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(65535)])
     username = models.CharField(max_length=200, blank=True)
     password = models.CharField(max_length=500, blank=True, editable=False)  # encrypted (panel.crypto)
+    # sftp: the host key pinned at the first check ("<type> <base64>"); another key is refused.
+    host_key = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     # The last check (on save, and before every run): writable, and the free space if known.
     checked_at = models.DateTimeField(null=True, blank=True)
@@ -40,12 +45,11 @@ class BackupTarget(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if self.kind == self.Kind.DIR:
+        if self.kind in (self.Kind.DIR, self.Kind.NODE):
             if not self.path.startswith("/"):
                 raise ValidationError({"path": _("A folder target needs an absolute path.")})
-        else:
-            if not self.host:
-                raise ValidationError({"host": _("An FTP target needs a host.")})
+        elif not self.host:
+            raise ValidationError({"host": _("An SFTP or FTP target needs a host.")})
         if "\n" in self.path or "\r" in self.path:
             raise ValidationError({"path": _("The path cannot contain line breaks.")})
 
@@ -94,6 +98,9 @@ class BackupPlan(models.Model):
         error = check_cron(self.schedule)
         if error:
             raise ValidationError({"schedule": error})
+        if self.scope == self.Scope.PANEL and self.target_id and self.target.kind == BackupTarget.Kind.NODE:
+            raise ValidationError({"target": _("The panel's backups need a target off the nodes: a folder on the "
+                                               "panel's host, SFTP or FTP.")})
 
     def servers_in_scope(self):
         """The servers this plan backs up now (none for a panel plan)."""
@@ -140,7 +147,10 @@ class Backup(models.Model):
     file_name = models.CharField(max_length=500, blank=True)  # relative to the target
     compression = models.CharField(max_length=8, choices=BackupPlan.Compression.choices, default="none")
     size_bytes = models.BigIntegerField(default=0)  # stored bytes
-    sha256 = models.CharField(max_length=64, blank=True)  # of the stored file
+    # Of the stored file, "<algorithm>:<hex>": blake3 (sha256 in backups made before it).
+    checksum = models.CharField(max_length=80, blank=True)
+    # node targets: the node whose folder holds the file.
+    node = models.ForeignKey("nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     manifest = models.JSONField(default=dict, blank=True)
     operation = models.ForeignKey(Operation, null=True, blank=True, on_delete=models.SET_NULL, related_name="backups")
     error = models.TextField(blank=True)

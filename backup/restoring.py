@@ -19,7 +19,7 @@ S = ServerState
 def restore(step, server: VirtualServer, driver: Driver) -> None:
     """The `restore` operation: params `backup` (the restore point) and `new_server` (the server
     was just placed for it, with no disk yet)."""
-    from backup.targets import TargetError, target_for
+    from backup.targets import TargetError
     from panel.vps.tasks import _set_state, domain_spec
 
     op = step.op
@@ -32,15 +32,17 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
     pool, name = server.storage.pool_name, server.domain_name
     staged, assembled = [], f"{name}-restored.qcow2"
     new_server = op.params.get("new_server", False)
-    target = target_for(backup.target)
+    targets = {}
     try:
         if new_server:
             driver.ensure_pool(pool, server.storage.path)
         for index, link in enumerate(chain):
             step(10 + 40 * index // len(chain), f"fetching {link.kind} backup #{link.id} "
-                 f"({link.size_bytes / 2**20:.1f} MiB) from {backup.target.name} and checking its sha256")
+                 f"({link.size_bytes / 2**20:.1f} MiB) from {backup.target.name} and checking its checksum")
             staged.append(f"{name}-restore-{index}.qcow2")
-            _fetch(driver, target, link, pool, staged[-1])
+            if link.node_id not in targets:
+                targets[link.node_id] = _source(link)
+            _fetch(driver, targets[link.node_id], link, pool, staged[-1])
         step(55, f"all {len(chain)} file(s) match their checksums; the node checks and assembles the image")
         driver.assemble_disk(pool, staged, assembled)
         if not new_server:
@@ -58,8 +60,19 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
     finally:
         for volume in [*staged, assembled]:
             driver.delete_volume(pool, volume)
-        target.close()
+        for target in targets.values():
+            target.close()
     _set_state(server, S.RUNNING, error="")
+
+
+def _source(link: Backup):
+    """Where a backup's file is: its target (for a node folder, on the node that took it)."""
+    from backup.targets import target_for
+
+    if link.target.kind == link.target.Kind.NODE and link.node is None:
+        raise BackupFailed(f"backup #{link.id} was kept on a node that is no longer in the panel: "
+                           "nothing was overwritten")
+    return target_for(link.target, node=link.node)
 
 
 def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> None:
@@ -71,7 +84,7 @@ def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> No
     if size != backup.size_bytes:
         raise BackupFailed(f"backup #{backup.id}'s file has {size} bytes, {backup.size_bytes} were stored: "
                            "it is damaged; nothing was overwritten")
-    checked = files.Counted()
+    checked = files.Counted.like(backup.checksum)
     try:
         with target.reader(backup.file_name) as stream:
             driver.write_volume(pool, volume, files.fetch(stream.read, backup.compression, checked),
@@ -81,9 +94,9 @@ def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> No
     except DriverError as exc:
         # The whole file came and differs (e.g. it unpacks to another size): damaged. Otherwise
         # the transfer itself broke off, and it says why.
-        if checked.size == backup.size_bytes and checked.sha256 != backup.sha256:
+        if checked.size == backup.size_bytes and checked.checksum != backup.checksum:
             raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
         raise
-    if checked.sha256 != backup.sha256:
-        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum (sha256 {checked.sha256[:16]}… "
-                           f"instead of {backup.sha256[:16]}…): it is damaged; nothing was overwritten")
+    if checked.checksum != backup.checksum:
+        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum ({checked.checksum[:23]}… "
+                           f"instead of {backup.checksum[:23]}…): it is damaged; nothing was overwritten")

@@ -66,11 +66,15 @@ def delete_backups(backups: list[Backup]) -> list[int]:
     from backup.targets import TargetError, target_for
 
     deleted = []
-    by_target: dict[int, list[Backup]] = {}
+    by_target: dict[tuple[int, int | None], list[Backup]] = {}
     for backup in sorted(backups, key=lambda b: -b.id):
-        by_target.setdefault(backup.target_id, []).append(backup)
+        by_target.setdefault((backup.target_id, backup.node_id), []).append(backup)
     for batch in by_target.values():
-        target = target_for(batch[0].target)
+        try:
+            target = target_for(batch[0].target, node=batch[0].node)
+        except ValueError:  # a node folder on a node that was removed from the panel
+            log.warning("backups %s: their node is gone; forgetting them", [b.id for b in batch])
+            target = _Gone()
         try:
             for backup in batch:
                 if backup.children.exists():
@@ -82,11 +86,21 @@ def delete_backups(backups: list[Backup]) -> list[int]:
                 except TargetError as exc:
                     log.warning("backup %s: its file could not be deleted: %s", backup.id, exc)
                     continue
+                deleted.append(backup.id)  # before delete(), which clears it
                 backup.delete()
-                deleted.append(backup.id)
         finally:
             target.close()
     return sorted(deleted)
+
+
+class _Gone:
+    """The target of files nobody can reach any more: deleting them succeeds."""
+
+    def delete(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def delete_server_backups(server) -> list[int]:

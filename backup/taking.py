@@ -1,9 +1,12 @@
 """Taking backups: a server's disk (full or incremental) and the panel's own state.
 
-A server backup runs in three steps: the node copies the disk as it is at one instant into a
-staging volume (libvirt's backup job, see nodes/libvirt_backups.py); the panel streams that
-volume to the target, compressing and checksumming it; the manifest (checksum, the chain,
-the server's definition) is written beside it. Then older backups are pruned (retention.py).
+A server backup runs in three steps: the node copies the disk as it is at one instant
+(libvirt's backup job, see nodes/libvirt_backups.py); the image reaches the target with its
+checksum; the manifest (checksum, the chain, the server's definition) is written beside it.
+Then older backups are pruned (retention.py). The image reaches the target one of two ways:
+a folder on the server's node takes it straight from the job, and the node checksums it
+there (one pass, nothing crosses the network); for every other target the job writes a
+staging volume that the panel streams to the target, compressing and checksumming on the way.
 A failure anywhere leaves no file on the target and a failed Backup row with the reason.
 """
 
@@ -28,9 +31,16 @@ class BackupFailed(DriverError):
     """A backup or restore that cannot go on; the message says why, for the admin."""
 
 
-def _target(row: BackupTarget):
+def _target(row: BackupTarget, server: VirtualServer | None, driver: Driver | None):
     from backup.targets import TargetError, check_target, target_for
 
+    if row.kind == BackupTarget.Kind.NODE:  # only this server's node matters
+        target = target_for(row, node=server.node, driver=driver)
+        try:
+            target.check()
+        except TargetError as exc:
+            raise BackupFailed(f"the target {row.name} failed its check: {exc}", retryable=True) from exc
+        return target
     error = check_target(row)
     if error:
         raise BackupFailed(f"the target {row.name} failed its check: {error}", retryable=True)
@@ -91,25 +101,29 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     target_row = BackupTarget.objects.get(pk=op.params["target"])
     plan = BackupPlan.objects.filter(pk=op.params.get("plan")).first()
     step(8, f"checking the target {target_row.name}")
-    target = _target(target_row)
+    target = _target(target_row, server, driver)
+    direct = target_row.kind == BackupTarget.Kind.NODE
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
     running = driver.state(server.domain_name) == DomainState.RUNNING
     base = _chain_start(server, target_row, full_every, driver, running)
     backup = Backup.objects.create(
         server=server, server_uuid=server.uuid, hostname=server.hostname, customer_id=server.customer_id,
-        target=target_row, plan=plan, parent=base, operation=op,
+        target=target_row, plan=plan, parent=base, operation=op, node=server.node if direct else None,
         kind=Backup.Kind.INCREMENTAL if base else Backup.Kind.FULL,
-        compression=plan.compression if plan else BackupPlan.Compression.ZSTD)
+        compression="none" if direct else plan.compression if plan else BackupPlan.Compression.ZSTD)
     op.params["backup_id"] = backup.id
-    pool, staging = server.storage.pool_name, f"{server.domain_name}-backup-{backup.id}.qcow2"
+    if direct:  # the job writes into the node's folder; renamed once checksummed
+        pool, staging = target.pool, target.volume(f"{server.uuid}/{backup.id:06d}.qcow2.part")
+    else:
+        pool, staging = server.storage.pool_name, f"{server.domain_name}-backup-{backup.id}.qcow2"
     try:
         how = "the running disk through libvirt's backup job" if running else "the stopped disk"
         what = f"changes since backup #{base.id}" if base else "the whole disk"
-        step(10, f"copying {what}: {how}")
-        copied = Progress(step, 10, 50, 100, "copied", percent=True)
-        made, checkpointed = driver.backup_disk(server.domain_name, pool, server.disk_volume, staging,
-                                                f"panel-{backup.id}", base.checkpoint if base else None,
-                                                tick=lambda f: copied(int(f * 100)))
+        step(10, f"copying {what}: {how}" + (f" into {target_row.path} on node {server.node.name}" if direct else ""))
+        copied = Progress(step, 10, 50 if not direct else 85, 100, "copied", percent=True)
+        made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, server.disk_volume,
+                                                staging, f"panel-{backup.id}", base.checkpoint if base else None,
+                                                tick=lambda f: copied(int(f * 100)), staging_pool=pool)
         if made == "full" and base:
             step(50, f"backup #{base.id}'s checkpoint is gone (the disk was replaced?): a full backup instead")
             backup.kind, backup.parent = Backup.Kind.FULL, None
@@ -117,26 +131,17 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
             step(50, "this disk cannot keep a change bitmap (qcow2 v2 image): full backups only")
         backup.checkpoint = f"panel-{backup.id}" if checkpointed else ""
         backup.file_name = files.image_name(backup)
-        step(50, f"sending the image to {target_row.name} as {backup.file_name}"
-                 f"{' (zstd)' if backup.compression == 'zstd' else ''}")
-        image = {"bytes": 0}
-
-        def counted_chunks():
-            for chunk in driver.read_volume(pool, staging):
-                image["bytes"] += len(chunk)
-                yield chunk
-
-        with target.writer(backup.file_name) as out:
-            stored = files.store(counted_chunks(), out.write, backup.compression,
-                                 Progress(step, 50, 90, server.disk_gib * 2**30, "sent"))
-        backup.size_bytes, backup.sha256 = stored.size, stored.sha256
+        if direct:
+            image_bytes = _checksum_in_place(step, backup, driver, target, staging)
+        else:
+            image_bytes = _send(step, backup, server, driver, target, pool, staging)
         backup.manifest = {
             "backup": backup.id, "kind": backup.kind, "created_at": backup.created_at.isoformat(),
-            "parent": {"id": base.id, "file": base.file_name, "sha256": base.sha256} if backup.parent else None,
+            "parent": {"id": base.id, "file": base.file_name, "checksum": base.checksum} if backup.parent else None,
             "checkpoint": backup.checkpoint, "consistent": "backup job of the running domain" if running else "stopped",
-            "image": {"format": "qcow2", "bytes": image["bytes"], "virtual_gib": server.disk_gib},
+            "image": {"format": "qcow2", "bytes": image_bytes, "virtual_gib": server.disk_gib},
             "file": {"name": backup.file_name, "compression": backup.compression, "bytes": backup.size_bytes,
-                     "sha256": backup.sha256},
+                     "checksum": backup.checksum},
             "server": describe(server),
         }
         with target.writer(files.manifest_name(backup)) as out:
@@ -153,12 +158,39 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     backup.save()
     # QEMU keeps a bitmap per checkpoint up to date on every write: only the newest is needed.
     driver.drop_checkpoints(server.domain_name, keep=backup.checkpoint or _last_checkpoint(server, target_row))
-    step(92, f"{backup.kind} backup #{backup.id}: {backup.size_bytes / 2**20:.1f} MiB stored, sha256 {backup.sha256[:16]}…")
+    step(92, f"{backup.kind} backup #{backup.id}: {backup.size_bytes / 2**20:.1f} MiB stored, {backup.checksum[:23]}…")
     removed = retention.prune(server.uuid, target_row, retention.keep_for(server, plan))
     if removed:
         step(96, f"retention: removed backup(s) {', '.join(f'#{i}' for i in removed)}")
     emit("backup.finished", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
          backup=backup.id, kind=backup.kind, status="done", size_bytes=backup.size_bytes, target=target_row.name)
+
+
+def _send(step, backup: Backup, server: VirtualServer, driver: Driver, target, pool: str, staging: str) -> int:
+    """Stream the staging image to the target (compressed if asked); returns the image's bytes."""
+    step(50, f"sending the image to {backup.target.name} as {backup.file_name}"
+             f"{' (zstd)' if backup.compression == 'zstd' else ''}")
+    image = {"bytes": 0}
+
+    def counted_chunks():
+        for chunk in driver.read_volume(pool, staging):
+            image["bytes"] += len(chunk)
+            yield chunk
+
+    with target.writer(backup.file_name) as out:
+        stored = files.store(counted_chunks(), out.write, backup.compression,
+                             Progress(step, 50, 90, server.disk_gib * 2**30, "sent"))
+    backup.size_bytes, backup.checksum = stored.size, stored.checksum
+    return image["bytes"]
+
+
+def _checksum_in_place(step, backup: Backup, driver: Driver, target, staging: str) -> int:
+    """The job wrote the image into the node's folder: checksum it there, then give it its name."""
+    step(86, f"checksumming the image on node {target.node.name}")
+    backup.size_bytes = driver.volume_size(target.pool, staging) or 0
+    backup.checksum = driver.checksum_volume(target.pool, staging)
+    driver.move_volume(target.pool, staging, target.volume(backup.file_name))
+    return backup.size_bytes
 
 
 def _last_checkpoint(server: VirtualServer, target: BackupTarget) -> str | None:
@@ -188,7 +220,10 @@ def take_panel(step, op) -> None:
     target_row = BackupTarget.objects.get(pk=op.params["target"])
     plan = BackupPlan.objects.filter(pk=op.params.get("plan")).first()
     step(10, f"checking the target {target_row.name}")
-    target = _target(target_row)
+    if target_row.kind == BackupTarget.Kind.NODE:
+        raise BackupFailed(f"the target {target_row.name} is a folder on the nodes, which hold server backups only: "
+                           "back up the panel to a folder on its own host, SFTP or FTP")
+    target = _target(target_row, None, None)
     backup = Backup.objects.create(target=target_row, plan=plan, kind=Backup.Kind.PANEL, operation=op,
                                    hostname="", compression="none")
     try:
@@ -199,9 +234,9 @@ def take_panel(step, op) -> None:
         step(70, f"sending it to {target_row.name} as {backup.file_name}")
         with target.writer(backup.file_name) as out:
             stored = files.store([buffer.getvalue()], out.write, "none")
-        backup.size_bytes, backup.sha256 = stored.size, stored.sha256
+        backup.size_bytes, backup.checksum = stored.size, stored.checksum
         backup.manifest = {"backup": backup.id, "kind": "panel", "created_at": backup.created_at.isoformat(),
-                           "file": {"name": backup.file_name, "bytes": stored.size, "sha256": stored.sha256},
+                           "file": {"name": backup.file_name, "bytes": stored.size, "checksum": stored.checksum},
                            "panel": summary}
     except (DriverError, TargetError, OSError, panel_state.PanelBackupError) as exc:
         _failed(backup, target, exc)

@@ -1,6 +1,7 @@
-"""Where backup files are stored: a folder on the panel's host or an FTP/FTPS server.
+"""Where backup files are stored: a folder on the panel's host, a backup host over SSH (SFTP,
+in backup.sftp) or an FTP/FTPS server.
 
-One small interface (`Target`) with two implementations. Every failure surfaces as a
+One small interface (`Target`) with an implementation per kind. Every failure surfaces as a
 `TargetError` that says whether retrying can help: a refused login, a missing folder, a denied
 permission or a full target are permanent; an unreachable server, a timeout or a dropped
 connection are worth another try. Files are written to "<name>.part" and renamed only once
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
 
 if TYPE_CHECKING:
     from backup.models import BackupTarget
+    from nodes.driver import Driver
+    from nodes.models import Node
 
 FTP_TIMEOUT_SECONDS = 30
 PROBE_BYTES = b"panel backup target check\n"
@@ -590,13 +593,20 @@ class FtpTarget(Target):
 # --- from the database
 
 
-def target_for(target: BackupTarget) -> Target:
-    """The Target for a BackupTarget row; decrypts its password."""
+def target_for(target: BackupTarget, node: Node | None = None, driver: Driver | None = None) -> Target:
+    """The Target for a BackupTarget row; decrypts its password. A node folder is the one on
+    `node` (reached through `driver` when given)."""
     from backup.models import BackupTarget
     from panel.crypto import decrypt
 
     if target.kind == BackupTarget.Kind.DIR:
         return DirTarget(target.path)
+    if target.kind == BackupTarget.Kind.NODE:
+        from backup.node_folder import NodeFolderTarget
+
+        if node is None:
+            raise ValueError("a node folder target is used on a node: none was given")
+        return NodeFolderTarget(target.id, target.path, node, driver)
     if target.kind in (BackupTarget.Kind.FTP, BackupTarget.Kind.FTPS):
         return FtpTarget(
             target.host,
@@ -606,19 +616,35 @@ def target_for(target: BackupTarget) -> Target:
             target.path,
             tls=target.kind == BackupTarget.Kind.FTPS,
         )
+    if target.kind == BackupTarget.Kind.SFTP:
+        from backup.sftp import SftpTarget  # imports this module
+
+        return SftpTarget(target.host, target.port or 22, target.username, decrypt(target.password), target.path,
+                          target.host_key)
     raise ValueError(f"unknown backup target kind {target.kind!r}")
 
 
 def check_target(target: BackupTarget) -> str:
-    """Check that `target` is writable, store the result (checked_at, check_error, free_bytes)
-    on the row and return the error text ("" when fine). Never raises TargetError."""
+    """Check that `target` is writable, store the result (checked_at, check_error, free_bytes,
+    and an SFTP host's key pinned at first contact) on the row and return the error text ("" when
+    fine). Never raises TargetError."""
     from django.utils import timezone
 
     free_bytes = None
+    fields = ["checked_at", "check_error", "free_bytes"]
     try:
-        with target_for(target) as store:
-            free_bytes = store.check().free_bytes
-        error = ""
+        if target.kind == target.Kind.NODE:
+            from backup.node_folder import check_on_nodes
+
+            error, free_bytes = check_on_nodes(target)
+        else:
+            with target_for(target) as store:
+                free_bytes = store.check().free_bytes
+            error = ""
+            pinned = getattr(store, "host_key", "")
+            if pinned and pinned != target.host_key:  # SFTP's first contact: pin the key seen
+                target.host_key = pinned
+                fields.append("host_key")
     except TargetError as exc:
         error = str(exc)
     except ValueError as exc:  # undecryptable password, unknown kind, bad path
@@ -626,5 +652,5 @@ def check_target(target: BackupTarget) -> str:
     target.checked_at = timezone.now()
     target.check_error = error
     target.free_bytes = free_bytes
-    target.save(update_fields=["checked_at", "check_error", "free_bytes"])
+    target.save(update_fields=fields)
     return error

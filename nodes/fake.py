@@ -9,6 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from itertools import count
 
+import blake3
+
 from nodes.domain_xml import DomainSpec
 from nodes.driver import DomainInfo, DomainState, DomainStats, Driver, DriverError, HostInfo
 
@@ -114,11 +116,13 @@ class FakeDriver(Driver):
             self.host.uploads[name] = data
 
     # -- backups: the whole disk's bytes stand for both full and incremental images ---------
-    def backup_disk(self, name, pool, disk_volume, staging, checkpoint, since=None, tick=None) -> str:
+    def backup_disk(self, name, pool, disk_volume, staging, checkpoint, since=None, tick=None,
+                    staging_pool=None) -> tuple[str, bool]:
         self._enter("backup_disk", name)
         with _lock:
             dom = self._get(name)
-            self._pool(pool)[staging] = 1
+            self._pool(pool)
+            self._pool(staging_pool or pool)[staging] = 1
             self.host.uploads[staging] = self.content(disk_volume)
             if dom["state"] != DomainState.RUNNING:
                 return "full", False
@@ -166,6 +170,22 @@ class FakeDriver(Driver):
                     raise DriverError(f"volume {image} does not exist")
             volumes[dest] = 1
             self.host.uploads[dest] = self.content(chain[-1])
+
+    def volume_size(self, pool: str, name: str) -> int | None:
+        with _lock:
+            return len(self.content(name)) if name in self._pool(pool) else None
+
+    def pool_free_bytes(self, pool: str) -> int:
+        with _lock:
+            self._pool(pool)
+        return 100 * 2**30
+
+    def checksum_volume(self, pool: str, name: str) -> str:
+        self._enter("checksum_volume", name)
+        with _lock:
+            if name not in self._pool(pool):
+                raise DriverError(f"volume {name} does not exist")
+            return f"blake3:{blake3.blake3(self.content(name)).hexdigest()}"
 
     def move_volume(self, pool: str, source: str, dest: str) -> None:
         self._enter("move_volume", dest)

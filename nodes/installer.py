@@ -25,6 +25,8 @@ REQUIREMENTS = {
         ("libvirt-clients", ["virsh", "--version"]),
         ("lvm2", ["lvm", "version"]),
         ("bridge-utils", ["bridge", "-V"]),
+        # checksums backups in a node folder (BLAKE3; without it the node falls back to SHA-256)
+        ("b3sum", ["b3sum", "--version"]),
     ],
     "dnf": [
         ("qemu-kvm", ["/usr/libexec/qemu-kvm", "--version"]),

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from nodes.domain_xml import backup_xml, checkpoint_xml, volume_xml
-from nodes.libvirt_errors import DriverError, is_connection_error, reconnecting
+from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
 
 CHUNK = 4 * 1024 * 1024
 
@@ -49,26 +49,46 @@ mv -f "$dest.part" "$dest"
 """
 
 
+# Runs on the node with a file as $1: "<algorithm>:<hex>". b3sum (BLAKE3, all cores) where the
+# node has it, else SHA-256 through openssl (coreutils' sha256sum is several times slower).
+CHECKSUM_SCRIPT = r"""
+set -e
+if command -v b3sum >/dev/null 2>&1; then
+  sum=$(b3sum --no-names "$1")
+  echo "blake3:$sum"
+elif command -v openssl >/dev/null 2>&1; then
+  sum=$(openssl dgst -sha256 -r "$1")
+  echo "sha256:${sum%% *}"
+else
+  sum=$(sha256sum "$1")
+  echo "sha256:${sum%% *}"
+fi
+"""
+
+
 class LibvirtBackups:
     """The backup half of LibvirtDriver (mixed into it; uses its connection helpers)."""
 
     @reconnecting
     def backup_disk(self, name: str, pool: str, disk_volume: str, staging: str, checkpoint: str,
-                    since: str | None = None, tick: Callable[[float], None] | None = None) -> tuple[str, bool]:
-        """Copy `disk_volume` of domain `name` into the new volume `staging`. Returns the kind
-        ("full" or "incremental") and whether `checkpoint` was made. An incremental whose
-        checkpoint is gone (a reinstall replaced the disk) becomes a full backup; a disk that
-        cannot hold bitmaps (a qcow2 v2 image) gets full backups without a checkpoint."""
-        self.delete_volume(pool, staging)  # a leftover of a crashed run
+                    since: str | None = None, tick: Callable[[float], None] | None = None,
+                    staging_pool: str | None = None) -> tuple[str, bool]:
+        """Copy `disk_volume` (in `pool`) of domain `name` into the new volume `staging` (in
+        `staging_pool`, by default the same pool). Returns the kind ("full" or "incremental")
+        and whether `checkpoint` was made. An incremental whose checkpoint is gone (a reinstall
+        replaced the disk) becomes a full backup; a disk that cannot hold bitmaps (a qcow2 v2
+        image) gets full backups without a checkpoint."""
+        into = staging_pool or pool
+        self.delete_volume(into, staging)  # a leftover of a crashed run
         dom = self._require(name)
         if not self._call("state", dom.isActive):
             source = self._call("volume", self._pool(pool).storageVolLookupByName, disk_volume)
             capacity = self._call("volume info", source.info)[1]
             # createXMLFrom runs qemu-img convert, which reads through the template's backing image.
-            self._call("copy volume", self._pool(pool).createXMLFrom,
+            self._call("copy volume", self._pool(into).createXMLFrom,
                        volume_xml(staging, 0, capacity_bytes=capacity), source, 0)
             return "full", False
-        path = f"{self._pool_path(pool)}/{staging}"
+        path = f"{self._pool_path(into)}/{staging}"
         attempts = [(since, checkpoint)] if since else []
         attempts += [(None, checkpoint), (None, None)]
         for number, (base, mark) in enumerate(attempts):
@@ -82,7 +102,7 @@ class LibvirtBackups:
                 if base:  # the checkpoint's bitmap went with a replaced disk: start a new chain
                     self.drop_checkpoints(name, metadata_only=True)
         self._wait_for_job(dom, tick)
-        self._call("refresh pool", self._pool(pool).refresh, 0)
+        self._call("refresh pool", self._pool(into).refresh, 0)
         return ("incremental" if base else "full"), mark is not None
 
     def _wait_for_job(self, dom, tick) -> None:
@@ -93,7 +113,7 @@ class LibvirtBackups:
                 break
             if tick and stats.get("disk_total"):
                 tick(stats.get("disk_processed", 0) / stats["disk_total"])
-            time.sleep(0.2)
+            time.sleep(0.05)  # the job's end is the backup's end: don't sit on it
         done = self._call("job", dom.jobStats, lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
         if not done.get("success", done.get("type") == lv.VIR_DOMAIN_JOB_COMPLETED):
             raise DriverError(f"the backup job failed: {done.get('errmsg', 'no reason given by libvirt')}")
@@ -174,6 +194,28 @@ class LibvirtBackups:
             self.delete_volume(pool, name)
             raise
         return vol.path()
+
+    @reconnecting
+    def volume_size(self, pool: str, name: str) -> int | None:
+        """The bytes the volume's file holds (None when it does not exist)."""
+        try:
+            vol = self._pool(pool).storageVolLookupByName(name)
+        except self._libvirt.libvirtError as exc:
+            if is_missing(exc):
+                return None
+            raise DriverError(f"volume {name}: {exc}") from exc
+        return self._call("volume info", vol.info)[1]
+
+    @reconnecting
+    def pool_free_bytes(self, pool: str) -> int:
+        self._call("refresh pool", self._pool(pool).refresh, 0)
+        return self._call("pool info", self._pool(pool).info)[3]
+
+    @reconnecting
+    def checksum_volume(self, pool: str, name: str) -> str:
+        """The checksum of the volume's file, computed on the node where it lies."""
+        out = self._run_on_node(["sh", "-c", CHECKSUM_SCRIPT, "sh", f"{self._pool_path(pool)}/{name}"])
+        return out.strip()
 
     @reconnecting
     def assemble_disk(self, pool: str, chain: list[str], dest: str) -> None:

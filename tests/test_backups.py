@@ -1,7 +1,7 @@
 """Backups and restores through the worker's real code path, on the fake driver, with a folder
 target in tmp_path (the real libvirt/QEMU/FTP run is tests/e2e/test_backups.py)."""
 
-import hashlib
+import blake3
 import json
 
 import pytest
@@ -47,9 +47,9 @@ def test_it_backs_up_a_running_server_then_incrementally_and_restores_a_destroye
     assert op.status == "succeeded", op.error
     assert (full.kind, full.status, full.parent) == ("full", "done", None)
     stored = (target_path(target) / full.file_name).read_bytes()
-    assert hashlib.sha256(stored).hexdigest() == full.sha256 and len(stored) == full.size_bytes
+    assert full.checksum == f"blake3:{blake3.blake3(stored).hexdigest()}" and len(stored) == full.size_bytes
     manifest = json.loads((target_path(target) / full.file_name.replace(".qcow2.zst", ".manifest.json")).read_bytes())
-    assert manifest["file"]["sha256"] == full.sha256 and manifest["server"]["hostname"] == "alice-web"
+    assert manifest["file"]["checksum"] == full.checksum and manifest["server"]["hostname"] == "alice-web"
 
     driver.set_content(server.disk_volume, b"version two" * 1000)
     _op, second = back_up(server, target)
@@ -243,7 +243,7 @@ def test_the_panel_backs_itself_up_to_a_target(world, target):
     assert op.status == "succeeded", op.error
     backup = Backup.objects.get(kind="panel")
     data = (target_path(target) / backup.file_name).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == backup.sha256
+    assert backup.checksum == f"blake3:{blake3.blake3(data).hexdigest()}"
     assert b"Alice Ltd" not in data  # encrypted
 
 

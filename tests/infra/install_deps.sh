@@ -10,7 +10,7 @@ die() { echo "install_deps: ERROR: $*" >&2; exit 1; }
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found (Debian 12 expected)"
 
 PACKAGES=(
-  qemu-system-x86 qemu-utils
+  qemu-system-x86 qemu-utils b3sum
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   default-libmysqlclient-dev mariadb-server
   chromium

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 
 from backup import actions
 from backup.models import Backup, BackupPlan, BackupTarget
+from nodes.ssh import fingerprint
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.crypto import encrypt
@@ -26,7 +27,8 @@ from panel.vps.models import VirtualServer
 class BackupTargetForm(forms.ModelForm):
     password = forms.CharField(label=gettext_lazy("Password"), required=False, max_length=200, strip=False,
                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-                               help_text=gettext_lazy("FTP only. Leave empty to keep the stored one."))
+                               help_text=gettext_lazy("SFTP and FTP only. Leave empty to keep the stored one; "
+                                                      "SFTP without one logs in with the panel's SSH key."))
 
     class Meta:
         model = BackupTarget
@@ -72,8 +74,11 @@ class RestoreForm(forms.Form):
 
 @admin_only
 def backup_list(request):
+    targets = list(BackupTarget.objects.all())
+    for target in targets:  # SFTP: the pinned host key, shown so an admin can compare it
+        target.host_key_fingerprint = fingerprint(target.host_key) if target.host_key else ""
     return render(request, "ui/admin/backups.html", {
-        "targets": BackupTarget.objects.all(), "plans": BackupPlan.objects.select_related("target"),
+        "targets": targets, "plans": BackupPlan.objects.select_related("target"),
         "page": paginate(request, Backup.objects.select_related("target", "server").order_by("-id"), 50),
         "panel_form": PanelBackupForm(),
     })

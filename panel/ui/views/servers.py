@@ -9,6 +9,8 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from backup.actions import visible_backups
+from backup.models import Backup
 from panel.crypto import decrypt, encrypt
 from panel.ui import live
 from panel.ui.forms import ReinstallForm, SuspendForm
@@ -57,6 +59,17 @@ def pop_password(request, server_id: int) -> str:
     return decrypt(stored) if stored else ""
 
 
+def deletable_backups_count(server: VirtualServer, act) -> int:
+    """How many finished backups of `server` the actor sees: the delete form offers to keep them
+    (they stay restorable as a new server), as the API's DELETE ?keep_backups=1 does."""
+    return visible_backups(act).filter(server=server, status=Backup.Status.DONE).count()
+
+
+def wants_kept_backups(request) -> bool:
+    """The delete form's "keep backups" checkbox (also 1/true, like the API's query parameter)."""
+    return request.POST.get("keep_backups", "").lower() in ("1", "true", "on")
+
+
 def latest_installation(server: VirtualServer) -> dict | None:
     """The server's latest install for its page; parameters that look secret are masked."""
     installation = server.installations.select_related("template", "recipe").first()
@@ -102,9 +115,10 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         for name, kind, admin_only in live.BUTTONS
         if act.acts_for_all_customers or not admin_only
     ]
+    buttons = {b["name"]: b for b in buttons}
     response = render(request, "ui/server_detail.html", {
-        "server": server, "operations": operations, "snap": snap,
-        "buttons": {b["name"]: b for b in buttons}, "is_admin": act.is_admin,
+        "server": server, "operations": operations, "snap": snap, "buttons": buttons, "is_admin": act.is_admin,
+        "delete_backups_count": deletable_backups_count(server, act) if "delete" in buttons else 0,
         "root_password": password, "installation": latest_installation(server),
         "plans": list(Plan.objects.order_by("disk_gib", "vcpus", "ram_mib")) if act.is_admin else [],
         "reinstall_form": reinstall_form if reinstallable or (reinstall_form and reinstall_form.is_bound) else None,
@@ -134,6 +148,8 @@ def server_action(request, server_id: int, action: str):
     if kind == "suspend":
         form = SuspendForm(request.POST)
         params["reason"] = form.cleaned_data["reason"] if form.is_valid() else ""
+    elif kind == "delete":
+        params["keep_backups"] = wants_kept_backups(request)  # the API's DELETE ?keep_backups=1
     wants_json = request.headers.get("X-Requested-With") == "XMLHttpRequest"
     try:
         op = lifecycle.request_action(act, server.pk, kind, params)
