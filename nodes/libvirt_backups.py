@@ -204,7 +204,8 @@ class LibvirtBackups:
             if is_missing(exc):
                 return None
             raise DriverError(f"volume {name}: {exc}") from exc
-        return self._call("volume info", vol.info)[1]
+        # PHYSICAL: the file's length (plain info() gives a qcow2 image's virtual size)
+        return self._call("volume info", vol.infoFlags, self._libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
 
     @reconnecting
     def pool_free_bytes(self, pool: str) -> int:

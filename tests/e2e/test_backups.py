@@ -2,6 +2,8 @@
 real FTP server on loopback (pyftpdlib), restored after the guest destroyed its own disk; and
 the panel's own backup brought back into a fresh database by `manage.py restore_panel`."""
 
+import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -161,6 +163,57 @@ def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel,
     assert "ftp-secret-1" not in op["error"]
     assert panel.call(tenant.key, "GET", f"/api/v1/servers/{server['id']}/").json()["state"] == "running"
     assert guest.data_md5() == now
+
+
+def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, backup_env, guest_server):
+    """The fast target: libvirt's backup job writes into a folder on the guest's node, the node
+    checksums the file there (b3sum over the node's ssh), an incremental follows, and the
+    restore brings the guest's data back from that folder."""
+    panel, admin = live_panel, live_panel.admin_key
+    server, guest = guest_server
+    folder = Path(f"/var/tmp/e2e-node-backups-{server['uuid'][:8]}")
+    r = panel.call(admin, "POST", "/api/v1/backup-targets/", json={"name": "node-folder", "kind": "node",
+                                                                    "path": str(folder)})
+    assert r.status_code == 201, r.text
+    target = r.json()["id"]
+    try:
+        made = []
+        for change in (False, True):
+            if change:
+                guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={DATA_MIB[0] + 4} count=1 conv=fsync 2>/dev/null")
+            r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/backup/", json={"target": target})
+            assert r.status_code == 202, r.text
+            op = panel.wait_operation(admin, r.json()["id"], timeout=180)
+            assert op["status"] == "succeeded", op
+            made.append(next(b for b in _backups(panel, admin, server["id"]) if b["target"] == "node-folder"))
+        full, incremental = made[0], made[1]
+        assert (full["kind"], incremental["kind"], incremental["parent"]) == ("full", "incremental", full["id"])
+        image = folder / f"{server['uuid']}.{full['id']:06d}-full.qcow2"
+        manifest = json.loads((folder / f"{server['uuid']}.{full['id']:06d}-full.manifest.json").read_text())
+        b3sum = subprocess.run(["b3sum", "--no-names", str(image)], capture_output=True, text=True, check=True)
+        assert manifest["file"]["checksum"] == f"blake3:{b3sum.stdout.strip()}"
+        assert manifest["file"]["compression"] == "none" and manifest["consistent"].startswith("backup job")
+        subprocess.run(["qemu-img", "check", "-q", str(image)], check=True)
+        assert not list(folder.glob("*.part"))
+        print(f"node folder: full {full['size_bytes']} bytes, incremental {incremental['size_bytes']} bytes")
+        assert incremental["size_bytes"] * 5 < full["size_bytes"]
+
+        changed = guest.data_md5()
+        guest.sh("dd if=/dev/zero of=/dev/vda bs=1M count=128 conv=fsync 2>/dev/null; sync")
+        boots = guest.log().count("TINY-GUEST installed")
+        r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/restore/", json={"backup": incremental["id"]})
+        assert r.status_code == 202, r.text
+        op = panel.wait_operation(admin, r.json()["id"], timeout=240)
+        assert op["status"] == "succeeded", op
+        wait_for(lambda: guest.log().count("TINY-GUEST installed") > boots, 120, "the restored guest to boot")
+        assert guest.data_md5() == changed
+    finally:  # the folder's pool was defined on every node, this host's libvirtd too
+        pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--all", "--name"],
+                               capture_output=True, text=True).stdout.split()
+        for pool in (p for p in pools if p.startswith(f"backups-{target}-")):
+            subprocess.run(["virsh", "-c", "qemu:///system", "pool-destroy", pool], capture_output=True)
+            subprocess.run(["virsh", "-c", "qemu:///system", "pool-undefine", pool], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_restore_panel_brings_a_fresh_database_back(live_panel, backup_env, tmp_path):
