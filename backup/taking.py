@@ -34,10 +34,12 @@ class BackupFailed(DriverError):
 def _target(row: BackupTarget, server: VirtualServer | None, driver: Driver | None):
     from backup.targets import TargetError, check_target, target_for
 
-    if row.kind == BackupTarget.Kind.NODE:  # only this server's node matters
+    if row.kind == BackupTarget.Kind.NODE:
+        # Only this server's node matters, and the job itself proves the folder writable: here
+        # the folder's pool is made ready (a missing or unusable folder fails now).
         target = target_for(row, node=server.node, driver=driver)
         try:
-            target.check()
+            target.free_bytes()
         except TargetError as exc:
             raise BackupFailed(f"the target {row.name} failed its check: {exc}", retryable=True) from exc
         return target
