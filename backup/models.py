@@ -164,6 +164,11 @@ class Backup(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} backup #{self.id} of {self.hostname or 'the panel'}"
 
+    @property
+    def on_removed_node(self) -> bool:
+        """Kept in a node folder on a node since removed from the panel: its file is out of reach."""
+        return self.target.kind == BackupTarget.Kind.NODE and self.node_id is None
+
     def chain(self) -> list["Backup"]:
         """This backup and its ancestors, oldest (the full one) first."""
         chain, backup = [], self

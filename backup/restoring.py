@@ -69,7 +69,7 @@ def _source(link: Backup):
     """Where a backup's file is: its target (for a node folder, on the node that took it)."""
     from backup.targets import target_for
 
-    if link.target.kind == link.target.Kind.NODE and link.node is None:
+    if link.on_removed_node:
         raise BackupFailed(f"backup #{link.id} was kept on a node that is no longer in the panel: "
                            "nothing was overwritten")
     return target_for(link.target, node=link.node)

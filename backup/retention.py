@@ -70,11 +70,11 @@ def delete_backups(backups: list[Backup]) -> list[int]:
     for backup in sorted(backups, key=lambda b: -b.id):
         by_target.setdefault((backup.target_id, backup.node_id), []).append(backup)
     for batch in by_target.values():
-        try:
-            target = target_for(batch[0].target, node=batch[0].node)
-        except ValueError:  # a node folder on a node that was removed from the panel
+        if batch[0].on_removed_node:
             log.warning("backups %s: their node is gone; forgetting them", [b.id for b in batch])
             target = _Gone()
+        else:
+            target = target_for(batch[0].target, node=batch[0].node)
         try:
             for backup in batch:
                 if backup.children.exists():

@@ -122,7 +122,7 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
         how = "the running disk through libvirt's backup job" if running else "the stopped disk"
         what = f"changes since backup #{base.id}" if base else "the whole disk"
         step(10, f"copying {what}: {how}" + (f" into {target_row.path} on node {server.node.name}" if direct else ""))
-        copied = Progress(step, 10, 50 if not direct else 85, 100, "copied", percent=True)
+        copied = Progress(step, 10, 85 if direct else 50, 100, "copied", percent=True)
         made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, server.disk_volume,
                                                 staging, f"panel-{backup.id}", base.checkpoint if base else None,
                                                 tick=lambda f: copied(int(f * 100)), staging_pool=pool)

@@ -221,15 +221,18 @@ class LibvirtDriver(LibvirtBackups, Driver):
     def _pool(self, name: str):
         return self._call(f"pool {name}", self.conn.storagePoolLookupByName, name)
 
-    @reconnecting
-    def volume_exists(self, pool: str, name: str) -> bool:
+    def _volume(self, pool: str, name: str):
+        """The volume `name` in `pool`, or None when there is none."""
         try:
-            self._pool(pool).storageVolLookupByName(name)
-            return True
+            return self._pool(pool).storageVolLookupByName(name)
         except self._libvirt.libvirtError as exc:
             if is_missing(exc):
-                return False
+                return None
             raise DriverError(f"volume {name}: {exc}") from exc
+
+    @reconnecting
+    def volume_exists(self, pool: str, name: str) -> bool:
+        return self._volume(pool, name) is not None
 
     @reconnecting
     def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str:
@@ -261,13 +264,9 @@ class LibvirtDriver(LibvirtBackups, Driver):
 
     @reconnecting
     def delete_volume(self, pool: str, name: str) -> None:
-        try:
-            vol = self._pool(pool).storageVolLookupByName(name)
-        except self._libvirt.libvirtError as exc:
-            if is_missing(exc):
-                return
-            raise DriverError(f"volume {name}: {exc}") from exc
-        self._call("delete volume", vol.delete, 0)
+        vol = self._volume(pool, name)
+        if vol is not None:
+            self._call("delete volume", vol.delete, 0)
 
     # -- domains -----------------------------------------------------------------------------
     @reconnecting

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from nodes.domain_xml import backup_xml, checkpoint_xml, volume_xml
-from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
+from nodes.libvirt_errors import DriverError, is_connection_error, reconnecting
 
 CHUNK = 4 * 1024 * 1024
 
@@ -198,18 +198,15 @@ class LibvirtBackups:
     @reconnecting
     def volume_size(self, pool: str, name: str) -> int | None:
         """The bytes the volume's file holds (None when it does not exist)."""
-        try:
-            vol = self._pool(pool).storageVolLookupByName(name)
-        except self._libvirt.libvirtError as exc:
-            if is_missing(exc):
-                return None
-            raise DriverError(f"volume {name}: {exc}") from exc
+        vol = self._volume(pool, name)
+        if vol is None:
+            return None
         # PHYSICAL: the file's length (plain info() gives a qcow2 image's virtual size)
         return self._call("volume info", vol.infoFlags, self._libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
 
     @reconnecting
     def pool_free_bytes(self, pool: str) -> int:
-        self._call("refresh pool", self._pool(pool).refresh, 0)
+        """The pool's free space as of its last refresh (ensure_pool refreshes it)."""
         return self._call("pool info", self._pool(pool).info)[3]
 
     @reconnecting

@@ -145,3 +145,26 @@ def test_names_cannot_escape_the_pool(server, node_target):
 
 def test_the_pool_follows_the_path(node_target):
     assert pool_name(node_target.id, "/a") != pool_name(node_target.id, "/b")
+
+
+def test_backups_on_a_removed_node_refuse_to_restore_and_are_forgotten_by_retention(server, node_target):
+    from backup import retention
+
+    _op, backup = back_up(server, node_target)
+    Backup.objects.filter(pk=backup.pk).update(node=None)  # what removing the node does (SET_NULL)
+    op = actions.request_restore(SYSTEM, server.id, backup.id)
+    op.refresh_from_db()
+    assert op.status == "failed" and "no longer in the panel" in op.error and "nothing was overwritten" in op.error
+    assert retention.delete_backups([Backup.objects.get(pk=backup.pk)]) == [backup.id]
+    assert not Backup.objects.filter(pk=backup.pk).exists()
+
+
+def test_only_a_removed_node_makes_retention_forget_a_backup(server, world):
+    from backup import retention
+
+    ftp = BackupTarget.objects.create(name="ftp", kind="ftp", host="127.0.0.1", password="not encrypted")
+    backup = Backup.objects.create(server=server, server_uuid=server.uuid, target=ftp, kind="full", status="done",
+                                   file_name="x/000001-full.qcow2")
+    with pytest.raises(ValueError):  # an undecryptable password is an error, not a gone file
+        retention.delete_backups([backup])
+    assert Backup.objects.filter(pk=backup.pk).exists()
