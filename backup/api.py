@@ -95,9 +95,11 @@ class BackupTargetSerializer(serializers.ModelSerializer):
                                      help_text="SFTP/FTP only; never shown; blank on an update keeps the stored "
                                                "one; SFTP without one logs in with the panel's key")
     host_key = serializers.CharField(required=False, allow_blank=True, max_length=0,
-                                     help_text="SFTP: the host key pinned at the first check; only \"\" may be "
-                                               "written, to accept a changed key at the next check")
-    host_key_fingerprint = serializers.SerializerMethodField(help_text="SFTP: the pinned key's SHA256 fingerprint")
+                                     help_text="SFTP: host key; FTPS: certificate (\"x509 <base64 DER>\"). Pinned at "
+                                               "the first check; only \"\" may be written, to accept a changed "
+                                               "key or certificate at the next check")
+    host_key_fingerprint = serializers.SerializerMethodField(
+        help_text="SFTP: host key; FTPS: certificate. The pinned one's SHA256 fingerprint")
 
     class Meta:
         model = BackupTarget

@@ -29,7 +29,10 @@ class BackupTarget(models.Model):
     port = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(65535)])
     username = models.CharField(max_length=200, blank=True)
     password = models.CharField(max_length=500, blank=True, editable=False)  # encrypted (panel.crypto)
-    # sftp: the host key pinned at the first check ("<type> <base64>"); another key is refused.
+    # Pinned at the first check, another one is refused; "" pins again at the next check.
+    # sftp: the server's host key ("<type> <base64>"); ftps: the server certificate's pin,
+    # "x509 <base64 of the DER certificate>" (backup.targets.certificate_pin), so both have a
+    # "SHA256:..." fingerprint (nodes.ssh.fingerprint). Unused for the other kinds.
     host_key = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     # The last check (on save, and before every run): writable, and the free space if known.

@@ -5,7 +5,8 @@ It is the fast target. libvirt's backup job writes the image straight into it: o
 staging copy, nothing crosses the network; the node checksums the file where it lies
 (`Driver.checksum_volume`: BLAKE3 with b3sum). Images stay uncompressed qcow2, restorable by
 hand with qemu-img. The panel reaches the folder over libvirt (small files such as manifests
-go up through a volume upload; a restore onto another node streams the chain like any target).
+go up through a volume upload). A restore on the same node copies the chain there and the
+node checksums the copies; onto another node it streams the chain like any target.
 Libvirt pools are flat: "<uuid>/000012-full.qcow2" is stored as "<uuid>.000012-full.qcow2".
 """
 

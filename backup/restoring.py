@@ -2,7 +2,9 @@
 
 Nothing of the server is touched until every file of the chain has come back from the
 target with its recorded checksum and the node has checked and assembled them into a new
-image beside the disk; only then is the server stopped and its disk replaced.
+image beside the disk; only then is the server stopped and its disk replaced. Files in a
+folder on the server's own node are copied and checksummed there; every other target's
+are streamed through the panel, which checks them on the way.
 """
 
 from django.conf import settings
@@ -37,12 +39,15 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
         if new_server:
             driver.ensure_pool(pool, server.storage.path)
         for index, link in enumerate(chain):
-            step(10 + 40 * index // len(chain), f"fetching {link.kind} backup #{link.id} "
-                 f"({link.size_bytes / 2**20:.1f} MiB) from {backup.target.name} and checking its checksum")
             staged.append(f"{name}-restore-{index}.qcow2")
             if link.node_id not in targets:
                 targets[link.node_id] = _source(link)
-            _fetch(driver, targets[link.node_id], link, pool, staged[-1])
+            source, local = targets[link.node_id], _on_node(targets[link.node_id], server)
+            step(10 + 40 * index // len(chain), f"{'copying' if local else 'fetching'} {link.kind} backup "
+                 f"#{link.id} ({link.size_bytes / 2**20:.1f} MiB) from {backup.target.name}"
+                 f"{' on the node' if local else ''} and checking its checksum")
+            if not (local and _copy_on_node(driver, source, link, pool, staged[-1])):
+                _fetch(driver, source, link, pool, staged[-1])
         step(55, f"all {len(chain)} file(s) match their checksums; the node checks and assembles the image")
         driver.assemble_disk(pool, staged, assembled)
         if not new_server:
@@ -75,8 +80,7 @@ def _source(link: Backup):
     return target_for(link.target, node=link.node)
 
 
-def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> None:
-    """Copy one backup file from the target into a staging volume, verifying its checksum."""
+def _check_size(target, backup: Backup) -> None:
     size = target.size(backup.file_name)
     if size is None:
         raise BackupFailed(f"backup #{backup.id}'s file {backup.file_name} is missing on {backup.target.name}: "
@@ -84,6 +88,37 @@ def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> No
     if size != backup.size_bytes:
         raise BackupFailed(f"backup #{backup.id}'s file has {size} bytes, {backup.size_bytes} were stored: "
                            "it is damaged; nothing was overwritten")
+
+
+def _on_node(target, server: VirtualServer) -> bool:
+    from backup.node_folder import NodeFolderTarget
+
+    return isinstance(target, NodeFolderTarget) and target.node.pk == server.node_id
+
+
+def _copy_on_node(driver: Driver, target, backup: Backup, pool: str, volume: str) -> bool:
+    """A node folder on the server's own node: the node copies the file beside the disk and
+    checksums the copy, nothing crosses the network. False (nothing staged) when the node's
+    checksum tool is not the backup's algorithm: then the panel streams and checks the file."""
+    _check_size(target, backup)
+    try:
+        driver.copy_volume(target.pool, target.volume(backup.file_name), pool, volume)
+        checksum = driver.checksum_volume(pool, volume)
+    except DriverError as exc:
+        raise BackupFailed(f"backup #{backup.id}: cannot copy its file on node {target.node.name}: {exc}; "
+                           "nothing was overwritten", retryable=exc.retryable) from exc
+    if checksum.split(":")[0] != backup.checksum.split(":")[0]:
+        driver.delete_volume(pool, volume)
+        return False
+    if checksum != backup.checksum:
+        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum ({checksum[:23]}… "
+                           f"instead of {backup.checksum[:23]}…): it is damaged; nothing was overwritten")
+    return True
+
+
+def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> None:
+    """Copy one backup file from the target into a staging volume, verifying its checksum."""
+    _check_size(target, backup)
     checked = files.Counted.like(backup.checksum)
     try:
         with target.reader(backup.file_name) as stream:

@@ -179,9 +179,9 @@ def _send(step, backup: Backup, server: VirtualServer, driver: Driver, target, p
             image["bytes"] += len(chunk)
             yield chunk
 
+    total = driver.volume_size(pool, staging) or server.disk_gib * 2**30  # the image, not the disk's size
     with target.writer(backup.file_name) as out:
-        stored = files.store(counted_chunks(), out.write, backup.compression,
-                             Progress(step, 50, 90, server.disk_gib * 2**30, "sent"))
+        stored = files.store(counted_chunks(), out.write, backup.compression, Progress(step, 50, 90, total, "sent"))
     backup.size_bytes, backup.checksum = stored.size, stored.checksum
     return image["bytes"]
 

@@ -10,6 +10,7 @@ complete, so a name on the target always holds a whole file.
 
 from __future__ import annotations
 
+import base64
 import errno
 import ftplib
 import os
@@ -340,17 +341,29 @@ class _FtpDownload:
         return bytes(buf)
 
 
+def certificate_pin(der: bytes) -> str:
+    """How an FTPS server's certificate is pinned: "x509 <base64 of the DER>", the shape of an
+    SSH host key line, so `nodes.ssh.fingerprint` gives its SHA256 fingerprint."""
+    return "x509 " + base64.b64encode(der).decode()
+
+
 class FtpTarget(Target):
     """An FTP server, or with `tls` an explicit FTPS server (AUTH TLS, protected data).
-    Passive mode, binary transfers. The server cannot report free space."""
+    Passive mode, binary transfers. The server cannot report free space.
 
-    def __init__(self, host: str, port: int | None, username: str, password: str, path: str = "", tls: bool = False):
+    FTPS pins the server's certificate like SFTP pins a host key: `host_key` is the pin
+    (`certificate_pin`; "" on first contact: then `.host_key` holds the certificate seen, for
+    the caller to save)."""
+
+    def __init__(self, host: str, port: int | None, username: str, password: str, path: str = "", tls: bool = False,
+                 host_key: str = ""):
         self.host = host
         self.port = port or 21
         self.username = username
         self._password = password
         self.path = path
         self.tls = tls
+        self.host_key = host_key if tls else ""
         self._conn: ftplib.FTP | None = None
 
     def __repr__(self) -> str:
@@ -392,11 +405,28 @@ class FtpTarget(Target):
 
     # -- connection
 
+    def _check_certificate(self, sock: socket.socket) -> None:
+        """Pin the server's certificate at first contact; refuse any other one afterwards."""
+        from nodes.ssh import fingerprint  # nodes.ssh pulls in paramiko: only FTPS needs it
+
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if not der:
+            raise TargetError(f"the FTPS server {self.host}:{self.port} presented no certificate", permanent=True)
+        seen = certificate_pin(der)
+        if not self.host_key:
+            self.host_key = seen
+        elif seen != self.host_key:
+            raise TargetError(f"the TLS certificate of {self.host}:{self.port} changed: pinned "
+                              f"{fingerprint(self.host_key)}, offered {fingerprint(seen)}; "
+                              "clear the pinned certificate to accept the new one", permanent=True)
+
     def _connect(self) -> ftplib.FTP:
         if self._conn is not None:
             return self._conn
-        # ftplib's FTPS does not verify the certificate: backup boxes commonly use self-signed
-        # ones, and TLS here is about keeping the password and data off the wire.
+        # ftplib's FTPS does not verify the certificate against CAs: backup boxes commonly use
+        # self-signed ones. Instead the certificate is pinned at the first check and every
+        # connection (control and data) must present that same one; the control connection's is
+        # compared after AUTH TLS and before USER/PASS, so the password never reaches an impostor.
         conn = ftplib.FTP_TLS(timeout=FTP_TIMEOUT_SECONDS) if self.tls else ftplib.FTP(timeout=FTP_TIMEOUT_SECONDS)
         try:
             conn.connect(self.host, self.port)
@@ -405,7 +435,10 @@ class FtpTarget(Target):
             detail = str(exc) or type(exc).__name__
             raise TargetError(f"cannot reach FTP server {self.host}:{self.port}: {detail}") from None
         try:
-            conn.login(self.username, self._password)  # FTP_TLS sends AUTH TLS first
+            if self.tls:
+                conn.auth()  # login() would send the password right after the handshake
+                self._check_certificate(conn.sock)
+            conn.login(self.username, self._password)  # FTP_TLS skips AUTH TLS when done already
             if self.tls:
                 conn.prot_p()  # protect the data connections too, not just the login
             conn.set_pasv(True)
@@ -429,6 +462,17 @@ class FtpTarget(Target):
             raise self._error(exc, f"cannot log in to {self.host}:{self.port}") from None
         self._conn = conn
         return conn
+
+    def _check_data_certificate(self, sock: socket.socket, abort: Callable[[], object]) -> None:
+        """A data connection must present the pinned certificate too, or the files themselves
+        could go to an impostor; `abort` ends the transfer when it does not."""
+        if not self.tls:
+            return
+        try:
+            self._check_certificate(sock)
+        except TargetError:
+            abort()
+            raise
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -473,6 +517,7 @@ class FtpTarget(Target):
                 self._mkd(folder)
             conn.voidcmd("TYPE I")
             sock = conn.transfercmd(f"STOR {part}")
+        self._check_data_certificate(sock, lambda: self._abort_upload(sock, part, None))
         upload = _FtpUpload(sock, lambda exc: self._abort_upload(sock, part, exc))
         try:
             yield upload
@@ -536,6 +581,7 @@ class FtpTarget(Target):
                     reply = self._clean(str(exc))
                     raise TargetError(f"{name} is missing on the target {where}: {reply}", permanent=True) from None
                 raise
+        self._check_data_certificate(sock, lambda: self._abort_download(sock))
         download = _FtpDownload(sock, lambda exc: self._error(exc, action))
         try:
             yield download
@@ -615,19 +661,29 @@ def target_for(target: BackupTarget, node: Node | None = None, driver: Driver | 
             decrypt(target.password),
             target.path,
             tls=target.kind == BackupTarget.Kind.FTPS,
+            host_key=_pin_of_kind(target),
         )
     if target.kind == BackupTarget.Kind.SFTP:
         from backup.sftp import SftpTarget  # imports this module
 
         return SftpTarget(target.host, target.port or 22, target.username, decrypt(target.password), target.path,
-                          target.host_key)
+                          _pin_of_kind(target))
     raise ValueError(f"unknown backup target kind {target.kind!r}")
+
+
+def _pin_of_kind(target: BackupTarget) -> str:
+    """The target's pin, or "" when it was pinned as another kind (an SFTP target edited into an
+    FTPS one): that pin says nothing about this server, the next check pins again."""
+    from backup.models import BackupTarget
+
+    certificate = target.host_key.startswith("x509 ")
+    return target.host_key if certificate == (target.kind == BackupTarget.Kind.FTPS) else ""
 
 
 def check_target(target: BackupTarget) -> str:
     """Check that `target` is writable, store the result (checked_at, check_error, free_bytes,
-    and an SFTP host's key pinned at first contact) on the row and return the error text ("" when
-    fine). Never raises TargetError."""
+    and an SFTP host's key or an FTPS server's certificate pinned at first contact) on the row
+    and return the error text ("" when fine). Never raises TargetError."""
     from django.utils import timezone
 
     free_bytes = None
@@ -642,7 +698,7 @@ def check_target(target: BackupTarget) -> str:
                 free_bytes = store.check().free_bytes
             error = ""
             pinned = getattr(store, "host_key", "")
-            if pinned and pinned != target.host_key:  # SFTP's first contact: pin the key seen
+            if pinned and pinned != target.host_key:  # first contact: pin the key (certificate) seen
                 target.host_key = pinned
                 fields.append("host_key")
     except TargetError as exc:

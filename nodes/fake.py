@@ -187,6 +187,14 @@ class FakeDriver(Driver):
                 raise DriverError(f"volume {name} does not exist")
             return f"blake3:{blake3.blake3(self.content(name)).hexdigest()}"
 
+    def copy_volume(self, source_pool: str, source: str, pool: str, dest: str) -> None:
+        self._enter("copy_volume", dest)
+        with _lock:
+            if source not in self._pool(source_pool):
+                raise DriverError(f"volume {source} does not exist")
+            self._pool(pool)[dest] = 1
+            self.host.uploads[dest] = self.content(source)
+
     def move_volume(self, pool: str, source: str, dest: str) -> None:
         self._enter("move_volume", dest)
         with _lock:

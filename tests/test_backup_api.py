@@ -202,6 +202,23 @@ def test_a_good_target_is_saved_checked_and_never_shows_its_password(world, tmp_
     assert r.status_code == 200 and r.json()["check_error"] == ""
 
 
+def test_an_ftps_target_shows_its_pinned_certificates_fingerprint(world):
+    import base64
+    import hashlib
+
+    from backup.targets import certificate_pin
+
+    der = b"0\x82 not really a certificate"
+    row = BackupTarget.objects.create(name="offsite", kind="ftps", host="ftp.example.com",
+                                      host_key=certificate_pin(der))
+    admin = world.client(world.admin_key)
+    body = admin.get(f"/api/v1/backup-targets/{row.id}/").json()
+    assert body["host_key_fingerprint"] == "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+    # Only "" may be written: nobody pins a certificate of their choosing through the API.
+    r = admin.patch(f"/api/v1/backup-targets/{row.id}/", {"host_key": certificate_pin(b"mine")}, format="json")
+    assert r.status_code == 400 and BackupTarget.objects.get(pk=row.id).host_key == certificate_pin(der)
+
+
 def test_deleting_a_target_that_has_backups_answers_409(world, server, target):
     make_backup(server, target)
     r = world.client(world.admin_key).delete(f"/api/v1/backup-targets/{target.id}/")

@@ -79,6 +79,44 @@ def test_a_damaged_image_in_the_nodes_folder_is_refused(server, node_target):
     assert driver.content(server.disk_volume) == b"now"
 
 
+def restore_wiped_disk(server, backup, expected: bytes) -> None:
+    """Wipe the disk, forget the driver's calls so far, restore `backup`: the disk is `expected`."""
+    driver = driver_for(server.node.uri)
+    driver.calls.clear()
+    driver.set_content(server.disk_volume, b"")
+    op = actions.request_restore(SYSTEM, server.id, backup.id)
+    op.refresh_from_db()
+    assert op.status == "succeeded", op.error
+    assert driver.content(server.disk_volume) == expected
+
+
+def test_a_restore_on_the_same_node_copies_and_checksums_the_files_there(server, node_target):
+    driver = driver_for(server.node.uri)
+    driver.set_content(server.disk_volume, b"first" * 1000)
+    _op, full = back_up(server, node_target)
+    driver.set_content(server.disk_volume, b"second" * 1000)
+    _op, second = back_up(server, node_target)
+    restore_wiped_disk(server, second, b"second" * 1000)
+    images = {f"{server.uuid}.{b.id:06d}-{b.kind}.qcow2" for b in (full, second)}
+    assert not [c for c in driver.calls if c[0] == "read_volume"]  # nothing streamed through the panel
+    staged = [c[1] for c in driver.calls if c[0] == "copy_volume"]
+    assert len(staged) == 2 and [c[1] for c in driver.calls if c[0] == "checksum_volume"] == staged
+    assert not images & set(staged)  # the copies are checked, never the folder's files in place
+
+
+def test_a_backup_with_another_checksum_algorithm_is_streamed_and_checked_by_the_panel(server, node_target):
+    import hashlib
+
+    driver = driver_for(server.node.uri)
+    driver.set_content(server.disk_volume, b"old" * 1000)
+    _op, backup = back_up(server, node_target)
+    backup.checksum = "sha256:" + hashlib.sha256(b"old" * 1000).hexdigest()  # taken before b3sum was there
+    backup.save()
+    restore_wiped_disk(server, backup, b"old" * 1000)
+    assert [c for c in driver.calls if c[0] == "read_volume"]
+    assert not [n for n in driver.host.pools[server.storage.pool_name] if "restore" in n]  # no staging left
+
+
 def test_retention_deletes_the_files_in_the_nodes_folder(server, node_target):
     plan = BackupPlan.objects.create(name="nightly", target=node_target, keep=1, full_every=1, scope="servers")
     made = [back_up(server, node_target, plan)[1] for _ in range(3)]

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,10 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
-from backup.targets import CheckResult, DirTarget, FtpTarget, TargetError, check_target, target_for
+from backup.targets import CheckResult, DirTarget, FtpTarget, TargetError, certificate_pin, check_target, target_for
 
 MIB = 1024 * 1024
 NAME = "3f2a0c5e/000012-incremental.qcow2.zst"
@@ -34,6 +35,7 @@ class Ftpd:
     user: str
     password: str
     home: Path
+    received: list[str] = field(default_factory=list)  # every command line the server got
 
     def target(self, **overrides) -> FtpTarget:
         args = dict(host=self.host, port=self.port, username=self.user, password=self.password, path="", tls=False)
@@ -66,25 +68,38 @@ class ErrnoDTPHandler(DTPHandler):
             super().handle_error()
 
 
-def serve_ftp(home: Path, certfile: Path | None = None):
+def serve_ftp(home: Path, certfile: Path | None = None, data_certfile: Path | None = None):
     """Start pyftpdlib on a free loopback port serving `home` (explicit FTPS only when given a
-    certificate); returns (Ftpd, stop)."""
+    certificate; `data_certfile`: the data connections present another one); returns (Ftpd, stop)."""
     authorizer = DummyAuthorizer()
     authorizer.add_user("backup", "s3cret-Pa55word", str(home), perm="elradfmwMT")
+    received: list[str] = []
+
+    def pre_process_command(self, line, cmd, arg):
+        received.append(line)
+        return base.pre_process_command(self, line, cmd, arg)
+
     # A subclass per server: pyftpdlib keeps the authorizer on the handler class.
     # auth_failed_timeout: pyftpdlib waits 3 s after a wrong password; the test needs no pause.
-    settings = {"authorizer": authorizer, "banner": "test ftpd", "abstracted_fs": UnbufferedFS}
+    settings = {"authorizer": authorizer, "banner": "test ftpd", "abstracted_fs": UnbufferedFS,
+                "pre_process_command": pre_process_command}
     settings["auth_failed_timeout"] = 0.1
     if certfile:
-        from pyftpdlib.handlers import TLS_FTPHandler
+        from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
 
         base = TLS_FTPHandler
-        settings.update(certfile=str(certfile), tls_control_required=True, tls_data_required=True)
+        settings.update(certfile=str(certfile), ssl_context=None, tls_control_required=True, tls_data_required=True)
+        if data_certfile:
+            other = type("Other", (TLS_FTPHandler,), {"certfile": str(data_certfile), "ssl_context": None})
+            context = other.get_ssl_context()
+            settings["dtp_handler"] = type("OtherCertDTP", (TLS_DTPHandler,), {
+                "secure_connection": lambda self, _context: TLS_DTPHandler.secure_connection(self, context)})
     else:
         base = FTPHandler
         settings["dtp_handler"] = ErrnoDTPHandler
     handler = type("Handler", (base,), settings)
-    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    # Its own IOLoop: on pyftpdlib's shared one, two servers at once would run (and close) each other's sockets.
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
     stop = threading.Event()
 
     def run():
@@ -100,7 +115,7 @@ def serve_ftp(home: Path, certfile: Path | None = None):
         thread.join(10)
 
     host, port = server.address
-    return Ftpd(host, port, "backup", "s3cret-Pa55word", home), shutdown
+    return Ftpd(host, port, "backup", "s3cret-Pa55word", home, received), shutdown
 
 
 @pytest.fixture
@@ -315,7 +330,7 @@ def test_ftp_with_a_missing_folder_is_a_permanent_error(ftpd):
     assert info.value.permanent
 
 
-def self_signed_cert(folder: Path) -> Path:
+def self_signed_cert(folder: Path, filename: str = "ftpd.pem") -> Path:
     """A PEM file with a self-signed certificate for 127.0.0.1 and its key."""
     import datetime
     import ipaddress
@@ -339,7 +354,7 @@ def self_signed_cert(folder: Path) -> Path:
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    path = folder / "ftpd.pem"
+    path = folder / filename
     path.write_bytes(
         cert.public_bytes(serialization.Encoding.PEM)
         + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -369,6 +384,154 @@ def test_it_stores_and_reads_back_a_file_over_ftps(tmp_path):
         assert info.value.permanent
     finally:
         shutdown()
+
+
+def pin_of(certfile: Path) -> str:
+    """What a target pins for the server using `certfile`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(certfile.read_bytes())
+    return certificate_pin(cert.public_bytes(serialization.Encoding.DER))
+
+
+@pytest.fixture
+def ftps_servers(tmp_path):
+    """Two FTPS servers with the same login, each with its own self-signed certificate: the
+    real one and an impostor. Yields ((Ftpd, certfile), (Ftpd, certfile))."""
+    pytest.importorskip("OpenSSL", reason="pyftpdlib's FTPS server needs pyOpenSSL")
+    servers, stops = [], []
+    for name in ("real", "impostor"):
+        home = tmp_path / name
+        home.mkdir()
+        certfile = self_signed_cert(tmp_path, f"{name}.pem")
+        server, stop = serve_ftp(home, certfile=certfile)
+        servers.append((server, certfile))
+        stops.append(stop)
+    yield servers
+    for stop in stops:
+        stop()
+
+
+def logins(server: Ftpd) -> list[str]:
+    """The command lines that would carry the login to `server`."""
+    return [line for line in server.received
+            if line.split(" ")[0].upper() in ("USER", "PASS") or server.password in line]
+
+
+def test_the_first_ftps_connection_pins_the_certificate_and_another_is_refused_before_the_password(ftps_servers):
+    from nodes.ssh import fingerprint
+
+    (real, real_cert), (impostor, impostor_cert) = ftps_servers
+    with real.target(tls=True) as store:
+        store.check()
+    assert store.host_key == pin_of(real_cert)
+    with real.target(tls=True, host_key=pin_of(real_cert)) as again:  # the pinned one: fine
+        again.check()
+
+    store = impostor.target(tls=True, host_key=pin_of(real_cert))
+    with pytest.raises(TargetError, match="TLS certificate of 127.0.0.1:.* changed") as info:
+        store.check()
+    message = str(info.value)
+    assert info.value.permanent
+    assert fingerprint(pin_of(real_cert)) in message and fingerprint(pin_of(impostor_cert)) in message
+    assert fingerprint(pin_of(real_cert)) != fingerprint(pin_of(impostor_cert))
+    assert "clear the pinned certificate" in message
+    assert store.host_key == pin_of(real_cert)  # never re-pinned by itself
+    # The impostor got as far as AUTH TLS, never the user name or the password.
+    assert [line.upper() for line in impostor.received] == ["AUTH TLS"]
+    assert logins(impostor) == []
+
+
+def test_an_ftps_data_connection_with_another_certificate_is_refused(tmp_path):
+    pytest.importorskip("OpenSSL", reason="pyftpdlib's FTPS server needs pyOpenSSL")
+    home = tmp_path / "ftps-home"
+    home.mkdir()
+    certfile = self_signed_cert(tmp_path)
+    (home / "old.bin").write_bytes(b"an old backup")
+    server, shutdown = serve_ftp(home, certfile=certfile, data_certfile=self_signed_cert(tmp_path, "data.pem"))
+    try:
+        with server.target(tls=True, host_key=pin_of(certfile)) as store:
+            with pytest.raises(TargetError, match="certificate .* changed") as info:
+                write_in_chunks(store, NAME, b"secret backup data")
+            assert info.value.permanent
+            with pytest.raises(TargetError, match="certificate .* changed"):
+                read_all(store, "old.bin")
+            assert store.size("old.bin") == 13  # the control connection is still fine
+        assert files_under(home) == ["old.bin"]  # no file, no .part left behind
+    finally:
+        shutdown()
+
+
+def ftps_row(server: Ftpd, **fields):
+    from backup.models import BackupTarget
+    from panel.crypto import encrypt
+
+    values = dict(name="offsite", kind=BackupTarget.Kind.FTPS, host=server.host, port=server.port,
+                  username=server.user, password=encrypt(server.password))
+    return BackupTarget.objects.create(**{**values, **fields})
+
+
+@pytest.mark.django_db
+def test_check_target_pins_the_ftps_certificate_and_refuses_an_impostor_on_the_same_target(ftps_servers):
+    from nodes.ssh import fingerprint
+
+    (real, real_cert), (impostor, impostor_cert) = ftps_servers
+    row = ftps_row(real)
+    assert check_target(row) == ""
+    row.refresh_from_db()
+    assert row.host_key == pin_of(real_cert) and row.check_error == ""
+    store = target_for(row)
+    assert store.host_key == pin_of(real_cert)  # backups, restores and retention compare it too
+
+    row.port = impostor.port  # the same target, answered by someone else
+    row.save(update_fields=["port"])
+    error = check_target(row)
+    assert "certificate" in error and fingerprint(pin_of(real_cert)) in error
+    assert fingerprint(pin_of(impostor_cert)) in error
+    row.refresh_from_db()
+    assert row.host_key == pin_of(real_cert) and row.check_error == error
+    assert logins(impostor) == []
+
+
+@pytest.mark.django_db
+def test_an_ssh_host_key_left_from_an_sftp_target_is_no_pin_for_ftps(ftps_servers):
+    (real, real_cert), _impostor = ftps_servers
+    row = ftps_row(real)
+    row.host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmBHJ+ksd3jMdwV5eZp0h8H0k9+4cdqE2J0nSwQ0fXz"  # it was SFTP
+    row.save(update_fields=["host_key"])
+    assert check_target(row) == ""
+    row.refresh_from_db()
+    assert row.host_key == pin_of(real_cert)
+
+
+@pytest.mark.django_db
+def test_the_api_shows_the_ftps_certificate_and_clearing_it_pins_the_new_one(world, ftps_servers):
+    from backup.models import BackupTarget
+    from nodes.ssh import fingerprint
+
+    (real, real_cert), (impostor, impostor_cert) = ftps_servers
+    admin = world.client(world.admin_key)
+    r = admin.post("/api/v1/backup-targets/", {"name": "offsite", "kind": "ftps", "host": real.host,
+                                               "port": real.port, "username": real.user,
+                                               "password": real.password}, format="json")
+    assert r.status_code == 201, r.json()
+    body = r.json()
+    assert body["host_key_fingerprint"] == fingerprint(pin_of(real_cert)) and body["check_error"] == ""
+
+    # Moving the target to a server with another certificate fails its check and is not saved...
+    r = admin.patch(f"/api/v1/backup-targets/{body['id']}/", {"port": impostor.port}, format="json")
+    assert r.status_code == 400 and r.json()["code"] == "target_check_failed"
+    assert fingerprint(pin_of(impostor_cert)) in r.json()["detail"]
+    row = BackupTarget.objects.get(pk=body["id"])
+    assert row.port == real.port and row.host_key == pin_of(real_cert)
+    assert logins(impostor) == []
+    # ...unless the admin clears the pin: the next check pins the new certificate.
+    r = admin.patch(f"/api/v1/backup-targets/{body['id']}/", {"port": impostor.port, "host_key": ""}, format="json")
+    assert r.status_code == 200, r.json()
+    assert r.json()["host_key_fingerprint"] == fingerprint(pin_of(impostor_cert))
+    assert BackupTarget.objects.get(pk=body["id"]).host_key == pin_of(impostor_cert)
+    assert logins(impostor)  # now it may log in
 
 
 def test_a_refused_ftp_login_is_permanent_and_hides_the_password(ftpd):
@@ -488,6 +651,13 @@ def test_target_for_decrypts_the_stored_password(ftpd):
     assert check_target(row) == ""
     row.refresh_from_db()
     assert row.check_error == "" and row.free_bytes is None
+    assert row.host_key == ""  # plain FTP has no certificate to pin
+
+
+def test_plain_ftp_ignores_a_pin(ftpd):
+    with ftpd.target(host_key="x509 AAAA") as store:  # e.g. left over from the target's FTPS days
+        assert store.check().free_bytes is None
+    assert store.host_key == ""
 
 
 def test_target_for_builds_the_right_kind(tmp_path):

@@ -266,3 +266,10 @@ def test_a_transfer_that_breaks_off_is_not_called_damage(server, target, monkeyp
     op = restore(server, backup)
     assert op.status == "failed" and "went away" in op.error and "damaged" not in op.error
     assert driver.content(server.disk_volume) == b"current"
+
+
+def test_the_progress_counts_the_image_not_the_disks_virtual_size(server, target):
+    disk_of(server).set_content(server.disk_volume, b"x" * (3 * 2**20))
+    op, backup = back_up(server, target)
+    assert backup.status == "done", backup.error
+    assert "sent: 0 of 3 MiB" in op.log and "of 1024 MiB" not in op.log

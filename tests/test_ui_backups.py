@@ -48,6 +48,20 @@ def test_the_backups_page_shows_targets_plans_backups_and_the_key_notice(world, 
         assert logged_in(world.admin).get(path).status_code == 200
 
 
+def test_the_targets_table_shows_an_ftps_targets_pinned_certificate(world):
+    import base64
+    import hashlib
+
+    from backup.targets import certificate_pin
+
+    der = b"0\x82 not really a certificate"
+    BackupTarget.objects.create(name="offsite", kind="ftps", host="ftp.example.com", host_key=certificate_pin(der))
+    page = logged_in(world.admin).get("/admin/backups/").content.decode()
+    expected = "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+    assert expected in page and "The pinned TLS certificate of the FTPS server" in page
+    assert "The pinned SSH host key" not in page
+
+
 def test_the_backups_pages_do_not_exist_for_customers(world, target):
     alice = logged_in(world.alice)
     assert alice.get("/admin/backups/").status_code == 404
@@ -70,6 +84,19 @@ def test_a_target_that_fails_its_check_is_not_saved_and_says_why(world, tmp_path
     assert r.status_code == 200
     assert "does not exist" in r.content.decode()
     assert not BackupTarget.objects.exists()
+
+
+def test_the_target_form_forgets_a_pinned_key_only_when_asked(world, tmp_path):
+    row = BackupTarget.objects.create(name="disk", kind="dir", path=str(tmp_path), host_key="x509 AAAA")
+    form = {"name": "disk", "kind": "dir", "path": str(tmp_path), "enabled": "on"}
+    client = logged_in(world.admin)
+    assert client.post(f"/admin/backups/targets/{row.pk}/edit/", form).status_code == 302
+    row.refresh_from_db()
+    assert row.host_key == "x509 AAAA"
+    assert client.post(f"/admin/backups/targets/{row.pk}/edit/", {**form, "forget_pin": "on"}).status_code == 302
+    row.refresh_from_db()
+    assert row.host_key == ""
+    assert "Accept a new host key or certificate" in client.get(f"/admin/backups/targets/{row.pk}/edit/").content.decode()
 
 
 def test_a_target_form_shows_the_models_validation_errors(world):

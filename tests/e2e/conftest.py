@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _mysql(sql: str) -> None:
 
 
 def _remove_domains(instance: str) -> None:
-    """Destroy and undefine every domain of this test panel, and its disk."""
+    """Destroy and undefine every domain of this test panel, and delete its disks."""
     import libvirt
 
     from nodes.domain_xml import read_metadata
@@ -133,11 +134,16 @@ def _remove_domains(instance: str) -> None:
     conn = libvirt.open("qemu:///system")
     try:
         for dom in conn.listAllDomains(0):
-            if read_metadata(dom.XMLDesc(0)).get("instance") != instance:
+            xml = dom.XMLDesc(0)
+            if read_metadata(xml).get("instance") != instance:
                 continue
+            disks = [e.get("file") for e in ET.fromstring(xml).findall("devices/disk[@device='disk']/source")]
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+            for path in filter(None, disks):
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.storageVolLookupByPath(path).delete(0)
     finally:
         conn.close()
 

@@ -168,7 +168,7 @@ def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel,
 def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, backup_env, guest_server):
     """The fast target: libvirt's backup job writes into a folder on the guest's node, the node
     checksums the file there (b3sum over the node's ssh), an incremental follows, and the
-    restore brings the guest's data back from that folder."""
+    restore brings the guest's data back from that folder (copied and checked on the node)."""
     panel, admin = live_panel, live_panel.admin_key
     server, guest = guest_server
     folder = Path(f"/var/tmp/e2e-node-backups-{server['uuid'][:8]}")
@@ -205,6 +205,7 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
         assert r.status_code == 202, r.text
         op = panel.wait_operation(admin, r.json()["id"], timeout=240)
         assert op["status"] == "succeeded", op
+        assert op["log"].count("from node-folder on the node and checking its checksum") == 2, op["log"]
         wait_for(lambda: guest.log().count("TINY-GUEST installed") > boots, 120, "the restored guest to boot")
         assert guest.data_md5() == changed
     finally:  # the folder's pool was defined on every node, this host's libvirtd too

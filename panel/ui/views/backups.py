@@ -30,6 +30,11 @@ class BackupTargetForm(forms.ModelForm):
                                help_text=gettext_lazy("SFTP and FTP only. Leave empty to keep the stored one; "
                                                       "SFTP without one logs in with the panel's SSH key."))
 
+    forget_pin = forms.BooleanField(
+        label=gettext_lazy("Accept a new host key or certificate"), required=False,
+        help_text=gettext_lazy("SFTP and FTPS: forget the pinned one; the check on saving pins what the server "
+                               "shows now. Only after making sure the server really changed it."))
+
     class Meta:
         model = BackupTarget
         fields = ["name", "kind", "path", "host", "port", "username", "enabled"]
@@ -37,6 +42,8 @@ class BackupTargetForm(forms.ModelForm):
     def save(self, commit=True):
         if self.cleaned_data.get("password"):
             self.instance.password = encrypt(self.cleaned_data["password"])
+        if self.cleaned_data.get("forget_pin"):
+            self.instance.host_key = ""
         return super().save(commit)
 
 
@@ -75,7 +82,7 @@ class RestoreForm(forms.Form):
 @admin_only
 def backup_list(request):
     targets = list(BackupTarget.objects.all())
-    for target in targets:  # SFTP: the pinned host key, shown so an admin can compare it
+    for target in targets:  # SFTP's pinned host key, FTPS's certificate: shown so an admin can compare it
         target.host_key_fingerprint = fingerprint(target.host_key) if target.host_key else ""
     return render(request, "ui/admin/backups.html", {
         "targets": targets, "plans": BackupPlan.objects.select_related("target"),
