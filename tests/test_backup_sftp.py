@@ -5,14 +5,8 @@ Like the other targets it must keep partial files out of sight, clean up after a
 tell permanent from passing failures and never leak the password; it also pins the host key.
 """
 
-import getpass
 import os
 import shutil
-import socket
-import subprocess
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import paramiko
 import pytest
@@ -22,8 +16,8 @@ from backup.models import BackupTarget
 from backup.sftp import SftpTarget
 from backup.targets import TargetError, check_target, target_for
 from nodes.ssh import fingerprint, key_line, panel_identity
+from tests.sshd_fixture import SSHD, PrivateSshd, SshdError, free_port
 
-SSHD = "/usr/sbin/sshd"
 MIB = 1024 * 1024
 NAME = "3f2a0c5e/000012-full.qcow2.zst"
 
@@ -31,19 +25,7 @@ pytestmark = [pytest.mark.django_db,
               pytest.mark.skipif(not os.path.exists(SSHD), reason=f"{SSHD} is missing (openssh-server)")]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Sshd:
-    port: int
-    user: str
-    host_key: str  # "<type> <base64>", as a target pins it
-    authorized_keys: Path
-
+class Sshd(PrivateSshd):
     def target(self, path, **overrides) -> SftpTarget:
         args = dict(host="127.0.0.1", port=self.port, username=self.user, password="", path=str(path), host_key="")
         return SftpTarget(**{**args, **overrides})
@@ -52,41 +34,12 @@ class Sshd:
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A private sshd (its own config, host key and authorized_keys) on a free loopback port."""
-    folder = tmp_path_factory.mktemp("sshd")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_key")], check=True)
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation needs it (as tests/cluster.py does)
-    port = free_port()
-    (folder / "authorized_keys").write_text("")
-    (folder / "sshd_config").write_text(f"""
-ListenAddress 127.0.0.1
-Port {port}
-HostKey {folder}/host_key
-PidFile {folder}/sshd.pid
-AuthorizedKeysFile {folder}/authorized_keys
-PermitRootLogin yes
-PasswordAuthentication yes
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-MaxAuthTries 10
-Subsystem sftp internal-sftp
-""")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"sshd did not start: {proc.stderr.read().decode(errors='replace')}")
-            time.sleep(0.05)
-    host_key = " ".join((folder / "host_key.pub").read_text().split()[:2])
-    yield Sshd(port, getpass.getuser(), host_key, folder / "authorized_keys")
-    proc.terminate()
-    proc.wait(10)
+    try:
+        server = Sshd(tmp_path_factory.mktemp("sshd"))
+    except SshdError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
 
 
 @pytest.fixture
