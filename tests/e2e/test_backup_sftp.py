@@ -58,6 +58,12 @@ def sftp_env(live_panel, test_cluster, sshd, home):
         assert target["host_key_fingerprint"] == ssh_fingerprint(sshd.host_key), target
         assert target["host_key_fingerprint"].startswith("SHA256:")
         yield {**env, "target": target["id"], "tenant": make_tenant(panel, "sftp")}
+    # Its servers and their backups are gone: the target goes too, or it would be the panel's
+    # default target (the first enabled one) for the next module's customers.
+    admin = panel.admin_key
+    if panel.call(admin, "DELETE", f"/api/v1/backup-targets/{target['id']}/").status_code != 204:
+        assert panel.call(admin, "PATCH", f"/api/v1/backup-targets/{target['id']}/",
+                          json={"enabled": False}).status_code == 200
 
 
 class Guest(ClusterGuest):
