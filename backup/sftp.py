@@ -188,7 +188,7 @@ class SftpTarget(Target):
         # Another connection if this one broke: a .part must not stay behind.
         for _ in range(2):
             try:
-                self._remove(part)
+                self._delete_file(part)
                 return
             except TargetError:
                 self.close()
@@ -220,19 +220,16 @@ class SftpTarget(Target):
             except FileNotFoundError:
                 return None
 
-    def _remove(self, name: str) -> None:
+    def _delete_file(self, name: str) -> None:
         with self._errors(f"cannot delete {name}"):
             try:
                 self._connect().remove(name)
             except FileNotFoundError:
                 pass
 
-    def delete(self, name: str) -> None:
-        check_name(name)
-        self._remove(name)
-        if folder := _folder_of(name):
-            with self._errors(f"cannot delete {name}"):
-                try:
-                    self._connect().rmdir(folder)
-                except OSError:
-                    pass  # not empty (or gone): fine
+    def _delete_folder_if_empty(self, folder: str, name: str) -> None:
+        with self._errors(f"cannot delete {name}"):
+            try:
+                self._connect().rmdir(folder)
+            except OSError:
+                pass  # not empty (or gone): fine

@@ -131,6 +131,17 @@ class Target:
 
     def delete(self, name: str) -> None:
         """Delete `name`; a missing file is fine. Its folder is removed once empty."""
+        check_name(name)
+        self._delete_file(name)
+        if folder := _folder_of(name):
+            self._delete_folder_if_empty(folder, name)
+
+    def _delete_file(self, name: str) -> None:
+        """Delete one file; a missing one is fine."""
+        raise NotImplementedError
+
+    def _delete_folder_if_empty(self, folder: str, name: str) -> None:
+        """Remove `folder` (where `name` was) if nothing is left in it; a folder still in use stays."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -263,17 +274,17 @@ class DirTarget(Target):
         except OSError as exc:
             raise _dir_error(exc, f"cannot read the size of {name}") from exc
 
-    def delete(self, name: str) -> None:
-        path = self._path(name)
+    def _delete_file(self, name: str) -> None:
         try:
-            path.unlink(missing_ok=True)
+            self._path(name).unlink(missing_ok=True)
         except OSError as exc:
             raise _dir_error(exc, f"cannot delete {name}") from exc
-        if path.parent != self.root:
-            try:
-                path.parent.rmdir()
-            except OSError:
-                pass  # not empty (or gone): fine either way
+
+    def _delete_folder_if_empty(self, folder: str, name: str) -> None:
+        try:
+            (self.root / folder).rmdir()
+        except OSError:
+            pass  # not empty (or gone): fine either way
 
 
 # --- an FTP or FTPS server
@@ -625,15 +636,12 @@ class FtpTarget(Target):
                 if _reply_code(exc) != "550":  # 550: already gone
                     raise
 
-    def delete(self, name: str) -> None:
-        check_name(name)
-        self._delete_file(name)
-        if folder := _folder_of(name):
-            with self._errors(f"cannot delete {name}"):
-                try:
-                    self._connect().rmd(folder)
-                except ftplib.error_perm:
-                    pass  # not empty: fine
+    def _delete_folder_if_empty(self, folder: str, name: str) -> None:
+        with self._errors(f"cannot delete {name}"):
+            try:
+                self._connect().rmd(folder)
+            except ftplib.error_perm:
+                pass  # not empty: fine
 
 
 # --- from the database
