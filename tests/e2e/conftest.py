@@ -341,6 +341,26 @@ def cluster_with_node(panel: LivePanel, test_cluster, name: str, first: str, las
         panel.call(admin, "DELETE", f"/api/v1/clusters/{cluster}/")
 
 
+def create_tiny_server(panel: LivePanel, env: dict, tenant: "Tenant", hostname: str) -> dict:
+    """A server of the tiny template for `tenant` on the node of a `cluster_with_node` env,
+    installed and running: the server as its owner sees it through the API."""
+    r = panel.call(panel.admin_key, "POST", "/api/v1/servers/", json={
+        "customer": tenant.customer_id, "plan": env["plan"], "hostname": hostname, "os_template": "tiny",
+        "node": env["node"]})
+    assert r.status_code == 202, r.text
+    op = panel.wait_operation(panel.admin_key, r.json()["id"], timeout=240)
+    assert op["status"] == "succeeded", op
+    return panel.call(tenant.key, "GET", f"/api/v1/servers/{op['server']}/").json()
+
+
+def backups_of(panel: LivePanel, key: str, server_id: int) -> list[dict]:
+    """The server's backups through the API, newest first."""
+    r = panel.call(key, "GET", f"/api/v1/servers/{server_id}/backups/")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["results"] if isinstance(body, dict) else body
+
+
 class ClusterGuest:
     """A server's guest on node 1 of the test cluster: its serial log, and commands typed into
     its shell (tests/guest.py)."""
@@ -354,6 +374,10 @@ class ClusterGuest:
 
     def log(self) -> str:
         return self.run(["cat", f"/var/log/libvirt/qemu/{self.name}-serial.log"]).stdout
+
+    def md5(self, start_mib: int, count_mib: int) -> str:
+        """The md5 of `count_mib` MiB of the guest's disk from `start_mib` on, read inside the guest."""
+        return self.sh(f"dd if=/dev/vda bs=1M skip={start_mib} count={count_mib} 2>/dev/null | md5sum").split()[0]
 
     def sh(self, command: str, timeout: float | None = None) -> str:
         from tests.guest import guest_command, wait_shell

@@ -11,7 +11,8 @@ import blake3
 import pytest
 import zstandard
 
-from tests.e2e.conftest import ClusterGuest, cluster_with_node, make_tenant, wait_for
+from tests.e2e.conftest import (ClusterGuest, backups_of, cluster_with_node, create_tiny_server, make_tenant,
+                                wait_for)
 from tests.sshd_fixture import SSHD, PrivateSshd
 
 DATA_MIB = (64, 8)  # the guest's data: 8 MiB at 64 MiB into its disk (the installed system is below 8 MiB)
@@ -70,28 +71,13 @@ class Guest(ClusterGuest):
     READY_TIMEOUT, COMMAND_TIMEOUT = 120, 60
 
     def data_md5(self) -> str:
-        start, count = DATA_MIB
-        return self.sh(f"dd if=/dev/vda bs=1M skip={start} count={count} 2>/dev/null | md5sum").split()[0]
+        return self.md5(*DATA_MIB)
 
 
 @pytest.fixture(scope="module")
 def guest_server(live_panel, test_cluster, sftp_env):
-    panel, tenant = live_panel, sftp_env["tenant"]
-    r = panel.call(panel.admin_key, "POST", "/api/v1/servers/", json={
-        "customer": tenant.customer_id, "plan": sftp_env["plan"], "hostname": "sftp-1", "os_template": "tiny",
-        "node": sftp_env["node"]})
-    assert r.status_code == 202, r.text
-    op = panel.wait_operation(panel.admin_key, r.json()["id"], timeout=240)
-    assert op["status"] == "succeeded", op
-    server = panel.call(tenant.key, "GET", f"/api/v1/servers/{op['server']}/").json()
+    server = create_tiny_server(live_panel, sftp_env, sftp_env["tenant"], "sftp-1")
     return server, Guest(test_cluster, server)
-
-
-def _backups(panel, key, server_id) -> list[dict]:
-    r = panel.call(key, "GET", f"/api/v1/servers/{server_id}/backups/")
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return body["results"] if isinstance(body, dict) else body
 
 
 def _stored(folder) -> dict[str, tuple[int, int]]:
@@ -112,7 +98,7 @@ def test_a_backup_goes_to_the_sftp_host_and_the_guest_is_restored_from_it(live_p
     assert r.status_code == 202, r.text
     op = panel.wait_operation(admin, r.json()["id"], timeout=180)
     assert op["status"] == "succeeded", op
-    backups = _backups(panel, admin, server["id"])
+    backups = backups_of(panel, admin, server["id"])
     assert len(backups) == 1, backups
     backup = backups[0]
     assert (backup["status"], backup["kind"], backup["target"]) == ("done", "full", "loopback-sftp"), backup
@@ -149,7 +135,7 @@ def test_a_changed_host_key_stops_the_backup_before_anything_is_written(live_pan
     panel, admin = live_panel, live_panel.admin_key
     server, _guest = guest_server
     before = _stored(home)
-    backups_before = [b["id"] for b in _backups(panel, admin, server["id"])]
+    backups_before = [b["id"] for b in backups_of(panel, admin, server["id"])]
     pinned = sshd.host_key
     sshd.restart_with_new_key()  # same port, another key
     offered = sshd.host_key
@@ -162,7 +148,7 @@ def test_a_changed_host_key_stops_the_backup_before_anything_is_written(live_pan
     assert "host key" in op["error"], op
     assert ssh_fingerprint(pinned) in op["error"] and ssh_fingerprint(offered) in op["error"], op
     assert _stored(home) == before
-    assert not [b for b in _backups(panel, admin, server["id"]) if b["id"] not in backups_before
+    assert not [b for b in backups_of(panel, admin, server["id"]) if b["id"] not in backups_before
                 and b["status"] == "done"]
     target = panel.call(admin, "GET", f"/api/v1/backup-targets/{sftp_env['target']}/").json()
     assert target["host_key_fingerprint"] == ssh_fingerprint(pinned), target  # never re-pinned by itself

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, ClusterGuest, _mysql, cluster_with_node, make_tenant, wait_for
+from tests.e2e.conftest import (ROOT, ClusterGuest, _mysql, backups_of, cluster_with_node, create_tiny_server,
+                                make_tenant, wait_for)
 
 DATA_MIB = (64, 32)  # the guest's data: 32 MiB at 64 MiB into its disk (the installed system is below 8 MiB)
 
@@ -52,27 +53,12 @@ class Guest(ClusterGuest):
     READY_TIMEOUT, COMMAND_TIMEOUT = 120, 60
 
     def data_md5(self) -> str:
-        start, count = DATA_MIB
-        return self.sh(f"dd if=/dev/vda bs=1M skip={start} count={count} 2>/dev/null | md5sum").split()[0]
-
-
-def _backups(panel, key, server_id) -> list[dict]:
-    r = panel.call(key, "GET", f"/api/v1/servers/{server_id}/backups/")
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return body["results"] if isinstance(body, dict) else body
+        return self.md5(*DATA_MIB)
 
 
 @pytest.fixture(scope="module")
 def guest_server(live_panel, test_cluster, backup_env):
-    panel, tenant = live_panel, backup_env["tenant"]
-    r = panel.call(panel.admin_key, "POST", "/api/v1/servers/", json={
-        "customer": tenant.customer_id, "plan": backup_env["plan"], "hostname": "backup-1", "os_template": "tiny",
-        "node": backup_env["node"]})
-    assert r.status_code == 202, r.text
-    op = panel.wait_operation(panel.admin_key, r.json()["id"], timeout=240)
-    assert op["status"] == "succeeded", op
-    server = panel.call(tenant.key, "GET", f"/api/v1/servers/{op['server']}/").json()
+    server = create_tiny_server(live_panel, backup_env, backup_env["tenant"], "backup-1")
     return server, Guest(test_cluster, server)
 
 
@@ -95,7 +81,7 @@ def test_a_scheduled_backup_of_a_busy_guest_restores_its_destroyed_disk(live_pan
         "servers": [server["id"]], "keep": 3, "full_every": 7, "compression": "zstd"})
     assert plan.status_code == 201, plan.text
     started = time.monotonic()
-    full = wait_for(lambda: next((b for b in _backups(panel, tenant.key, server["id"]) if b["status"] != "running"),
+    full = wait_for(lambda: next((b for b in backups_of(panel, tenant.key, server["id"]) if b["status"] != "running"),
                                  None), 200, "the scheduled backup", interval=2)
     print(f"the scheduled backup finished {time.monotonic() - started:.0f} s after the plan was made")
     assert full["status"] == "done", full
@@ -111,7 +97,7 @@ def test_a_scheduled_backup_of_a_busy_guest_restores_its_destroyed_disk(live_pan
     assert r.status_code == 202, r.text
     op = panel.wait_operation(tenant.key, r.json()["id"], timeout=180)
     assert op["status"] == "succeeded", op
-    incremental = _backups(panel, tenant.key, server["id"])[0]
+    incremental = backups_of(panel, tenant.key, server["id"])[0]
     assert incremental["kind"] == "incremental" and incremental["parent"] == full["id"]
     print(f"full backup {full['size_bytes']} bytes stored, incremental {incremental['size_bytes']} bytes "
           f"({full['size_bytes'] / max(incremental['size_bytes'], 1):.0f}x smaller)")
@@ -138,7 +124,7 @@ def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel,
                                                                      ftp_server):
     panel, tenant = live_panel, backup_env["tenant"]
     server, guest = guest_server
-    backups = [b for b in _backups(panel, tenant.key, server["id"]) if b["status"] == "done"]
+    backups = [b for b in backups_of(panel, tenant.key, server["id"]) if b["status"] == "done"]
     assert backups, "needs the backups of the test before"
     full = backups[-1]
     files = sorted(p for p in (ftp_server["home"] / "vps").rglob(f"{full['id']:06d}-full.qcow2*"))
@@ -185,7 +171,7 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
             assert r.status_code == 202, r.text
             op = panel.wait_operation(admin, r.json()["id"], timeout=180)
             assert op["status"] == "succeeded", op
-            made.append(next(b for b in _backups(panel, admin, server["id"]) if b["target"] == "node-folder"))
+            made.append(next(b for b in backups_of(panel, admin, server["id"]) if b["target"] == "node-folder"))
         full, incremental = made[0], made[1]
         assert (full["kind"], incremental["kind"], incremental["parent"]) == ("full", "incremental", full["id"])
         image = folder / f"{server['uuid']}.{full['id']:06d}-full.qcow2"

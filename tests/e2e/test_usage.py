@@ -7,7 +7,7 @@ kernel lacks tc's sfq, so libvirt cannot apply <bandwidth> here.)
 
 import pytest
 
-from tests.e2e.conftest import ClusterGuest, cluster_with_node, make_tenant
+from tests.e2e.conftest import ClusterGuest, cluster_with_node, create_tiny_server, make_tenant
 
 PING = 1400  # payload bytes of each echo request (and of its reply)
 
@@ -20,13 +20,7 @@ def usage_env(live_panel, test_cluster):
 
 def test_traffic_is_counted_and_a_reboot_loses_none_of_it(live_panel, test_cluster, usage_env):
     panel, tenant = live_panel, usage_env["tenant"]
-    r = panel.call(panel.admin_key, "POST", "/api/v1/servers/", json={
-        "customer": tenant.customer_id, "plan": usage_env["plan"], "hostname": "usage-1", "os_template": "tiny",
-        "node": usage_env["node"]})
-    assert r.status_code == 202, r.text
-    op = panel.wait_operation(panel.admin_key, r.json()["id"], timeout=240)
-    assert op["status"] == "succeeded", op
-    server = panel.call(tenant.key, "GET", f"/api/v1/servers/{op['server']}/").json()
+    server = create_tiny_server(panel, usage_env, tenant, "usage-1")
     url = f"/api/v1/servers/{server['id']}/usage/"
     guest = ClusterGuest(test_cluster, server)
 
