@@ -41,11 +41,11 @@ def _target(row: BackupTarget, server: VirtualServer | None, driver: Driver | No
         try:
             target.free_bytes()
         except TargetError as exc:
-            raise BackupFailed(f"the target {row.name} failed its check: {exc}", retryable=True) from exc
+            raise BackupFailed(f"the target {row.name} failed its check: {exc}", retryable=not exc.permanent) from exc
         return target
     error = check_target(row)
-    if error:
-        raise BackupFailed(f"the target {row.name} failed its check: {error}", retryable=True)
+    if error:  # permanent or not, the plan's next run tries again
+        raise BackupFailed(f"the target {row.name} failed its check: {error}")
     try:
         return target_for(row)
     except TargetError as exc:
@@ -158,8 +158,7 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
         target.close()
     backup.status, backup.finished_at = Backup.Status.DONE, timezone.now()
     backup.save()
-    # QEMU keeps a bitmap per checkpoint up to date on every write: only the newest is needed.
-    driver.drop_checkpoints(server.domain_name, keep=backup.checkpoint or _last_checkpoint(server, target_row))
+    driver.drop_checkpoints(server.domain_name, keep=_checkpoints_in_use(server))
     step(92, f"{backup.kind} backup #{backup.id}: {backup.size_bytes / 2**20:.1f} MiB stored, {backup.checksum[:23]}…")
     removed = retention.prune(server.uuid, target_row, retention.keep_for(server, plan))
     if removed:
@@ -195,10 +194,13 @@ def _checksum_in_place(step, backup: Backup, driver: Driver, target, staging: st
     return backup.size_bytes
 
 
-def _last_checkpoint(server: VirtualServer, target: BackupTarget) -> str | None:
-    last = Backup.objects.filter(server_uuid=server.uuid, target=target, status=Backup.Status.DONE) \
-        .exclude(checkpoint="").order_by("-id").first()
-    return last.checkpoint if last else None
+def _checkpoints_in_use(server: VirtualServer) -> set[str]:
+    """The checkpoint of each target's newest backup of the server: the next incremental to that
+    target starts there. QEMU updates a bitmap per checkpoint on every write, so no others are
+    kept (a target whose newest backup has none starts a new chain anyway)."""
+    newest = dict(Backup.objects.filter(server_uuid=server.uuid, status=Backup.Status.DONE)
+                  .exclude(kind=Backup.Kind.PANEL).order_by("id").values_list("target_id", "checkpoint"))
+    return {checkpoint for checkpoint in newest.values() if checkpoint}
 
 
 def _failed(backup: Backup, target, exc: Exception) -> None:

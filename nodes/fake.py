@@ -137,10 +137,10 @@ class FakeDriver(Driver):
         with _lock:
             return list(self.host.checkpoints.get(name, []))
 
-    def drop_checkpoints(self, name: str, keep: str | None = None, metadata_only: bool = False) -> None:
+    def drop_checkpoints(self, name: str, keep=(), metadata_only: bool = False) -> None:
         self._enter("drop_checkpoints", name)
         with _lock:
-            self.host.checkpoints[name] = [cp for cp in self.host.checkpoints.get(name, []) if cp == keep]
+            self.host.checkpoints[name] = [cp for cp in self.host.checkpoints.get(name, []) if cp in keep]
 
     def read_volume(self, pool: str, name: str):
         self._enter("read_volume", name)

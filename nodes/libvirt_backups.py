@@ -19,13 +19,16 @@ import shlex
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from nodes.domain_xml import backup_xml, checkpoint_xml, volume_xml
 from nodes.libvirt_errors import DriverError, is_connection_error, reconnecting
 
 CHUNK = 4 * 1024 * 1024
+# libvirt carries a stream in messages of at most 256 KiB, so a receive never returns more; a
+# larger buffer is only allocated and cleared on every call (4 MiB: ~25% slower downloads).
+RECV_BYTES = 256 * 1024
 
 # Runs on the node with the new image as $1 and the chain after it. `rebase -u` only rewrites
 # the header (a backup job's incremental image names the live disk as its backing file); the
@@ -137,16 +140,16 @@ class LibvirtBackups:
         return [cp.getName() for cp in self._call("checkpoints", dom.listAllCheckpoints, 0)]
 
     @reconnecting
-    def drop_checkpoints(self, name: str, keep: str | None = None, metadata_only: bool = False) -> None:
-        """Delete the domain's checkpoints but `keep`: each one costs QEMU a bitmap to update on
-        every write. `metadata_only` when the disk holding the bitmaps was replaced."""
+    def drop_checkpoints(self, name: str, keep: Collection[str] = (), metadata_only: bool = False) -> None:
+        """Delete the domain's checkpoints but those in `keep`: each one costs QEMU a bitmap to
+        update on every write. `metadata_only` when the disk holding the bitmaps was replaced."""
         lv = self._libvirt
         dom = self._domain(name)
         if dom is None:
             return
         flags = lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY if metadata_only else 0
         for cp in self._call("checkpoints", dom.listAllCheckpoints, 0):
-            if cp.getName() != keep:
+            if cp.getName() not in keep:
                 try:
                     cp.delete(flags)
                 except lv.libvirtError as exc:
@@ -161,7 +164,7 @@ class LibvirtBackups:
         self._call("download", vol.download, stream, 0, 0, 0)
         try:
             while True:
-                chunk = self._call("download", stream.recv, CHUNK)
+                chunk = self._call("download", stream.recv, RECV_BYTES)
                 if not chunk:
                     break
                 yield chunk

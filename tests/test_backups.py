@@ -144,6 +144,26 @@ def test_a_stopped_server_gets_a_full_backup_without_a_checkpoint(server, target
     assert (first.kind, first.checkpoint, second.kind) == ("full", "", "full")
 
 
+def test_each_target_keeps_its_own_incremental_chain(server, target, tmp_path):
+    # A nightly folder and a weekly remote copy: each backup's bitmap clean-up must leave the
+    # other target's checkpoint, or every backup to it would be full.
+    (tmp_path / "second").mkdir()
+    second = BackupTarget.objects.create(name="offsite", kind="dir", path=str(tmp_path / "second"))
+    driver = disk_of(server)
+    _op, a1 = back_up(server, target)
+    _op, b1 = back_up(server, second)
+    _op, a2 = back_up(server, target)
+    _op, b2 = back_up(server, second)
+    assert [(b.kind, b.parent_id) for b in (a1, b1, a2, b2)] == [
+        ("full", None), ("full", None), ("incremental", a1.id), ("incremental", b1.id)]
+    assert sorted(driver.checkpoints(server.domain_name)) == sorted([a2.checkpoint, b2.checkpoint])
+
+    lifecycle.request_action(SYSTEM, server.id, "stop")
+    _op, a3 = back_up(server, target)  # no checkpoint: this target's chain starts anew
+    assert (a3.kind, a3.checkpoint) == ("full", "")
+    assert driver.checkpoints(server.domain_name) == [b2.checkpoint]
+
+
 def test_an_unreachable_target_fails_the_backup_with_the_reason_and_stores_nothing(server):
     ftp = BackupTarget.objects.create(name="ftp", kind="ftp", host="127.0.0.1", port=9, username="u")
     op, backup = back_up(server, ftp)

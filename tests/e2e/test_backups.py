@@ -153,26 +153,31 @@ def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel,
 
 def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, backup_env, guest_server):
     """The fast target: libvirt's backup job writes into a folder on the guest's node, the node
-    checksums the file there (b3sum over the node's ssh), an incremental follows, and the
-    restore brings the guest's data back from that folder (copied and checked on the node)."""
+    checksums the file there (b3sum over the node's ssh), an incremental follows (with a backup
+    to a second folder in between: each target keeps its own checkpoint), and the restore brings
+    the guest's data back from that folder (copied and checked on the node)."""
     panel, admin = live_panel, live_panel.admin_key
     server, guest = guest_server
-    folder = Path(f"/var/tmp/e2e-node-backups-{server['uuid'][:8]}")
-    r = panel.call(admin, "POST", "/api/v1/backup-targets/", json={"name": "node-folder", "kind": "node",
-                                                                    "path": str(folder)})
-    assert r.status_code == 201, r.text
-    target = r.json()["id"]
+    folder, other_folder = (Path(f"/var/tmp/e2e-node-backups-{server['uuid'][:8]}{suffix}") for suffix in ("", "-2"))
+    targets = []
+    for name, path in (("node-folder", folder), ("node-folder-2", other_folder)):
+        r = panel.call(admin, "POST", "/api/v1/backup-targets/", json={"name": name, "kind": "node", "path": str(path)})
+        assert r.status_code == 201, r.text
+        targets.append(r.json()["id"])
+    target = targets[0]
+
+    def back_up(to: int, name: str) -> dict:
+        r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/backup/", json={"target": to})
+        assert r.status_code == 202, r.text
+        op = panel.wait_operation(admin, r.json()["id"], timeout=180)
+        assert op["status"] == "succeeded", op
+        return next(b for b in backups_of(panel, admin, server["id"]) if b["target"] == name)
+
     try:
-        made = []
-        for change in (False, True):
-            if change:
-                guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={DATA_MIB[0] + 4} count=1 conv=fsync 2>/dev/null")
-            r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/backup/", json={"target": target})
-            assert r.status_code == 202, r.text
-            op = panel.wait_operation(admin, r.json()["id"], timeout=180)
-            assert op["status"] == "succeeded", op
-            made.append(next(b for b in backups_of(panel, admin, server["id"]) if b["target"] == "node-folder"))
-        full, incremental = made[0], made[1]
+        full = back_up(target, "node-folder")
+        assert back_up(targets[1], "node-folder-2")["kind"] == "full"
+        guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={DATA_MIB[0] + 4} count=1 conv=fsync 2>/dev/null")
+        incremental = back_up(target, "node-folder")
         assert (full["kind"], incremental["kind"], incremental["parent"]) == ("full", "incremental", full["id"])
         image = folder / f"{server['uuid']}.{full['id']:06d}-full.qcow2"
         manifest = json.loads((folder / f"{server['uuid']}.{full['id']:06d}-full.manifest.json").read_text())
@@ -197,10 +202,11 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
     finally:  # the folder's pool was defined on every node, this host's libvirtd too
         pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--all", "--name"],
                                capture_output=True, text=True).stdout.split()
-        for pool in (p for p in pools if p.startswith(f"backups-{target}-")):
+        for pool in (p for p in pools if p.startswith(tuple(f"backups-{t}-" for t in targets))):
             subprocess.run(["virsh", "-c", "qemu:///system", "pool-destroy", pool], capture_output=True)
             subprocess.run(["virsh", "-c", "qemu:///system", "pool-undefine", pool], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(other_folder, ignore_errors=True)
 
 
 def test_restore_panel_brings_a_fresh_database_back(live_panel, backup_env, tmp_path):
