@@ -175,6 +175,15 @@ def test_customers_language_applies_at_sign_in(ui_world, ui_russian_catalog):
     assert "Мои серверы" in client.get("/servers/").content.decode()
 
 
+def test_russian_tells_a_backup_plan_from_a_customer_plan_and_a_backup_target_from_storage(ui_world,
+                                                                                           ui_russian_catalog):
+    client = ui_world.client(ui_world.admin)
+    client.post("/language/", {"language": "ru"})
+    backups = client.get("/admin/backups/").content.decode()
+    assert "Новый план" in backups and "Новый тариф" not in backups and "Новое хранилище копий" in backups
+    assert "Новый тариф" in client.get("/admin/plans/").content.decode()
+
+
 def test_unknown_language_is_ignored(ui_world):
     client = ui_world.client(ui_world.alice)
     client.post("/language/", {"language": "xx"})
