@@ -87,9 +87,15 @@ def test_a_target_that_fails_its_check_is_not_saved_and_says_why(world, tmp_path
 
 
 def test_the_target_form_forgets_a_pinned_key_only_when_asked(world, tmp_path):
-    row = BackupTarget.objects.create(name="disk", kind="dir", path=str(tmp_path), host_key="x509 AAAA")
+    from nodes.ssh import fingerprint
+
+    row = BackupTarget.objects.create(name="disk", kind="dir", path=str(tmp_path), host_key="x509 AAAA",
+                                      check_error="the certificate changed: pinned A, offered B")
     form = {"name": "disk", "kind": "dir", "path": str(tmp_path), "enabled": "on"}
     client = logged_in(world.admin)
+    page = client.get(f"/admin/backups/targets/{row.pk}/edit/").content.decode()
+    assert f'<code id="pinned-fingerprint">{fingerprint("x509 AAAA")}</code>' in page
+    assert "the certificate changed: pinned A, offered B" in page  # in full, to compare before accepting
     assert client.post(f"/admin/backups/targets/{row.pk}/edit/", form).status_code == 302
     row.refresh_from_db()
     assert row.host_key == "x509 AAAA"

@@ -36,6 +36,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Debian's chromium, headless, as root, without phoning home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -248,6 +253,17 @@ def make_tenant(panel: LivePanel, name: str) -> Tenant:
     return Tenant(customer, r.json()["key"], username, password)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 def serial_log(server_uuid_hex: str) -> str:
     path = Path(f"/var/log/libvirt/qemu/vps-{server_uuid_hex[:12]}-serial.log")
     return path.read_text(errors="replace") if path.exists() else ""
@@ -387,3 +403,16 @@ class ClusterGuest:
         assert code == 0, out
         return out
 
+
+class BackupGuest(ClusterGuest):
+    """A guest whose data the backup tests write, back up, destroy and compare: `data_mib` MiB
+    at (start, count) on its disk, above the installed system."""
+
+    READY_TIMEOUT, COMMAND_TIMEOUT = 120, 60
+
+    def __init__(self, cluster, server: dict, data_mib: tuple[int, int]):
+        super().__init__(cluster, server)
+        self.data_mib = data_mib
+
+    def data_md5(self) -> str:
+        return self.md5(*self.data_mib)

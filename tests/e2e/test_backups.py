@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (ROOT, ClusterGuest, _mysql, backups_of, cluster_with_node, create_tiny_server,
+from tests.e2e.conftest import (ROOT, BackupGuest, _mysql, backups_of, cluster_with_node, create_tiny_server,
                                 make_tenant, wait_for)
 
 DATA_MIB = (64, 32)  # the guest's data: 32 MiB at 64 MiB into its disk (the installed system is below 8 MiB)
@@ -49,17 +49,10 @@ def backup_env(live_panel, test_cluster, ftp_server):
                "other": make_tenant(panel, "backup-other")}
 
 
-class Guest(ClusterGuest):
-    READY_TIMEOUT, COMMAND_TIMEOUT = 120, 60
-
-    def data_md5(self) -> str:
-        return self.md5(*DATA_MIB)
-
-
 @pytest.fixture(scope="module")
 def guest_server(live_panel, test_cluster, backup_env):
     server = create_tiny_server(live_panel, backup_env, backup_env["tenant"], "backup-1")
-    return server, Guest(test_cluster, server)
+    return server, BackupGuest(test_cluster, server, DATA_MIB)
 
 
 def test_a_scheduled_backup_of_a_busy_guest_restores_its_destroyed_disk(live_panel, backup_env, guest_server,

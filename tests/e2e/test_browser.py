@@ -5,19 +5,6 @@ import pytest
 
 from tests.e2e.conftest import make_tenant, serial_log, wait_for
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.mark.browser
 def test_a_customer_reboots_a_server_and_watches_it_happen(live_panel, plan_id, browser, tmp_path):

@@ -8,7 +8,6 @@ import pytest
 import requests
 
 from tests.e2e.conftest import make_tenant, serial_log, wait_for
-from tests.e2e.test_browser import CHROMIUM_ARGS
 
 # The guest has a US keymap, and QEMU takes the scan code of the key that is pressed: a
 # character typed with Shift needs Shift held (Playwright's `type` does not hold it).
@@ -35,16 +34,6 @@ REUSE_TOKEN = """() => new Promise((resolve) => {
     ws.onclose = (event) => resolve(event.code);
     setTimeout(() => resolve(-1), 10000);
 })"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def type_keys(page, text: str) -> None:

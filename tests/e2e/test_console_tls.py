@@ -14,8 +14,7 @@ import pytest
 import requests
 import websockets
 
-from tests.e2e.conftest import ROOT, make_tenant, serial_log, wait_for
-from tests.e2e.test_browser import CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM_ARGS, ROOT, make_tenant, serial_log, wait_for
 from tests.e2e.tls_proxy import TlsProxy
 
 CONSOLE_TEMPLATE = ROOT / "novnc" / "templates" / "novnc" / "console.html"

@@ -107,6 +107,7 @@ def _edit_target(request, target: BackupTarget | None):
         "form": form, "title": _("Edit target %(name)s") % {"name": target.name} if target else _("New backup target"),
         "back_href": reverse("ui:admin-backups"), "submit": _("Save and check"), "object": target,
         "delete_url": reverse("ui:admin-backup-target-delete", args=[target.pk]) if target else "",
+        "pinned": fingerprint(target.host_key) if target and target.host_key else "",
     })
 
 
