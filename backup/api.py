@@ -14,7 +14,6 @@ from rest_framework.response import Response
 from backup import actions
 from backup.models import Backup, BackupPlan, BackupTarget
 from nodes.models import Node
-from nodes.ssh import fingerprint
 from panel.api import serializers as s
 from panel.api.permissions import IsAdmin, actor
 from panel.api.views import AuditedModelViewSet, PanelViewSet, accepted
@@ -98,17 +97,14 @@ class BackupTargetSerializer(serializers.ModelSerializer):
                                      help_text="SFTP: host key; FTPS: certificate (\"x509 <base64 DER>\"). Pinned at "
                                                "the first check; only \"\" may be written, to accept a changed "
                                                "key or certificate at the next check")
-    host_key_fingerprint = serializers.SerializerMethodField(
-        help_text="SFTP: host key; FTPS: certificate. The pinned one's SHA256 fingerprint")
+    host_key_fingerprint = serializers.CharField(
+        read_only=True, help_text="SFTP: host key; FTPS: certificate. The pinned one's SHA256 fingerprint")
 
     class Meta:
         model = BackupTarget
         fields = ["id", "name", "kind", "path", "host", "port", "username", "password", "host_key",
                   "host_key_fingerprint", "enabled", "checked_at", "check_error", "free_bytes", "created_at"]
         read_only_fields = ["checked_at", "check_error", "free_bytes", "created_at"]
-
-    def get_host_key_fingerprint(self, target) -> str:
-        return fingerprint(target.host_key) if target.host_key else ""
 
     def validate(self, attrs):
         probe = BackupTarget()

@@ -47,6 +47,13 @@ class BackupTarget(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def host_key_fingerprint(self) -> str:
+        """The pin's SHA256 fingerprint, shown so an admin can compare it with the server's."""
+        from nodes.ssh import fingerprint
+
+        return fingerprint(self.host_key) if self.host_key else ""
+
     def clean(self) -> None:
         if self.kind in (self.Kind.DIR, self.Kind.NODE):
             if not self.path.startswith("/"):

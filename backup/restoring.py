@@ -110,9 +110,7 @@ def _copy_on_node(driver: Driver, target, backup: Backup, pool: str, volume: str
     if checksum.split(":")[0] != backup.checksum.split(":")[0]:
         driver.delete_volume(pool, volume)
         return False
-    if checksum != backup.checksum:
-        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum ({checksum[:23]}… "
-                           f"instead of {backup.checksum[:23]}…): it is damaged; nothing was overwritten")
+    _check_checksum(backup, checksum)
     return True
 
 
@@ -132,6 +130,10 @@ def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> No
         if checked.size == backup.size_bytes and checked.checksum != backup.checksum:
             raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
         raise
-    if checked.checksum != backup.checksum:
-        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum ({checked.checksum[:23]}… "
+    _check_checksum(backup, checked.checksum)
+
+
+def _check_checksum(backup: Backup, checksum: str) -> None:
+    if checksum != backup.checksum:
+        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum ({checksum[:23]}… "
                            f"instead of {backup.checksum[:23]}…): it is damaged; nothing was overwritten")

@@ -13,13 +13,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.e2e.conftest import free_port
+
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SshdError(RuntimeError):

@@ -15,7 +15,6 @@ from django.views.decorators.http import require_POST
 
 from backup import actions
 from backup.models import Backup, BackupPlan, BackupTarget
-from nodes.ssh import fingerprint
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.crypto import encrypt
@@ -81,11 +80,8 @@ class RestoreForm(forms.Form):
 
 @admin_only
 def backup_list(request):
-    targets = list(BackupTarget.objects.all())
-    for target in targets:  # SFTP's pinned host key, FTPS's certificate: shown so an admin can compare it
-        target.host_key_fingerprint = fingerprint(target.host_key) if target.host_key else ""
     return render(request, "ui/admin/backups.html", {
-        "targets": targets, "plans": BackupPlan.objects.select_related("target"),
+        "targets": BackupTarget.objects.all(), "plans": BackupPlan.objects.select_related("target"),
         "page": paginate(request, Backup.objects.select_related("target", "server").order_by("-id"), 50),
         "panel_form": PanelBackupForm(),
     })
@@ -107,7 +103,6 @@ def _edit_target(request, target: BackupTarget | None):
         "form": form, "title": _("Edit target %(name)s") % {"name": target.name} if target else _("New backup target"),
         "back_href": reverse("ui:admin-backups"), "submit": _("Save and check"), "object": target,
         "delete_url": reverse("ui:admin-backup-target-delete", args=[target.pk]) if target else "",
-        "pinned": fingerprint(target.host_key) if target and target.host_key else "",
     })
 
 
