@@ -8,6 +8,9 @@ a folder on the server's node takes it straight from the job, and the node check
 there (one pass, nothing crosses the network); for every other target the job writes a
 staging volume that the panel streams to the target, compressing and checksumming on the way.
 A failure anywhere leaves no file on the target and a failed Backup row with the reason.
+A stopped server has no bitmap of its changes; while its disk file is not written (the same
+`disk_stamp` as at its last backup to the target), its next backup there is an incremental
+that holds no change, instead of the whole disk again.
 """
 
 import io
@@ -53,15 +56,18 @@ def _target(row: BackupTarget, server: VirtualServer | None, driver: Driver | No
 
 
 def _chain_start(server: VirtualServer, target: BackupTarget, full_every: int, driver: Driver,
-                 running: bool) -> Backup | None:
+                 running: bool, stamp: str) -> Backup | None:
     """The backup to build an incremental on, or None for a full one: the server's last
-    finished backup on this target, if the server runs, that backup's checkpoint is still on
-    the domain and the chain is shorter than `full_every`."""
+    finished backup on this target, if the chain is shorter than `full_every` and either the
+    server runs and that backup's checkpoint is still on the domain, or the server is stopped
+    and its disk has not been written since that backup (the same `disk_stamp`)."""
     last = Backup.objects.filter(server_uuid=server.uuid, target=target, status=Backup.Status.DONE) \
         .exclude(kind=Backup.Kind.PANEL).order_by("-id").first()
-    if not running or last is None or not last.checkpoint or len(last.chain()) >= full_every:
+    if last is None or len(last.chain()) >= full_every:
         return None
-    return last if last.checkpoint in driver.checkpoints(server.domain_name) else None
+    if not running:
+        return last if stamp and last.manifest.get("disk_stamp") == stamp else None
+    return last if last.checkpoint and last.checkpoint in driver.checkpoints(server.domain_name) else None
 
 
 def describe(server: VirtualServer) -> dict:
@@ -107,7 +113,9 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     direct = target_row.kind == BackupTarget.Kind.NODE
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
     running = driver.state(server.domain_name) == DomainState.RUNNING
-    base = _chain_start(server, target_row, full_every, driver, running)
+    # Taken before the copy: should the copy itself touch the file, the next backup is full.
+    stamp = "" if running else driver.disk_stamp(server.storage.pool_name, server.disk_volume)
+    base = _chain_start(server, target_row, full_every, driver, running, stamp)
     backup = Backup.objects.create(
         server=server, server_uuid=server.uuid, hostname=server.hostname, customer_id=server.customer_id,
         target=target_row, plan=plan, parent=base, operation=op, node=server.node if direct else None,
@@ -119,13 +127,19 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     else:
         pool, staging = server.storage.pool_name, f"{server.domain_name}-backup-{backup.id}.qcow2"
     try:
-        how = "the running disk through libvirt's backup job" if running else "the stopped disk"
-        what = f"changes since backup #{base.id}" if base else "the whole disk"
-        step(10, f"copying {what}: {how}" + (f" into {target_row.path} on node {server.node.name}" if direct else ""))
-        copied = Progress(step, 10, 85 if direct else 50, 100, "copied", percent=True)
-        made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, server.disk_volume,
-                                                staging, f"panel-{backup.id}", base.checkpoint if base else None,
-                                                tick=lambda f: copied(int(f * 100)), staging_pool=pool)
+        if base and not running:
+            step(10, f"the stopped disk is unchanged since backup #{base.id}: an incremental with no change")
+            driver.empty_increment(server.storage.pool_name, server.disk_volume, staging, pool)
+            made, checkpointed = "incremental", False
+        else:
+            how = "the running disk through libvirt's backup job" if running else "the stopped disk"
+            what = f"changes since backup #{base.id}" if base else "the whole disk"
+            where = f" into {target_row.path} on node {server.node.name}" if direct else ""
+            step(10, f"copying {what}: {how}{where}")
+            copied = Progress(step, 10, 85 if direct else 50, 100, "copied", percent=True)
+            made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, server.disk_volume,
+                                                    staging, f"panel-{backup.id}", base.checkpoint if base else None,
+                                                    tick=lambda f: copied(int(f * 100)), staging_pool=pool)
         if made == "full" and base:
             step(50, f"backup #{base.id}'s checkpoint is gone (the disk was replaced?): a full backup instead")
             backup.kind, backup.parent = Backup.Kind.FULL, None
@@ -146,6 +160,8 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
                      "checksum": backup.checksum},
             "server": describe(server),
         }
+        if stamp:  # a stopped disk: the next backup is an empty incremental while this stays the same
+            backup.manifest["disk_stamp"] = stamp
         with target.writer(files.manifest_name(backup)) as out:
             out.write(files.manifest_bytes(backup))
     except (DriverError, TargetError, OSError) as exc:

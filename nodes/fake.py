@@ -27,6 +27,7 @@ class _Host:
     agent: set[str] = field(default_factory=set)
     passwords: dict[tuple[str, str], str] = field(default_factory=dict)  # (domain, user) -> password
     checkpoints: dict[str, list[str]] = field(default_factory=dict)  # domain -> its checkpoints, oldest first
+    writes: dict[str, int] = field(default_factory=dict)  # volume -> times written, for disk_stamp
 
 
 _hosts: dict[str, _Host] = {}
@@ -114,6 +115,7 @@ class FakeDriver(Driver):
         """Tests: what the guest wrote to its disk."""
         with _lock:
             self.host.uploads[name] = data
+            self._written(name)
 
     # -- backups: the whole disk's bytes stand for both full and incremental images ---------
     def backup_disk(self, name, pool, disk_volume, staging, checkpoint, since=None, tick=None,
@@ -132,6 +134,22 @@ class FakeDriver(Driver):
         if tick:
             tick(1.0)
         return kind, True
+
+    def disk_stamp(self, pool: str, name: str) -> str:
+        # Moves when the disk is written (set_content), replaced (move_volume) or booted from.
+        with _lock:
+            if name not in self._pool(pool):
+                raise DriverError(f"volume {name} does not exist")
+            return f"{len(self.content(name))}:{self.host.writes.get(name, 0)}"
+
+    def _written(self, name: str) -> None:
+        self.host.writes[name] = self.host.writes.get(name, 0) + 1
+
+    def empty_increment(self, pool: str, disk_volume: str, staging: str, staging_pool: str) -> None:
+        self._enter("empty_increment", staging)
+        with _lock:
+            self._pool(staging_pool)[staging] = 1
+            self.host.uploads[staging] = self.content(disk_volume)  # the whole disk stands for every image
 
     def checkpoints(self, name: str) -> list[str]:
         with _lock:
@@ -201,6 +219,7 @@ class FakeDriver(Driver):
             volumes = self._pool(pool)
             volumes[dest] = max(volumes.pop(source), volumes.get(dest, 0))
             self.host.uploads[dest] = self.host.uploads.pop(source, b"")
+            self._written(dest)
 
     def define(self, spec: DomainSpec) -> None:
         self._enter("define", spec.name)
@@ -232,6 +251,8 @@ class FakeDriver(Driver):
                 spec = dom["spec"]
                 dom["max"] = dom["live"] = (spec.vcpus, spec.ram_mib)
                 dom["counters"] = {}  # a new QEMU process counts from zero
+                for disk in spec.disks:  # a boot writes to its disks
+                    self._written(disk.path.rsplit("/", 1)[-1])
 
     def request_shutdown(self, name: str) -> None:
         self._enter("request_shutdown", name)

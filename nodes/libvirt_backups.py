@@ -8,6 +8,10 @@ Contract (the fake driver keeps it too):
   writing; never a plain copy of a disk being written) and gets a checkpoint, a dirty bitmap
   from which the next backup can be incremental. A stopped domain is copied whole by
   `qemu-img convert` through libvirt (nothing writes to it).
+- A stopped domain has no bitmap to say what changed, but its disk file's `disk_stamp` (size,
+  modification and change times) moves with every write, every start and every replacement.
+  When it has not moved since the last backup, `empty_increment` is that backup's next
+  incremental: a qcow2 image of the disk's size holding no cluster, which restores to its parent.
 - `assemble_disk` checks each image's structure, chains them (a full backup, then the
   incrementals in order) and writes one standalone qcow2 image; it never touches the disk
   the domain uses. `move_volume` then puts it in place.
@@ -114,6 +118,23 @@ class LibvirtBackups:
         self._wait_for_job(dom, tick)
         self._call("refresh pool", self._pool(into).refresh, 0)
         return ("incremental" if base else "full"), mark is not None
+
+    @reconnecting
+    def disk_stamp(self, pool: str, name: str) -> str:
+        vol = self._call("volume", self._pool(pool).storageVolLookupByName, name)
+        # The volume's XML stats the file anew on every call. ctime cannot be set back by hand
+        # (a disk copied in with its old mtime still gets a new ctime).
+        stamps = ET.fromstring(self._call("volume XML", vol.XMLDesc, 0)).find("target/timestamps")
+        physical = self._call("volume info", vol.infoFlags, self._libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        return f"{physical}:{stamps.findtext('mtime')}:{stamps.findtext('ctime')}"
+
+    @reconnecting
+    def empty_increment(self, pool: str, disk_volume: str, staging: str, staging_pool: str) -> None:
+        source = self._call("volume", self._pool(pool).storageVolLookupByName, disk_volume)
+        capacity = self._call("volume info", source.info)[1]
+        self.delete_volume(staging_pool, staging)
+        self._call("create volume", self._pool(staging_pool).createXML,
+                   volume_xml(staging, 0, capacity_bytes=capacity), 0)
 
     def _wait_for_job(self, dom, tick) -> None:
         lv = self._libvirt

@@ -137,11 +137,38 @@ def test_the_server_plan_caps_how_many_backups_are_kept(server, target):
     assert retention.keep_for(server, plan) == 1
 
 
-def test_a_stopped_server_gets_a_full_backup_without_a_checkpoint(server, target):
+def test_a_stopped_server_is_copied_again_only_when_its_disk_changed(server, target, tmp_path):
+    driver = disk_of(server)
     lifecycle.request_action(SYSTEM, server.id, "stop")
     _op, first = back_up(server, target)
-    _op, second = back_up(server, target)
-    assert (first.kind, first.checkpoint, second.kind) == ("full", "", "full")
+    op, second = back_up(server, target)  # nothing wrote to the disk: an incremental with no change
+    assert (first.kind, first.checkpoint, second.kind, second.parent_id) == ("full", "", "incremental", first.id)
+    assert "unchanged since backup" in op.log
+    assert second.manifest["disk_stamp"] == first.manifest["disk_stamp"]
+    (tmp_path / "other").mkdir()
+    other = BackupTarget.objects.create(name="other", kind="dir", path=str(tmp_path / "other"))
+    _op, elsewhere = back_up(server, other)  # another target has no copy to build on
+    assert elsewhere.kind == "full"
+
+    driver.set_content(server.disk_volume, b"written while stopped (a rescue mount)")
+    _op, third = back_up(server, target)
+    _op, fourth = back_up(server, target)
+    lifecycle.request_action(SYSTEM, server.id, "start")
+    lifecycle.request_action(SYSTEM, server.id, "stop")
+    _op, fifth = back_up(server, target)  # a boot writes: its stamp moves
+    assert [b.kind for b in (third, fourth, fifth)] == ["full", "incremental", "full"]
+    assert fourth.parent_id == third.id
+
+    driver.set_content(server.disk_volume, b"")
+    assert restore(server, fourth).status == "succeeded"
+    assert driver.content(server.disk_volume) == b"written while stopped (a rescue mount)"
+
+
+def test_an_unchanged_stopped_disk_still_starts_a_new_chain_after_full_every(server, target):
+    plan = BackupPlan.objects.create(name="nightly", target=target, keep=10, full_every=2, scope="servers")
+    lifecycle.request_action(SYSTEM, server.id, "stop")
+    kinds = [back_up(server, target, plan)[1].kind for _ in range(3)]
+    assert kinds == ["full", "incremental", "full"]
 
 
 def test_each_target_keeps_its_own_incremental_chain(server, target, tmp_path):

@@ -202,6 +202,40 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
         shutil.rmtree(other_folder, ignore_errors=True)
 
 
+def test_a_stopped_guest_is_not_copied_again_while_its_disk_is_unchanged(live_panel, backup_env, guest_server):
+    """No bitmap follows a stopped disk: the file's stamp does. Backed up twice while stopped,
+    the second backup to FTP is an incremental holding no change; a start moves the stamp (the
+    next backup is full again); and the empty incremental restores the guest's data."""
+    panel, admin = live_panel, live_panel.admin_key
+    server, guest = guest_server
+    data = guest.data_md5()
+
+    def call(action: str, body: dict) -> dict:
+        r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/{action}/", json=body)
+        assert r.status_code == 202, r.text
+        op = panel.wait_operation(admin, r.json()["id"], timeout=240)
+        assert op["status"] == "succeeded", op
+        return op
+
+    def back_up() -> dict:
+        op = call("backup", {"target": backup_env["target"]})
+        return next(b for b in backups_of(panel, admin, server["id"]) if b["id"] == op["params"]["backup_id"])
+
+    call("stop", {"force": True})
+    full, unchanged = back_up(), back_up()
+    assert (full["kind"], unchanged["kind"], unchanged["parent"]) == ("full", "incremental", full["id"])
+    print(f"stopped guest: full {full['size_bytes']} bytes, unchanged {unchanged['size_bytes']} bytes")
+    assert unchanged["size_bytes"] < 2**20 and unchanged["size_bytes"] * 20 < full["size_bytes"]
+    call("start", {})
+    call("stop", {"force": True})
+    assert back_up()["kind"] == "full"
+
+    boots = guest.log().count("TINY-GUEST installed")
+    call("restore", {"backup": unchanged["id"]})
+    wait_for(lambda: guest.log().count("TINY-GUEST installed") > boots, 120, "the restored guest to boot")
+    assert guest.data_md5() == data
+
+
 def test_restore_panel_brings_a_fresh_database_back(live_panel, backup_env, tmp_path):
     panel = live_panel
     file = tmp_path / "panel.backup"
