@@ -9,7 +9,8 @@ Contract (the fake driver keeps it too):
   from which the next backup can be incremental. A stopped domain is copied whole by
   `qemu-img convert` through libvirt (nothing writes to it).
 - A stopped domain has no bitmap to say what changed, but its disk file's `disk_stamp` (size,
-  modification and change times) moves with every write, every start and every replacement.
+  modification and change times) moves with every write, every start and every replacement
+  ("" for a block device such as an LVM volume, whose device node's times do not move).
   When it has not moved since the last backup, `empty_increment` is that backup's next
   incremental: a qcow2 image of the disk's size holding no cluster, which restores to its parent.
 - `assemble_disk` checks each image's structure, chains them (a full backup, then the
@@ -124,7 +125,10 @@ class LibvirtBackups:
         vol = self._call("volume", self._pool(pool).storageVolLookupByName, name)
         # The volume's XML stats the file anew on every call. ctime cannot be set back by hand
         # (a disk copied in with its old mtime still gets a new ctime).
-        stamps = ET.fromstring(self._call("volume XML", vol.XMLDesc, 0)).find("target/timestamps")
+        root = ET.fromstring(self._call("volume XML", vol.XMLDesc, 0))
+        if root.get("type") != "file":
+            return ""  # a device node's times do not move when the volume is written (LVM)
+        stamps = root.find("target/timestamps")
         physical = self._call("volume info", vol.infoFlags, self._libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
         return f"{physical}:{stamps.findtext('mtime')}:{stamps.findtext('ctime')}"
 
