@@ -208,6 +208,7 @@ def test_a_stopped_guest_is_not_copied_again_while_its_disk_is_unchanged(live_pa
     next backup is full again); and the empty incremental restores the guest's data."""
     panel, admin = live_panel, live_panel.admin_key
     server, guest = guest_server
+    guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={DATA_MIB[0]} count=8 conv=fsync 2>/dev/null; sync")
     data = guest.data_md5()
 
     def call(action: str, body: dict) -> dict:
