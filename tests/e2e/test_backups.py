@@ -202,12 +202,18 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
         shutil.rmtree(other_folder, ignore_errors=True)
 
 
-def test_a_stopped_guest_is_not_copied_again_while_its_disk_is_unchanged(live_panel, backup_env, guest_server):
+def test_a_stopped_guest_is_not_copied_again_while_its_disk_is_unchanged(live_panel, backup_env, guest_server,
+                                                                          tmp_path):
     """No bitmap follows a stopped disk: the file's stamp does. Backed up twice while stopped,
-    the second backup to FTP is an incremental holding no change; a start moves the stamp (the
-    next backup is full again); and the empty incremental restores the guest's data."""
+    the second backup (streamed to a folder on the panel's host, zstd) is an incremental holding
+    no change; a start moves the stamp (the next backup is full again); and the empty
+    incremental restores the guest's data."""
     panel, admin = live_panel, live_panel.admin_key
     server, guest = guest_server
+    r = panel.call(admin, "POST", "/api/v1/backup-targets/", json={"name": "panel-folder", "kind": "dir",
+                                                                    "path": str(tmp_path)})
+    assert r.status_code == 201, r.text
+    target = r.json()["id"]
     guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={DATA_MIB[0]} count=8 conv=fsync 2>/dev/null; sync")
     data = guest.data_md5()
 
@@ -219,7 +225,7 @@ def test_a_stopped_guest_is_not_copied_again_while_its_disk_is_unchanged(live_pa
         return op
 
     def back_up() -> dict:
-        op = call("backup", {"target": backup_env["target"]})
+        op = call("backup", {"target": target})
         return next(b for b in backups_of(panel, admin, server["id"]) if b["id"] == op["params"]["backup_id"])
 
     call("stop", {"force": True})
