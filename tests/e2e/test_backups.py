@@ -49,6 +49,15 @@ def backup_env(live_panel, test_cluster, ftp_server):
                "other": make_tenant(panel, "backup-other")}
 
 
+def server_action(panel, server: dict, action: str, body: dict, timeout: float = 240) -> dict:
+    """An admin's action on the server (backup, restore, stop…), awaited: its finished operation."""
+    r = panel.call(panel.admin_key, "POST", f"/api/v1/servers/{server['id']}/{action}/", json=body)
+    assert r.status_code == 202, r.text
+    op = panel.wait_operation(panel.admin_key, r.json()["id"], timeout=timeout)
+    assert op["status"] == "succeeded", op
+    return op
+
+
 @pytest.fixture(scope="module")
 def guest_server(live_panel, test_cluster, backup_env):
     server = create_tiny_server(live_panel, backup_env, backup_env["tenant"], "backup-1")
@@ -160,10 +169,7 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
     target = targets[0]
 
     def back_up(to: int, name: str) -> dict:
-        r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/backup/", json={"target": to})
-        assert r.status_code == 202, r.text
-        op = panel.wait_operation(admin, r.json()["id"], timeout=180)
-        assert op["status"] == "succeeded", op
+        server_action(panel, server, "backup", {"target": to}, timeout=180)
         return next(b for b in backups_of(panel, admin, server["id"]) if b["target"] == name)
 
     try:
@@ -185,10 +191,7 @@ def test_a_folder_on_the_node_takes_the_image_straight_from_the_job(live_panel, 
         changed = guest.data_md5()
         guest.sh("dd if=/dev/zero of=/dev/vda bs=1M count=128 conv=fsync 2>/dev/null; sync")
         boots = guest.log().count("TINY-GUEST installed")
-        r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/restore/", json={"backup": incremental["id"]})
-        assert r.status_code == 202, r.text
-        op = panel.wait_operation(admin, r.json()["id"], timeout=240)
-        assert op["status"] == "succeeded", op
+        op = server_action(panel, server, "restore", {"backup": incremental["id"]})
         assert op["log"].count("from node-folder on the node and checking its checksum") == 2, op["log"]
         wait_for(lambda: guest.log().count("TINY-GUEST installed") > boots, 120, "the restored guest to boot")
         assert guest.data_md5() == changed
@@ -217,28 +220,21 @@ def test_a_stopped_guest_is_not_copied_again_while_its_disk_is_unchanged(live_pa
     guest.sh(f"dd if=/dev/urandom of=/dev/vda bs=1M seek={DATA_MIB[0]} count=8 conv=fsync 2>/dev/null; sync")
     data = guest.data_md5()
 
-    def call(action: str, body: dict) -> dict:
-        r = panel.call(admin, "POST", f"/api/v1/servers/{server['id']}/{action}/", json=body)
-        assert r.status_code == 202, r.text
-        op = panel.wait_operation(admin, r.json()["id"], timeout=240)
-        assert op["status"] == "succeeded", op
-        return op
-
     def back_up() -> dict:
-        op = call("backup", {"target": target})
+        op = server_action(panel, server, "backup", {"target": target})
         return next(b for b in backups_of(panel, admin, server["id"]) if b["id"] == op["params"]["backup_id"])
 
-    call("stop", {"force": True})
+    server_action(panel, server, "stop", {"force": True})
     full, unchanged = back_up(), back_up()
     assert (full["kind"], unchanged["kind"], unchanged["parent"]) == ("full", "incremental", full["id"])
     print(f"stopped guest: full {full['size_bytes']} bytes, unchanged {unchanged['size_bytes']} bytes")
     assert unchanged["size_bytes"] < 2**20 and unchanged["size_bytes"] * 20 < full["size_bytes"]
-    call("start", {})
-    call("stop", {"force": True})
+    server_action(panel, server, "start", {})
+    server_action(panel, server, "stop", {"force": True})
     assert back_up()["kind"] == "full"
 
     boots = guest.log().count("TINY-GUEST installed")
-    call("restore", {"backup": unchanged["id"]})
+    server_action(panel, server, "restore", {"backup": unchanged["id"]})
     wait_for(lambda: guest.log().count("TINY-GUEST installed") > boots, 120, "the restored guest to boot")
     assert guest.data_md5() == data
 
