@@ -11,8 +11,9 @@ from django.utils.translation import gettext as _
 from backup.models import Backup, BackupPlan, BackupTarget
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
+from panel.operations import hand_over, new_operation
+from panel.refusals import Refused
 from panel.vps import lifecycle
-from panel.vps.lifecycle import Refused
 from panel.vps.models import Operation, ServerState, VirtualServer
 
 S = ServerState
@@ -63,9 +64,9 @@ def request_backup(actor: Actor, server_id: int, *, target: BackupTarget | None 
         if server.state not in BACKUPABLE:
             raise Refused(_("Cannot back up a server that is %(state)s.") % {"state": server.get_state_display().lower()},
                           "invalid_state")
-        op = lifecycle.new_operation(actor, server, K.BACKUP, {"target": target.pk, "plan": plan.pk if plan else None})
+        op = new_operation(actor, K.BACKUP, server=server, params={"target": target.pk, "plan": plan.pk if plan else None})
         audit.record(actor, "server.backup", server, operation=op.id, target=target.name)
-        lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
+        hand_over(op)
     return op
 
 
@@ -98,9 +99,9 @@ def request_restore(actor: Actor, server_id: int, backup_id) -> Operation:
         if server.state not in RESTORABLE:
             raise Refused(_("Cannot restore a server that is %(state)s.") % {"state": server.get_state_display().lower()},
                           "invalid_state")
-        op = lifecycle.new_operation(actor, server, K.RESTORE, {"backup": backup.pk, "state": server.state})
+        op = new_operation(actor, K.RESTORE, server=server, params={"backup": backup.pk, "state": server.state})
         audit.record(actor, "server.restore", server, operation=op.id, backup=backup.pk)
-        lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
+        hand_over(op)
     return op
 
 
@@ -122,9 +123,9 @@ def restore_as_new_server(actor: Actor, backup_id, *, hostname: str = "", node=N
             actor, customer=backup.customer, plan=plan, hostname=hostname or backup.hostname,
             os_template=OsTemplate.objects.filter(slug=described.get("os_template", "")).first(), node=node,
             disk_gib=described.get("disk_gib"))
-        op = lifecycle.new_operation(actor, server, K.RESTORE, {"backup": backup.pk, "new_server": True})
+        op = new_operation(actor, K.RESTORE, server=server, params={"backup": backup.pk, "new_server": True})
         audit.record(actor, "server.restore", server, operation=op.id, backup=backup.pk, new_server=True)
-        lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
+        hand_over(op)
     return server, op
 
 
@@ -132,12 +133,9 @@ def request_panel_backup(actor: Actor, target: BackupTarget, plan: BackupPlan | 
     """Back up the panel itself (database, settings, keys; encrypted) to `target`."""
     if not actor.is_admin:
         raise Refused(_("Only admins back up the panel."), "permission_denied", 403)
-    if Operation.objects.filter(kind=K.PANEL_BACKUP, status__in=Operation.ACTIVE).exists():
-        raise Refused(_("A panel backup is already running."), "operation_in_progress")
-    op = Operation.objects.create(kind=K.PANEL_BACKUP, target_repr="panel", requested_by=str(actor),
-                                  params={"target": target.pk, "plan": plan.pk if plan else None})
+    op = new_operation(actor, K.PANEL_BACKUP, params={"target": target.pk, "plan": plan.pk if plan else None})
     audit.record(actor, "panel.backup", None, operation=op.id, target=target.name)
-    lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
+    hand_over(op)
     return op
 
 

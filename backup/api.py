@@ -18,7 +18,7 @@ from panel.api import serializers as s
 from panel.api.permissions import IsAdmin, actor
 from panel.api.views import AuditedModelViewSet, PanelViewSet, accepted
 from panel.crypto import encrypt
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import VirtualServer
 
 

@@ -13,6 +13,7 @@ from backup import files
 from backup.models import Backup
 from backup.taking import BackupFailed
 from nodes.driver import Driver, DriverError
+from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import ServerState, VirtualServer
 
 S = ServerState
@@ -22,7 +23,6 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
     """The `restore` operation: params `backup` (the restore point) and `new_server` (the server
     was just placed for it, with no disk yet)."""
     from backup.targets import TargetError
-    from panel.vps.tasks import _set_state, domain_spec
 
     op = step.op
     backup = Backup.objects.select_related("target").get(pk=op.params["backup"])
@@ -58,7 +58,7 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
         driver.drop_checkpoints(name, metadata_only=True)
         driver.grow_volume(pool, server.disk_volume, server.disk_gib)
         step(85, f"disk restored from backup #{backup.id} of {backup.created_at:%Y-%m-%d %H:%M}; booting")
-        driver.define(domain_spec(server))
+        driver.define(domain_spec(server, disk_path(server, driver)))
         driver.start(name)
     except TargetError as exc:
         raise BackupFailed(f"{exc}; nothing was overwritten" if server.state != S.CREATING else str(exc)) from exc
@@ -67,7 +67,7 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
             driver.delete_volume(pool, volume)
         for target in targets.values():
             target.close()
-    _set_state(server, S.RUNNING, error="")
+    server.set_state(S.RUNNING, error="")
 
 
 def _source(link: Backup):

@@ -103,6 +103,15 @@ class _Gone:
         pass
 
 
+def delete_with_server(step, server) -> None:
+    """The backups' part of a server's delete: all of them, unless the request kept them."""
+    if step.op.params.get("keep_backups"):
+        step(80, "keeping the server's backups (keep_backups)")
+    else:
+        removed = delete_server_backups(server)
+        step(80, f"removed {len(removed)} backup(s)")
+
+
 def delete_server_backups(server) -> list[int]:
     """All backups of a server (it is being deleted without ?keep_backups=1)."""
     return delete_backups(list(Backup.objects.filter(server_uuid=server.uuid).select_related("target")))

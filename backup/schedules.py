@@ -77,7 +77,7 @@ def run_plan(plan_id: int) -> str:
     from backup.models import BackupPlan
     from backup.targets import check_target
     from panel.accounts.tenancy import SYSTEM
-    from panel.vps.lifecycle import Refused
+    from panel.refusals import Refused
 
     plan = BackupPlan.objects.select_related("target").filter(pk=plan_id, enabled=True).first()
     if plan is None:

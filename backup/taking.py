@@ -22,6 +22,8 @@ from django.utils import timezone
 from backup import files, retention
 from backup.models import Backup, BackupPlan, BackupTarget
 from nodes.driver import DomainState, Driver, DriverError
+from panel.events import emit
+from panel.runner import Job
 from panel.vps.models import VirtualServer
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,6 @@ class Progress:
 
 def take(step, server: VirtualServer, driver: Driver) -> None:
     """The `backup` operation: back up the server's disk to the target in the operation's params."""
-    from panel.api.events import emit
     from backup.targets import TargetError
 
     op = step.op
@@ -233,7 +234,6 @@ def _failed(backup: Backup, target, exc: Exception) -> None:
 
 def take_panel(step, op) -> None:
     """The `panel_backup` operation: the database, settings and keys, encrypted, to the target."""
-    from panel.api.events import emit
     from backup import panel_state
     from backup.targets import TargetError
 
@@ -271,3 +271,12 @@ def take_panel(step, op) -> None:
              + (f"; removed old panel backup(s) {', '.join(f'#{i}' for i in removed)}" if removed else ""))
     emit("backup.finished", backup=backup.id, kind="panel", status="done", size_bytes=backup.size_bytes,
          target=target_row.name)
+
+
+class PanelBackupJob(Job):
+    """The `panel_backup` operation: no server, no node."""
+
+    expected = (Exception,)  # a target's or the database's failure says what went wrong
+
+    def run(self, step) -> None:
+        take_panel(step, self.op)

@@ -11,17 +11,14 @@ from nodes.sshfiles import node_uri
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.crypto import encrypt
-from panel.vps import lifecycle
-from panel.vps.lifecycle import Refused
+from panel.operations import hand_over, new_operation
+from panel.refusals import Refused
 from panel.vps.models import Operation
 
 
 def _install_operation(actor: Actor, node: Node, params: dict) -> Operation:
-    if node.operations.filter(status__in=Operation.ACTIVE).exists():
-        raise Refused(_("An operation is already running on this node."), "operation_in_progress")
-    op = Operation.objects.create(kind=Operation.Kind.NODE_INSTALL, node=node, target_repr=node.name, params=params,
-                                  requested_by=str(actor))
-    lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
+    op = new_operation(actor, Operation.Kind.NODE_INSTALL, node=node, params=params)
+    hand_over(op)
     return op
 
 

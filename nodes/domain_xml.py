@@ -28,6 +28,11 @@ class Disk:
     device: str = "disk"
 
 
+def mbit_to_kbytes(mbit: int) -> int:
+    """A rate in Mbit/s as libvirt's <bandwidth> KiB/s (1 Mbit/s = 125 kB/s ≈ 122 KiB/s); 0: no cap."""
+    return mbit * 1000 // 8 * 1000 // 1024 if mbit else 0
+
+
 @dataclass(frozen=True)
 class Nic:
     """A virtio NIC on a bridge. `ips` feed libvirt's clean-traffic filter (anti-spoofing);

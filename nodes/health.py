@@ -21,7 +21,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from nodes.models import Node
-from panel.api.events import emit
+from panel.events import emit
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,13 @@ from django.utils import timezone
 
 from nodes.connection import driver_for, forget
 from nodes.models import Node, Storage
-from nodes.ssh import NodeShell, SshError, load_private_key, panel_identity
-from panel.api.events import emit
+from nodes.driver import DriverError
+from nodes.ssh import HostKeyChanged, NodeShell, SshError, load_private_key, panel_identity
 from nodes.sshfiles import node_uri, write_client_files
+from panel.crypto import decrypt
+from panel.events import emit
+from panel.runner import Job
+from panel.vps.models import Operation
 
 # What a node needs, by OS family: the package, and a command that proves it works.
 REQUIREMENTS = {
@@ -250,3 +254,36 @@ def install(step: Step, node: Node, password: str = "", private_key: str = "") -
         emit("node.up", node=node.id, name=node.name)
     step(95, f"online: {host.cpus} CPUs, {host.ram_mib} MiB RAM, libvirt {host.libvirt_version}, "
              f"QEMU {node.qemu_version or '?'}, domains of type {node.virt_type}")
+
+
+class NodeInstallJob(Job):
+    """The `node_install` operation. A node whose first install fails is removed again: the
+    operation keeps the reason, and no half-registered node is left."""
+
+    expected = (Exception,)  # SSH, package and libvirt failures say what went wrong
+
+    def __init__(self, op: Operation):
+        super().__init__(op)
+        # The password or key given for the first contact is used once and then forgotten.
+        self.secret = decrypt(op.params.pop("secret", ""))
+        Operation.objects.filter(pk=op.pk).update(params=op.params)
+        self.node = Node.objects.select_related("cluster").filter(pk=op.node_id).first()
+
+    def run(self, step) -> None:
+        if self.node is None:
+            raise DriverError("the node no longer exists")
+        kind = self.op.params.get("auth", "")
+        install(step, self.node, password=self.secret if kind == "password" else "",
+                private_key=self.secret if kind == "key" else "")
+
+    def failed(self, exc: Exception) -> None:
+        op, node = self.op, self.node
+        if node is None:
+            return
+        if op.params.get("first_install", False):
+            op.log += f"{timezone.now():%H:%M:%S} removed the node: its first install did not finish\n"
+            node.delete()
+        else:
+            Node.objects.filter(pk=node.pk, state=Node.State.INSTALLING).update(state=Node.State.OFFLINE)
+            offered = {"offered_host_key": exc.offered} if isinstance(exc, HostKeyChanged) else {}
+            Node.objects.filter(pk=node.pk).update(last_error=op.error[:2000], **offered)

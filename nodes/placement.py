@@ -169,3 +169,12 @@ def release(node_id: int, vcpus: int, ram_mib: int, disk_gib: int) -> None:
     Node.objects.filter(pk=node_id).update(alloc_vcpus=minus("alloc_vcpus", vcpus),
                                            alloc_ram_mib=minus("alloc_ram_mib", ram_mib),
                                            alloc_disk_gib=minus("alloc_disk_gib", disk_gib))
+
+
+def adjust(node_id: int, vcpus: int, ram_mib: int, disk_gib: int) -> None:
+    """Add the (signed) differences to a node's capacity counters; call under its row lock."""
+    grow = {f: max(d, 0) for f, d in (("alloc_vcpus", vcpus), ("alloc_ram_mib", ram_mib), ("alloc_disk_gib", disk_gib))}
+    if any(grow.values()):
+        Node.objects.filter(pk=node_id).update(**{f: F(f) + d for f, d in grow.items() if d})
+    if min(vcpus, ram_mib, disk_gib) < 0:
+        release(node_id, max(-vcpus, 0), max(-ram_mib, 0), max(-disk_gib, 0))

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 from novnc.models import ConsoleToken
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import ServerState, VirtualServer
 
 

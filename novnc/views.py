@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from novnc import tokens
 from panel.accounts.tenancy import actor_for
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 
 
 @login_required

@@ -132,7 +132,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
 else:
     # The worker runs in another process, so it cannot reach an in-memory layer; the UI then
-    # falls back to polling the Operation (see panel/vps/progress.py).
+    # falls back to polling the Operation (see panel/progress.py).
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 Q_CLUSTER = {

@@ -23,6 +23,7 @@ from django.utils.translation import gettext as _
 from passlib.hash import sha512_crypt
 
 from panel.crypto import decrypt, encrypt
+from panel.ipam.addressing import server_nics
 from recipes.runner import OUTPUT_LIMIT, callback_script, runner_script
 from templates_os import render
 from templates_os.models import Installation, OsTemplate
@@ -103,25 +104,24 @@ def config_url(server, token: str) -> str:
 
 # -- the config's context ------------------------------------------------------------------------
 def net_context(server) -> dict:
-    """The server's NICs and addresses as install configs want them."""
-    from panel.ipam.models import IpAddress
-    from panel.vps.tasks import nics_of
-
-    interfaces, dns = [], []
-    for index, nic in enumerate(server.nics.select_related("network")):
-        entry = {"name": f"eth{index}", "mac": nic.mac, "ipv4": [], "ipv6": []}
-        gateways = set()
-        for address in IpAddress.objects.filter(server=server, pool__network=nic.network).select_related("pool"):
+    """The server's NICs and addresses as install configs want them, and as the demo guest's
+    kernel arguments (`panel.ip=<dev>,<address/prefix>,<gateway>` and `panel.dns=`)."""
+    nics, dns = server_nics(server)
+    interfaces, panel_args = [], []
+    for nic in nics:
+        entry = {"name": nic.name, "mac": nic.mac, "ipv4": [], "ipv6": []}
+        for given in nic.addresses:
+            address = given.address
             net = ipaddress.ip_network(address.pool.cidr, strict=False)
-            gateway = address.pool.gateway if address.version not in gateways else ""
-            gateways.add(address.version)
-            item = {"address": address.address, "prefix": net.prefixlen, "gateway": gateway}
+            item = {"address": address.address, "prefix": net.prefixlen, "gateway": given.gateway}
             if address.version == 4:
                 item["netmask"] = str(net.netmask)
             entry[f"ipv{address.version}"].append(item)
-            dns += [d for d in address.pool.dns_servers() if d not in dns]
+            panel_args.append(f"panel.ip={nic.name},{address.with_prefix},{given.gateway}")
         interfaces.append(entry)
-    return _net(interfaces, dns, " ".join(nics_of(server)[1]))
+    if dns:
+        panel_args.append("panel.dns=" + ",".join(dns))
+    return _net(interfaces, dns, " ".join(panel_args))
 
 
 def _net(interfaces: list[dict], dns: list[str], panel_args: str) -> dict:

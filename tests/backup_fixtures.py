@@ -16,9 +16,9 @@ def target(db, tmp_path):
 @pytest.fixture
 def queued_server(world, alice_server, monkeypatch):
     """Alice's running server on a plan with 3 backups; from here on operations stay queued."""
-    from panel.vps import lifecycle
+    from panel import operations
 
     world.plan.backups = 3
     world.plan.save()
-    monkeypatch.setattr(lifecycle, "enqueue", lambda op_id: None)
+    monkeypatch.setattr(operations, "enqueue", lambda op_id: None)
     return alice_server

@@ -39,11 +39,11 @@ def _inline_operations(request, monkeypatch, settings, tmp_path):
     if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("browser"):
         yield
         return
-    from panel.vps import lifecycle, tasks
+    from panel import jobs, operations
 
-    monkeypatch.setattr(lifecycle, "enqueue", tasks.run_operation)
+    monkeypatch.setattr(operations, "enqueue", jobs.run_operation)
     # The test's transaction never commits, so run the hand-over at once.
-    monkeypatch.setattr(lifecycle, "after_commit", lambda fn: fn())
+    monkeypatch.setattr(operations, "after_commit", lambda fn: fn())
     FakeDriver.reset()
     tiny_template_share(settings, tmp_path)
     install_by_fake_guest(monkeypatch)
@@ -143,6 +143,7 @@ def create_concurrently(count: int, *, customer, plan) -> list[str]:
 
     from django.db import connection
 
+    from panel import operations
     from panel.accounts.tenancy import SYSTEM
     from panel.vps import lifecycle
     from templates_os.repository import scan
@@ -159,7 +160,7 @@ def create_concurrently(count: int, *, customer, plan) -> list[str]:
         finally:
             connection.close()
 
-    original, lifecycle.after_commit = lifecycle.after_commit, lambda fn: None
+    original, operations.after_commit = operations.after_commit, lambda fn: None
     try:
         threads = [threading.Thread(target=create, args=(n,)) for n in range(count)]
         for thread in threads:
@@ -167,5 +168,5 @@ def create_concurrently(count: int, *, customer, plan) -> list[str]:
         for thread in threads:
             thread.join()
     finally:
-        lifecycle.after_commit = original
+        operations.after_commit = original
     return results

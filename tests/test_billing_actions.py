@@ -134,6 +134,7 @@ def test_change_plan_while_an_operation_runs_is_a_409(world, alice_server, big_p
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_change_plans_on_one_server_run_one(world, alice_server, big_plan):
     from panel.accounts.tenancy import SYSTEM
+    from panel import operations
     from panel.vps import lifecycle
 
     if connection.vendor == "sqlite":
@@ -151,7 +152,7 @@ def test_concurrent_change_plans_on_one_server_run_one(world, alice_server, big_
         finally:
             connection.close()
 
-    original, lifecycle.after_commit = lifecycle.after_commit, lambda fn: None  # the worker is not under test
+    original, operations.after_commit = operations.after_commit, lambda fn: None  # the worker is not under test
     try:
         threads = [threading.Thread(target=change, args=(p,)) for p in (big_plan, other)]
         for thread in threads:
@@ -159,7 +160,7 @@ def test_concurrent_change_plans_on_one_server_run_one(world, alice_server, big_
         for thread in threads:
             thread.join()
     finally:
-        lifecycle.after_commit = original
+        operations.after_commit = original
     assert sorted(results) == ["ok", "operation_in_progress"], results
     assert Operation.objects.filter(server=alice_server, kind="change_plan").count() == 1
     taken = Operation.objects.get(server=alice_server, kind="change_plan").params["after"]

@@ -9,7 +9,8 @@ from django.test import Client
 
 from backup.models import Backup
 from panel.accounts.tenancy import SYSTEM
-from panel.vps import lifecycle, tasks
+from panel import jobs, operations
+from panel.vps import lifecycle
 from panel.vps.models import Operation, VirtualServer
 from tests.backup_fixtures import target  # noqa: F401 (a fixture)
 from tests.test_ui_views import ui_russian_catalog  # noqa: F401 (a fixture)
@@ -110,12 +111,12 @@ def test_the_checkbox_is_in_russian(world, server, backups, ui_russian_catalog):
 
 def test_checked_it_queues_the_delete_with_keep_backups_and_the_backups_stay(world, server, backups, target,
                                                                             monkeypatch):
-    monkeypatch.setattr(lifecycle, "enqueue", lambda op_id: None)  # queued only, run below
+    monkeypatch.setattr(operations, "enqueue", lambda op_id: None)  # queued only, run below
     r = logged_in(world.admin).post(f"/servers/{server.pk}/actions/delete/", {"keep_backups": "1"})
     assert r.status_code == 302
     op = Operation.objects.get(kind=Operation.Kind.DELETE)
     assert op.status == Operation.Status.QUEUED and op.params["keep_backups"] is True
-    tasks.run_operation(op.id)
+    jobs.run_operation(op.id)
     op.refresh_from_db()
     assert op.status == Operation.Status.SUCCEEDED, op.error
     assert not VirtualServer.objects.filter(pk=server.pk).exists()

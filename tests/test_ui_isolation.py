@@ -44,11 +44,10 @@ class UiWorld:
 @pytest.fixture
 def ui_inline(monkeypatch, settings, tmp_path):
     """Operations run inline on the in-memory driver, with the demo boot image present."""
-    from panel.vps import lifecycle, tasks
+    from panel import jobs, operations
 
-    monkeypatch.setattr(lifecycle, "enqueue", tasks.run_operation)
-    if hasattr(lifecycle, "after_commit"):
-        monkeypatch.setattr(lifecycle, "after_commit", lambda fn: fn())
+    monkeypatch.setattr(operations, "enqueue", jobs.run_operation)
+    monkeypatch.setattr(operations, "after_commit", lambda fn: fn())
     tiny_template_share(settings, tmp_path)
     install_by_fake_guest(monkeypatch)
     settings.STOP_TIMEOUT_SECONDS = 1
@@ -277,7 +276,7 @@ def test_websocket_sends_state_to_alice_and_follows_changes(ui_world, monkeypatc
 @websocket_db
 def test_websocket_forwards_worker_messages(ui_world, monkeypatch):
     from panel.ui.consumers import ServerConsumer
-    from panel.vps.progress import server_group
+    from panel.progress import server_group
 
     monkeypatch.setattr(ServerConsumer, "poll_seconds", 60)
     server = ui_world.alice_server

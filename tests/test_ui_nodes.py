@@ -23,9 +23,9 @@ pytestmark = pytest.mark.django_db
 def no_worker(ui_world, monkeypatch, settings, tmp_path):
     """Once the world's servers are made, nothing more reaches the worker (node installs stay
     queued); ssh client files go to a temporary directory."""
-    from panel.vps import lifecycle
+    from panel import operations
 
-    monkeypatch.setattr(lifecycle, "after_commit", lambda fn: None)
+    monkeypatch.setattr(operations, "after_commit", lambda fn: None)
     settings.SSH_DIR = tmp_path / "ssh"
 
 

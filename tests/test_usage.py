@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 
+from nodes.domain_xml import mbit_to_kbytes
 from nodes.driver import DriverError
 from nodes.fake import FakeDriver
 from panel.api.models import Event
@@ -189,7 +190,7 @@ def metered(world, alice_server):
     """Alice's server on a 1 GiB plan that drops to 8 Mbit/s, with a NIC on a public network."""
     from nodes.models import Network
     from panel.vps.models import Plan, ServerNic
-    from panel.vps.tasks import domain_spec
+    from panel.vps.domain import disk_path, domain_spec
 
     plan = Plan.objects.create(name="metered", vcpus=1, ram_mib=256, disk_gib=1, traffic_gib=1, bandwidth_mbit=100,
                                **({"throttled_mbit": 8} if hasattr(Plan, "throttled_mbit") else {}))
@@ -197,7 +198,8 @@ def metered(world, alice_server):
     alice_server.save()
     network = Network.objects.create(cluster=world.node.cluster, name="public", bridge="br-pub")
     ServerNic.objects.create(server=alice_server, network=network)
-    fake(alice_server).define(domain_spec(alice_server))  # the NIC exists in the running domain
+    driver = fake(alice_server)
+    driver.define(domain_spec(alice_server, disk_path(alice_server, driver)))  # the NIC exists in the running domain
     return alice_server
 
 
@@ -218,7 +220,7 @@ def test_over_the_quota_a_server_is_throttled_once_and_lifted_next_month(world, 
     assert result["throttled"] == 1
     state = UsageState.objects.get(server=server)
     assert state.throttled and state.month == dt.date(2026, 3, 1) and state.quota_bytes == GIB
-    assert live_rate(server) == {collector.mbit_to_kbytes(8)} == {976}
+    assert live_rate(server) == {mbit_to_kbytes(8)} == {976}
     events = Event.objects.filter(event="server.traffic_exceeded")
     assert events.count() == 1
     event = events.get()
@@ -242,7 +244,7 @@ def test_over_the_quota_a_server_is_throttled_once_and_lifted_next_month(world, 
     # Next month: the plan's bandwidth is back, the quota counts from zero.
     result = sample(server, dt.datetime(2026, 4, 1, 0, 1, tzinfo=dt.UTC), rx_bytes=20)
     assert result["lifted"] == 1 and result["throttled"] == 0
-    assert live_rate(server) == {collector.mbit_to_kbytes(100)}
+    assert live_rate(server) == {mbit_to_kbytes(100)}
     assert UsageState.objects.get(server=server, month=dt.date(2026, 3, 1)).lifted_at is not None
     assert collector.collect_all(now=dt.datetime(2026, 4, 1, 0, 2, tzinfo=dt.UTC))["lifted"] == 0
 

@@ -19,7 +19,7 @@ from django.test import Client
 from django.utils import timezone
 
 from panel.accounts.models import AuditEntry
-from panel.api.events import emit
+from panel.events import emit
 from panel.api.models import Event
 from panel.webhooks import delivery as wd
 from panel.webhooks.models import Delivery, Webhook
@@ -423,9 +423,9 @@ def test_deliveries_go_to_the_worker_only_once_the_event_commits(world, queued, 
                                                                    django_capture_on_commit_callbacks):
     from django.db import transaction
 
-    from panel.vps import lifecycle
+    from panel import operations
 
-    monkeypatch.setattr(lifecycle, "after_commit", transaction.on_commit)  # the real hand-over
+    monkeypatch.setattr(operations, "after_commit", transaction.on_commit)  # the real hand-over
     make_hook(world.client(world.admin_key), PUBLIC_URL)
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(RuntimeError), transaction.atomic():

@@ -15,7 +15,7 @@ from panel.api.filters import ApiKeyFilter, AuditFilter, CustomerFilter, Operati
 from panel.api.idempotency import IdempotentViewMixin
 from panel.api.permissions import IsAdmin, IsAdminOrReadOnly, IsProviderOrReadOnly, actor
 from panel.vps import lifecycle
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import Operation, Plan, VirtualServer
 from nodes import actions as node_actions
 from nodes.models import Cluster, Network, Node, Storage

@@ -8,8 +8,8 @@ from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.ipam import allocation
 from panel.ipam.models import IpAddress, IpPool
-from panel.vps import lifecycle
-from panel.vps.lifecycle import Refused
+from panel.operations import hand_over, new_operation
+from panel.refusals import Refused
 from panel.vps.models import Operation, VirtualServer
 
 
@@ -17,12 +17,8 @@ def _update_network(actor: Actor, server: VirtualServer) -> Operation | None:
     """Queue the NIC update on a server that exists on a node (serialized like other operations)."""
     if server.node_id is None or server.state in ("creating", "deleting"):
         return None
-    if server.operations.filter(status__in=Operation.ACTIVE).exists():
-        raise Refused(_("Another operation is in progress on this server; try again when it ends."),
-                      "operation_in_progress")
-    op = Operation.objects.create(kind=Operation.Kind.NETWORK_UPDATE, server=server, customer_id=server.customer_id,
-                                  target_repr=server.hostname, requested_by=str(actor))
-    lifecycle.after_commit(lambda: lifecycle.enqueue(op.id))
+    op = new_operation(actor, Operation.Kind.NETWORK_UPDATE, server=server)
+    hand_over(op)
     return op
 
 

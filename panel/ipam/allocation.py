@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 
 from nodes.models import Network
 from panel.ipam.models import IpAddress, IpPool, ordinal_key
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import ServerNic, VirtualServer
 
 

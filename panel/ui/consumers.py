@@ -18,7 +18,7 @@ from panel.accounts.middleware import SESSION_OTP_PENDING
 from panel.accounts.tenancy import actor_for_user
 from panel.ui import live
 from panel.vps.models import Operation, ServerState, VirtualServer
-from panel.vps.progress import server_group
+from panel.progress import server_group
 
 log = logging.getLogger(__name__)
 

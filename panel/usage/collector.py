@@ -2,7 +2,7 @@
 
 `collect_all()` reads every running server's counters, one driver (connection) per node; a node
 that fails is skipped with a log line. `collect_server()` takes one final sample before a power
-action or a migration (called by panel/vps/tasks.py; it never raises).
+action or a migration (called by the server jobs, panel/vps/server_jobs.py; it never raises).
 """
 
 import datetime as dt
@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from nodes.connection import driver_for
 from nodes.driver import DomainStats, Driver, DriverError
+from panel.ipam.addressing import domain_nics
 from panel.usage.models import COUNTERS, UsageHour, UsageSample, UsageState, UsageTotal
 from panel.vps.models import ServerState, VirtualServer
 
@@ -138,27 +139,14 @@ def quota_bytes(server: VirtualServer) -> int:
     return server.plan.traffic_gib * GIB
 
 
-def mbit_to_kbytes(mbit: int) -> int:
-    """Mbit/s as libvirt's KiB/s, the way panel/vps/tasks.nics_of converts the plan's rate."""
-    return mbit * 1000 // 8 * 1000 // 1024 if mbit else 0
-
-
 def _set_rate(server: VirtualServer, throttled: bool) -> tuple[int, int] | None:
     """Put the reduced (or the plan's) rate on the running server's NICs live. Returns where it
     was applied (node id, boot id), or None when the server is not running there."""
-    from dataclasses import replace
-
-    from panel.vps.tasks import nics_of
-
     driver = driver_for(server.node.uri)
     stats = driver.stats(server.domain_name)
     if stats is None:
         return None
-    nics, _args = nics_of(server)
-    rate = getattr(server.plan, "throttled_mbit", 0) or 0
-    for nic in nics:
-        if throttled:
-            nic = replace(nic, average_kbytes=mbit_to_kbytes(rate))
+    for nic in domain_nics(server, server.plan.throttled_mbit if throttled else None):
         driver.update_nic(server.domain_name, nic)
     return server.node_id, stats.boot_id
 
@@ -167,7 +155,7 @@ def enforce_quotas(now: dt.datetime) -> int:
     """Throttle (once a month) the running servers whose traffic this month is over their plan's;
     put the reduced rate back on those that rebooted or moved since. Returns how many were newly
     throttled."""
-    from panel.api.events import emit
+    from panel.events import emit
 
     start = month_start(now)
     newly = 0

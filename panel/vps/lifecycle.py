@@ -13,8 +13,10 @@ from django.utils.translation import gettext as _
 
 from panel.accounts import audit
 from panel.accounts.models import Customer
-from panel.api.events import emit
 from panel.accounts.tenancy import Actor
+from panel.events import emit
+from panel.operations import hand_over, new_operation
+from panel.refusals import Refused
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 from nodes import placement
 from nodes.models import Cluster, Node
@@ -23,14 +25,6 @@ from templates_os.models import OsTemplate
 
 S = ServerState
 K = Operation.Kind
-
-
-class Refused(Exception):
-    """A request the panel will not carry out; the API turns it into a 4xx with `code`."""
-
-    def __init__(self, message: str, code: str, status: int = 409, field: str | None = None):
-        super().__init__(message)
-        self.message, self.code, self.status, self.field = message, code, status, field
 
 
 @dataclass(frozen=True)
@@ -61,28 +55,6 @@ def allowed_actions(server: VirtualServer, actor: Actor) -> list[str]:
     ]
 
 
-def enqueue(operation_id: int) -> None:
-    from django_q.tasks import async_task
-
-    async_task("panel.vps.tasks.run_operation", operation_id, task_name=f"operation-{operation_id}")
-
-
-def after_commit(fn) -> None:
-    """Run `fn` once the current transaction commits (unit tests replace this to run inline)."""
-    transaction.on_commit(fn)
-
-
-def new_operation(actor: Actor, server: VirtualServer, kind: str, params: dict) -> Operation:
-    """Create the operation; the caller hands it to the worker last, with after_commit."""
-    if server.operations.filter(status__in=Operation.ACTIVE).exists():
-        raise Refused(_("Another operation is in progress on this server; wait for it to finish."), "operation_in_progress")
-    op = Operation.objects.create(
-        kind=kind, server=server, customer_id=server.customer_id, target_repr=server.hostname,
-        params=params, requested_by=str(actor),
-    )
-    return op
-
-
 def request_action(actor: Actor, server_id: int, kind: str, params: dict | None = None) -> Operation:
     """Start a power action or delete on a server the actor can see (else Http404)."""
     params = dict(params or {})
@@ -105,7 +77,7 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
                 _("Cannot %(action)s a server that is %(state)s.") % {"action": kind, "state": server.get_state_display().lower()},
                 "invalid_state",
             )
-        op = new_operation(actor, server, kind, params)
+        op = new_operation(actor, kind, server=server, params=params)
         if kind == K.SUSPEND:
             server.state_before_suspend = server.state
             server.suspend_reason = str(params.get("reason", ""))[:500]
@@ -114,7 +86,7 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
             server.state = S.DELETING
             server.save(update_fields=["state", "updated_at"])
         audit.record(actor, f"server.{kind}", server, operation=op.id, **params)
-        after_commit(lambda: enqueue(op.id))
+        hand_over(op)
     return op
 
 
@@ -187,13 +159,13 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
     with transaction.atomic():
         server = place_new_server(actor, customer=customer, plan=plan, hostname=hostname, os_template=choice.template,
                                   node=node, cluster=cluster, private_network=private_network)
-        op = new_operation(actor, server, K.CREATE, {})
+        op = new_operation(actor, K.CREATE, server=server, params={})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=server.node.name,
                      os_template=choice.template.slug, recipe=choice.recipe.slug if choice.recipe else "")
         emit("server.created", customer_id=customer.pk, server=server.pk, hostname=hostname, operation=op.id,
              plan=plan.pk, os_template=choice.template.slug)
-        after_commit(lambda: enqueue(op.id))
+        hand_over(op)
     return server, op, choice.password
 
 
@@ -237,14 +209,14 @@ def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=
                           {"state": server.get_state_display().lower()}, "invalid_state")
         choice = check_install(actor, os_template=os_template or server.os_template_id, disk_gib=server.disk_gib,
                                recipe=recipe, recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
-        op = new_operation(actor, server, K.REINSTALL, {"state": server.state})
+        op = new_operation(actor, K.REINSTALL, server=server, params={"state": server.state})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         server.os_template = choice.template
         server.state = S.INSTALLING
         server.save(update_fields=["os_template", "state", "updated_at"])
         audit.record(actor, "server.reinstall", server, operation=op.id, os_template=choice.template.slug,
                      recipe=choice.recipe.slug if choice.recipe else "")
-        after_commit(lambda: enqueue(op.id))
+        hand_over(op)
     return op, choice.password
 
 
@@ -264,7 +236,7 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         if server.state != wanted:
             raise Refused(_("A live migration needs a running server, a cold one a stopped server."),
                           "invalid_state")
-        op = new_operation(actor, server, K.MIGRATE, {"node": node.pk, "live": live, "state": server.state})
+        op = new_operation(actor, K.MIGRATE, server=server, params={"node": node.pk, "live": live, "state": server.state})
         try:
             placement.reserve(placement.Request(server.vcpus, server.ram_mib, server.disk_gib), only=node)
         except placement.NoCapacity as exc:
@@ -273,24 +245,13 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         server.state = S.MIGRATING
         server.save(update_fields=["state", "updated_at"])
         audit.record(actor, "server.migrate", server, operation=op.id, node=node.name, live=live)
-        after_commit(lambda: enqueue(op.id))
+        hand_over(op)
     return op
 
 
 # -- billing actions: change of plan, root password reset ------------------------------------
 
 PLAN_CHANGEABLE = frozenset({S.RUNNING, S.STOPPED, S.SUSPENDED})
-
-
-def _adjust_node(node_id: int, vcpus: int, ram_mib: int, disk_gib: int) -> None:
-    """Add the (signed) differences to a node's capacity counters; call under its row lock."""
-    from django.db.models import F
-
-    grow = {f: max(d, 0) for f, d in (("alloc_vcpus", vcpus), ("alloc_ram_mib", ram_mib), ("alloc_disk_gib", disk_gib))}
-    if any(grow.values()):
-        Node.objects.filter(pk=node_id).update(**{f: F(f) + d for f, d in grow.items() if d})
-    if min(vcpus, ram_mib, disk_gib) < 0:
-        placement.release(node_id, max(-vcpus, 0), max(-ram_mib, 0), max(-disk_gib, 0))
 
 
 def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
@@ -312,7 +273,7 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
         after = {"vcpus": plan.vcpus, "ram_mib": plan.ram_mib, "disk_gib": plan.disk_gib}
         if plan.pk == server.plan_id and before == after:
             raise Refused(_("The server already has this plan."), "invalid", 400, field="plan")
-        op = new_operation(actor, server, K.CHANGE_PLAN, {
+        op = new_operation(actor, K.CHANGE_PLAN, server=server, params={
             "plan": plan.pk, "previous_plan": server.plan_id, "before": before, "after": after,
             "state": server.state})
         delta = {k: after[k] - before[k] for k in after}
@@ -327,10 +288,10 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
             if why:
                 detail = why if actor.is_admin else _("its node has no room for this plan right now")
                 raise Refused(_("The server cannot grow to this plan: %(why)s") % {"why": detail}, "no_capacity", 409)
-        _adjust_node(node.pk, delta["vcpus"], delta["ram_mib"], delta["disk_gib"])
+        placement.adjust(node.pk, delta["vcpus"], delta["ram_mib"], delta["disk_gib"])
         audit.record(actor, "server.change_plan", server, operation=op.id, plan=plan.name,
                      previous_plan=server.plan.name, **{k: f"{before[k]}→{after[k]}" for k in after})
-        after_commit(lambda: enqueue(op.id))
+        hand_over(op)
     return op
 
 
@@ -358,7 +319,7 @@ def request_password_reset(actor: Actor, server_id: int, password: str = "") -> 
         if server.state != S.RUNNING:
             raise Refused(_("The password is set by the guest agent of a running server; start it first."),
                           "invalid_state")
-        op = new_operation(actor, server, K.RESET_PASSWORD, {"user": "root", "secret": encrypt(password)})
+        op = new_operation(actor, K.RESET_PASSWORD, server=server, params={"user": "root", "secret": encrypt(password)})
         audit.record(actor, "server.reset_password", server, operation=op.id)
-        after_commit(lambda: enqueue(op.id))
+        hand_over(op)
     return op, password

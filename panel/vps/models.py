@@ -93,6 +93,13 @@ class VirtualServer(models.Model):
     def __str__(self) -> str:
         return self.hostname
 
+    def set_state(self, state: str, **fields) -> None:
+        """Save a new state (and `fields` with it), touching nothing else of the row."""
+        self.state = state
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.save(update_fields=["state", "updated_at", *fields])
+
     @property
     def domain_name(self) -> str:
         """The libvirt domain name: unique per server, and stable."""

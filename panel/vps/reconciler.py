@@ -19,6 +19,7 @@ from nodes.connection import driver_for
 from nodes.driver import DomainState, DriverError
 from nodes.models import Drift, Node
 from panel.vps.models import Operation, ServerState, VirtualServer
+from panel.vps.server_jobs import delete_record
 
 log = logging.getLogger(__name__)
 S = ServerState
@@ -87,8 +88,6 @@ def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
     name = server.domain_name
     if server.state == S.DELETING:
         # The delete operation was interrupted: finish it (idempotent removal).
-        from panel.vps.tasks import delete_record
-
         driver = driver_for(node.uri)
         driver.undefine(name)
         driver.delete_volume(server.storage.pool_name, server.disk_volume)

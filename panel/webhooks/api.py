@@ -19,7 +19,7 @@ from panel.accounts.models import Customer
 from panel.api.models import Event
 from panel.api.permissions import actor
 from panel.api.views import PanelViewSet
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.webhooks import delivery as delivery_actions
 from panel.webhooks import destinations
 from panel.webhooks.models import ALL_EVENTS, Delivery, Webhook

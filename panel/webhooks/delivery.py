@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from panel.api.models import Event
-from panel.vps import lifecycle
+from panel import operations
 from panel.webhooks.models import Delivery, Webhook
 from panel.webhooks.transports import HttpTransport, Request, Transport, TransportError
 
@@ -47,8 +47,13 @@ def fan_out(event: Event) -> list[Delivery]:
         for hook in Webhook.objects.for_event(event)
     ]
     for row in deliveries:
-        lifecycle.after_commit(partial(enqueue, row.id))
+        operations.after_commit(partial(enqueue, row.id))
     return deliveries
+
+
+def fan_out_event(sender, event: Event, **_kwargs) -> None:
+    """`panel.events.event_raised`'s receiver."""
+    fan_out(event)
 
 
 def enqueue(delivery_id: int) -> None:
@@ -164,5 +169,5 @@ def resend(delivery_id: int) -> Delivery:
     now = timezone.now()
     Delivery.objects.filter(pk=delivery_id).update(status=S.PENDING, attempts=0, next_attempt_at=now,
                                                    give_up_at=now + GIVE_UP_AFTER, delivered_at=None)
-    lifecycle.after_commit(partial(enqueue, delivery_id))
+    operations.after_commit(partial(enqueue, delivery_id))
     return Delivery.objects.select_related("webhook", "event").get(pk=delivery_id)

@@ -19,7 +19,7 @@ from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.crypto import encrypt
 from panel.ui.views.common import actor, admin_only, form_changes, paginate
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import VirtualServer
 
 

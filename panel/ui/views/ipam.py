@@ -31,7 +31,7 @@ from panel.ui.forms import (
     servers_in_cluster,
 )
 from panel.ui.views.common import actor, admin_only, form_changes, paginate, safe_next
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import VirtualServer
 
 # --- Refusals in the admin's language ---------------------------------------------------------

@@ -22,7 +22,7 @@ from panel.accounts import audit
 from panel.ui.forms import AcceptHostKeyForm, ClusterForm, NodeAddForm, StorageForm
 from panel.ui.templatetags.ui_extras import mib
 from panel.ui.views.common import actor, admin_only, form_changes, paginate
-from panel.vps.lifecycle import Refused
+from panel.refusals import Refused
 from panel.vps.models import ServerState
 
 

@@ -1,0 +1,48 @@
+"""The table of job kinds: which room's job carries out each kind of Operation.
+
+The worker's composition root, as urls.py is the web's: it imports the rooms and nothing in
+them imports it. The queue reaches it by the dotted path `panel.jobs.run_operation`
+(panel/operations.py); rows queued by older versions name panel.vps.tasks, kept for them.
+"""
+
+from backup import restoring, retention, taking
+from nodes.installer import NodeInstallJob
+from panel import runner
+from panel.vps import installing, server_jobs
+from panel.vps.models import Operation
+from panel.vps.server_jobs import ServerJob
+
+Kind = Operation.Kind
+
+
+def delete(step, server, driver) -> None:
+    """A server's delete: its domain and disks leave the node, then its backups (unless the
+    request kept them), then its record, capacity and addresses."""
+    server_jobs.remove_domain(step, server, driver)
+    retention.delete_with_server(step, server)
+    server_jobs.delete_record(server)
+
+
+JOBS: runner.JobTable = {
+    Kind.CREATE: ServerJob.of(installing.create, settle=installing.fail_install),
+    Kind.REINSTALL: ServerJob.of(installing.reinstall, settle=installing.fail_install),
+    Kind.START: ServerJob.of(server_jobs.start),
+    Kind.STOP: ServerJob.of(server_jobs.stop),
+    Kind.REBOOT: ServerJob.of(server_jobs.reboot),
+    Kind.SUSPEND: ServerJob.of(server_jobs.suspend),
+    Kind.UNSUSPEND: ServerJob.of(server_jobs.unsuspend),
+    Kind.DELETE: ServerJob.of(delete),
+    Kind.NETWORK_UPDATE: ServerJob.of(server_jobs.network_update),
+    Kind.MIGRATE: ServerJob.of(server_jobs.migrate),
+    Kind.CHANGE_PLAN: ServerJob.of(server_jobs.change_plan),
+    Kind.RESET_PASSWORD: ServerJob.of(server_jobs.reset_password),
+    Kind.BACKUP: ServerJob.of(taking.take),
+    Kind.RESTORE: ServerJob.of(restoring.restore),
+    Kind.NODE_INSTALL: NodeInstallJob,
+    Kind.PANEL_BACKUP: taking.PanelBackupJob,
+}
+
+
+def run_operation(operation_id: int) -> str:
+    """Carry out one operation (django-q2's task). Returns its final status."""
+    return runner.run(operation_id, JOBS)

@@ -1,0 +1,72 @@
+"""A server's domain definition, built from its rows: what the node's libvirt is told to run.
+
+`domain_spec()` only reads (the server, its template, its NICs and addresses); the disk it
+names is made apart, by `disk_path()`, so building a definition never changes a node.
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from nodes.domain_xml import Disk, DomainSpec, KernelBoot
+from nodes.driver import Driver, DriverError
+from panel.crypto import decrypt
+from panel.ipam.addressing import domain_nics
+from panel.vps.models import VirtualServer
+from templates_os import provisioning
+from templates_os.repository import file_path
+
+
+@dataclass(frozen=True)
+class InstallBoot:
+    """Boot the template's installer: its one-time config URL, and a seed ISO where it takes one."""
+
+    config_url: str
+    seed_path: str = ""
+
+
+def disk_path(server: VirtualServer, driver: Driver) -> str:
+    """The path of the server's system disk on `driver`'s node; made there when it is missing
+    (a thin overlay of the template's image, or an empty disk), kept when it exists."""
+    template = server.os_template
+    if template is None:
+        raise DriverError("the server has no OS template")
+    image = template.boot.get("image")
+    return driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib,
+                                backing=file_path(template, image) if image else None)
+
+
+def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoot | None = None) -> DomainSpec:
+    """The server's domain as `node` (default: its own) would run it from the disk at `disk`:
+    booting its installed system, or (with `install`) its template's installer."""
+    node = node or server.node
+    template = server.os_template
+    if template is None:
+        raise DriverError("the server has no OS template")
+    boot = template.boot
+    disks = [Disk(path=disk)]
+    if install and install.seed_path:
+        disks.append(Disk(path=install.seed_path, target="hdc", format="raw", device="cdrom"))
+    kernel_boot = None
+    key = "install_cmdline" if install else "cmdline"
+    if boot.get("kernel") and boot.get(key):
+        context = provisioning.boot_context(server, install.config_url if install else "")
+        kernel_boot = KernelBoot(file_path(template, boot["kernel"]), file_path(template, boot["initrd"]),
+                                 provisioning.render_cmdline(template, key, context))
+    return DomainSpec(
+        name=server.domain_name,
+        uuid=str(server.uuid),
+        vcpus=server.vcpus,
+        ram_mib=server.ram_mib,
+        virt_type=node.virt_type or "qemu",
+        disks=tuple(disks),
+        kernel_boot=kernel_boot,
+        nics=tuple(domain_nics(server)),
+        serial_log=server.serial_log,
+        # VNC listens only where the panel reaches it: the node's management address (or
+        # loopback on the panel's own host), with the server's own password.
+        vnc_listen=node.address or "127.0.0.1",
+        vnc_password=decrypt(server.vnc_password),
+        panel_instance=settings.PANEL_INSTANCE_ID,
+        server_id=server.id,
+    )
