@@ -142,7 +142,7 @@ def request_panel_backup(actor: Actor, target: BackupTarget, plan: BackupPlan | 
 def save_checked(save) -> BackupTarget:
     """Save a target with `save()` and check it; one that fails its check is not kept: the
     save is rolled back and Refused says why (the API and the UI's forms alike)."""
-    from backup.targets import check_target
+    from backup.connect import check_target
 
     with transaction.atomic():
         target = save()

@@ -12,7 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from backup import actions
-from backup.models import Backup, BackupPlan, BackupTarget
+from backup.models import Backup, BackupPlan, BackupTarget, check_cron
 from nodes.models import Node
 from panel.api import serializers as s
 from panel.api.permissions import IsAdmin, actor
@@ -155,7 +155,7 @@ class BackupTargetViewSet(AuditedModelViewSet):
     @action(detail=True, methods=["post"])
     def check(self, request, pk=None):
         """Check the target again now; the answer holds the result (`check_error` "" when fine)."""
-        from backup.targets import check_target
+        from backup.connect import check_target
 
         target = self.get_object()
         check_target(target)
@@ -170,8 +170,6 @@ class BackupPlanSerializer(serializers.ModelSerializer):
         read_only_fields = ["last_run_at", "last_run_summary", "created_at"]
 
     def validate_schedule(self, value: str) -> str:
-        from backup.schedules import check_cron
-
         error = check_cron(value.strip())
         if error:
             raise serializers.ValidationError(error)

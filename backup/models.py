@@ -5,8 +5,21 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from nodes.hostkeys import fingerprint
 from panel.accounts.models import Customer
 from panel.vps.models import Operation, Plan, VirtualServer
+
+
+def check_cron(expression: str) -> str:
+    """"" when `expression` is a valid 5-field cron expression, else the reason (a plan's
+    schedule, checked by the model and the API alike)."""
+    from croniter import croniter
+
+    if len(expression.split()) != 5:
+        return "A schedule is five fields: minute hour day-of-month month day-of-week, e.g. 0 3 * * *."
+    if not croniter.is_valid(expression):
+        return f"'{expression}' is not a valid cron expression."
+    return ""
 
 
 class BackupTarget(models.Model):
@@ -32,7 +45,7 @@ class BackupTarget(models.Model):
     # Pinned at the first check, another one is refused; "" pins again at the next check.
     # sftp: the server's host key ("<type> <base64>"); ftps: the server certificate's pin,
     # "x509 <base64 of the DER certificate>" (backup.targets.certificate_pin), so both have a
-    # "SHA256:..." fingerprint (nodes.ssh.fingerprint). Unused for the other kinds.
+    # "SHA256:..." fingerprint (nodes.hostkeys.fingerprint). Unused for the other kinds.
     host_key = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     # The last check (on save, and before every run): writable, and the free space if known.
@@ -50,8 +63,6 @@ class BackupTarget(models.Model):
     @property
     def host_key_fingerprint(self) -> str:
         """The pin's SHA256 fingerprint, shown so an admin can compare it with the server's."""
-        from nodes.ssh import fingerprint
-
         return fingerprint(self.host_key) if self.host_key else ""
 
     def clean(self) -> None:
@@ -103,8 +114,6 @@ class BackupPlan(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from backup.schedules import check_cron
-
         error = check_cron(self.schedule)
         if error:
             raise ValidationError({"schedule": error})

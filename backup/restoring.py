@@ -72,7 +72,7 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
 
 def _source(link: Backup):
     """Where a backup's file is: its target (for a node folder, on the node that took it)."""
-    from backup.targets import target_for
+    from backup.connect import target_for
 
     if link.on_removed_node:
         raise BackupFailed(f"backup #{link.id} was kept on a node that is no longer in the panel: "

@@ -63,7 +63,8 @@ def prune_panel(target: BackupTarget, keep: int) -> list[int]:
 def delete_backups(backups: list[Backup]) -> list[int]:
     """Delete the backups' files from their targets, then their rows (newest first, so an
     incremental goes before its parent). A file that cannot be deleted keeps its row."""
-    from backup.targets import TargetError, target_for
+    from backup.connect import target_for
+    from backup.targets import TargetError
 
     deleted = []
     by_target: dict[tuple[int, int | None], list[Backup]] = {}

@@ -11,18 +11,9 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from backup.models import check_cron
+
 log = logging.getLogger(__name__)
-
-
-def check_cron(expression: str) -> str:
-    """"" when `expression` is a valid 5-field cron expression, else the reason."""
-    from croniter import croniter
-
-    if len(expression.split()) != 5:
-        return "A schedule is five fields: minute hour day-of-month month day-of-week, e.g. 0 3 * * *."
-    if not croniter.is_valid(expression):
-        return f"'{expression}' is not a valid cron expression."
-    return ""
 
 
 def schedule_name(plan_id: int) -> str:
@@ -75,7 +66,7 @@ def run_plan(plan_id: int) -> str:
     """Queue this run's backups (or the panel backup); returns the summary it stores on the plan."""
     from backup import actions
     from backup.models import BackupPlan
-    from backup.targets import check_target
+    from backup.connect import check_target
     from panel.accounts.tenancy import SYSTEM
     from panel.refusals import Refused
 

@@ -15,7 +15,8 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from backup.targets import Readable, Target, TargetError, Writable, _folder_of, check_name
-from nodes.ssh import HostKeyChanged, NodeShell, SshError, fingerprint
+from nodes.hostkeys import fingerprint
+from nodes.ssh import HostKeyChanged, NodeShell, SshError
 
 # Per SFTP request: a hung server must not stall a backup forever.
 SFTP_TIMEOUT_SECONDS = 120

@@ -37,7 +37,8 @@ class BackupFailed(DriverError):
 
 
 def _target(row: BackupTarget, server: VirtualServer | None, driver: Driver | None):
-    from backup.targets import TargetError, check_target, target_for
+    from backup.connect import check_target, target_for
+    from backup.targets import TargetError
 
     if row.kind == BackupTarget.Kind.NODE:
         # Only this server's node matters, and the job itself proves the folder writable: here

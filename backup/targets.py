@@ -5,7 +5,8 @@ One small interface (`Target`) with an implementation per kind. Every failure su
 `TargetError` that says whether retrying can help: a refused login, a missing folder, a denied
 permission or a full target are permanent; an unreachable server, a timeout or a dropped
 connection are worth another try. Files are written to "<name>.part" and renamed only once
-complete, so a name on the target always holds a whole file.
+complete, so a name on the target always holds a whole file. `backup.connect` makes a
+BackupTarget row into the Target of its kind.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable, Protocol
 
-if TYPE_CHECKING:
-    from backup.models import BackupTarget
-    from nodes.driver import Driver
-    from nodes.models import Node
+from nodes.hostkeys import fingerprint
 
 FTP_TIMEOUT_SECONDS = 30
 PROBE_BYTES = b"panel backup target check\n"
@@ -418,8 +416,6 @@ class FtpTarget(Target):
 
     def _check_certificate(self, sock: socket.socket) -> None:
         """Pin the server's certificate at first contact; refuse any other one afterwards."""
-        from nodes.ssh import fingerprint  # nodes.ssh pulls in paramiko: only FTPS needs it
-
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         if not der:
             raise TargetError(f"the FTPS server {self.host}:{self.port} presented no certificate", permanent=True)
@@ -642,79 +638,3 @@ class FtpTarget(Target):
                 self._connect().rmd(folder)
             except ftplib.error_perm:
                 pass  # not empty: fine
-
-
-# --- from the database
-
-
-def target_for(target: BackupTarget, node: Node | None = None, driver: Driver | None = None) -> Target:
-    """The Target for a BackupTarget row; decrypts its password. A node folder is the one on
-    `node` (reached through `driver` when given)."""
-    from backup.models import BackupTarget
-    from panel.crypto import decrypt
-
-    if target.kind == BackupTarget.Kind.DIR:
-        return DirTarget(target.path)
-    if target.kind == BackupTarget.Kind.NODE:
-        from backup.node_folder import NodeFolderTarget
-
-        if node is None:
-            raise ValueError("a node folder target is used on a node: none was given")
-        return NodeFolderTarget(target.id, target.path, node, driver)
-    if target.kind in (BackupTarget.Kind.FTP, BackupTarget.Kind.FTPS):
-        return FtpTarget(
-            target.host,
-            target.port or 21,
-            target.username,
-            decrypt(target.password),
-            target.path,
-            tls=target.kind == BackupTarget.Kind.FTPS,
-            host_key=_pin_of_kind(target),
-        )
-    if target.kind == BackupTarget.Kind.SFTP:
-        from backup.sftp import SftpTarget  # imports this module
-
-        return SftpTarget(target.host, target.port or 22, target.username, decrypt(target.password), target.path,
-                          _pin_of_kind(target))
-    raise ValueError(f"unknown backup target kind {target.kind!r}")
-
-
-def _pin_of_kind(target: BackupTarget) -> str:
-    """The target's pin, or "" when it was pinned as another kind (an SFTP target edited into an
-    FTPS one): that pin says nothing about this server, the next check pins again."""
-    from backup.models import BackupTarget
-
-    certificate = target.host_key.startswith("x509 ")
-    return target.host_key if certificate == (target.kind == BackupTarget.Kind.FTPS) else ""
-
-
-def check_target(target: BackupTarget) -> str:
-    """Check that `target` is writable, store the result (checked_at, check_error, free_bytes,
-    and an SFTP host's key or an FTPS server's certificate pinned at first contact) on the row
-    and return the error text ("" when fine). Never raises TargetError."""
-    from django.utils import timezone
-
-    free_bytes = None
-    fields = ["checked_at", "check_error", "free_bytes"]
-    try:
-        if target.kind == target.Kind.NODE:
-            from backup.node_folder import check_on_nodes
-
-            error, free_bytes = check_on_nodes(target)
-        else:
-            with target_for(target) as store:
-                free_bytes = store.check().free_bytes
-            error = ""
-            pinned = getattr(store, "host_key", "")
-            if pinned and pinned != target.host_key:  # first contact: pin the key (certificate) seen
-                target.host_key = pinned
-                fields.append("host_key")
-    except TargetError as exc:
-        error = str(exc)
-    except ValueError as exc:  # undecryptable password, unknown kind, bad path
-        error = str(exc)
-    target.checked_at = timezone.now()
-    target.check_error = error
-    target.free_bytes = free_bytes
-    target.save(update_fields=fields)
-    return error

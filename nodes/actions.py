@@ -6,7 +6,7 @@ from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
 
 from nodes.models import Cluster, Node
-from nodes.ssh import fingerprint
+from nodes.hostkeys import fingerprint
 from nodes.sshfiles import node_uri
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor

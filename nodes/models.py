@@ -5,6 +5,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from nodes.hostkeys import fingerprint
+
 
 class Cluster(models.Model):
     """Nodes of one OS family that share storages and networks, with over-commit ratios."""
@@ -182,14 +184,10 @@ class Node(models.Model):
 
     @property
     def host_key_fingerprint(self) -> str:
-        from nodes.ssh import fingerprint
-
         return fingerprint(self.host_key) if self.host_key else ""
 
     @property
     def offered_host_key_fingerprint(self) -> str:
-        from nodes.ssh import fingerprint
-
         return fingerprint(self.offered_host_key) if self.offered_host_key else ""
 
 

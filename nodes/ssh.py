@@ -7,7 +7,6 @@ pasted together.
 """
 
 import base64
-import hashlib
 import io
 import shlex
 import socket
@@ -17,6 +16,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nodes.hostkeys import fingerprint
 from panel.crypto import decrypt, encrypt
 
 CONNECT_TIMEOUT = 10
@@ -37,12 +37,6 @@ class HostKeyChanged(SshError):
             "connection refused until an admin accepts the new key"
         )
         self.offered = offered
-
-
-def fingerprint(host_key: str) -> str:
-    """OpenSSH's SHA256 fingerprint of "<type> <base64>"."""
-    blob = base64.b64decode(host_key.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def key_line(key: paramiko.PKey) -> str:

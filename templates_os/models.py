@@ -1,5 +1,8 @@
 """OS templates found on the template share, and each install of one on a server."""
 
+from pathlib import Path
+
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -43,6 +46,10 @@ class OsTemplate(models.Model):
     @property
     def boot(self) -> dict:
         return self.metadata.get("boot", {})
+
+    def file_path(self, name: str) -> Path:
+        """Where one of the template's files is on the share (the same path on every node)."""
+        return Path(settings.TEMPLATE_SHARE) / self.slug / name
 
 
 class OfferedTemplates(models.Manager):

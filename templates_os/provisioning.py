@@ -176,9 +176,7 @@ def context_for(installation: Installation, config_url_: str, config_token: str)
 
 
 def render_file(template: OsTemplate, name: str, context: dict) -> str:
-    from templates_os.repository import share
-
-    return render.render((share() / template.slug / name).read_text(), context)
+    return render.render(template.file_path(name).read_text(), context)
 
 
 def render_cmdline(template: OsTemplate, key: str, context: dict) -> str:
@@ -277,8 +275,6 @@ def seed_files(server, installation: Installation, url: str) -> dict[str, str]:
         "meta-data": f"instance-id: {server.uuid}-{installation.pk}\nlocal-hostname: {server.hostname}\n",
         "user-data": f"#include\n{url}\n",
     }
-    from templates_os.repository import share
-
-    if (share() / template.slug / "network-config").is_file():
+    if template.file_path("network-config").is_file():
         files["network-config"] = render_file(template, "network-config", boot_context(server, url))
     return files

@@ -28,11 +28,6 @@ def share() -> Path:
     return Path(settings.TEMPLATE_SHARE)
 
 
-def file_path(template: OsTemplate, name: str) -> str:
-    """Where a template's file is, on the share (the same path on every node)."""
-    return str(share() / template.slug / name)
-
-
 def _plain_file(meta: dict, key: str, section: dict) -> str | None:
     name = section.get(key)
     if name is None:

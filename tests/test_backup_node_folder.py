@@ -8,7 +8,8 @@ from django.core.exceptions import ValidationError
 from backup import actions
 from backup.models import Backup, BackupPlan, BackupTarget
 from backup.node_folder import NodeFolderTarget, pool_name
-from backup.targets import TargetError, check_target
+from backup.connect import check_target
+from backup.targets import TargetError
 from nodes.connection import driver_for
 from panel.accounts.tenancy import SYSTEM
 from panel.vps.models import Operation

@@ -14,8 +14,10 @@ import pytest
 import backup.sftp
 from backup.models import BackupTarget
 from backup.sftp import SftpTarget
-from backup.targets import TargetError, check_target, target_for
-from nodes.ssh import fingerprint, key_line, panel_identity
+from backup.connect import check_target, target_for
+from backup.targets import TargetError
+from nodes.hostkeys import fingerprint
+from nodes.ssh import key_line, panel_identity
 from tests.sshd_fixture import SSHD, PrivateSshd, SshdError, free_port
 
 MIB = 1024 * 1024

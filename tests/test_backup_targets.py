@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from backup.targets import CheckResult, DirTarget, FtpTarget, TargetError, check_target, target_for
+from backup.connect import check_target, target_for
+from backup.targets import CheckResult, DirTarget, FtpTarget, TargetError
 from tests.ftpd_fixture import Ftpd, pin_of, self_signed_cert, serve_ftp
 
 MIB = 1024 * 1024
@@ -280,7 +281,7 @@ def logins(server: Ftpd) -> list[str]:
 
 
 def test_the_first_ftps_connection_pins_the_certificate_and_another_is_refused_before_the_password(ftps_servers):
-    from nodes.ssh import fingerprint
+    from nodes.hostkeys import fingerprint
 
     (real, real_cert), (impostor, impostor_cert) = ftps_servers
     with real.target(tls=True) as store:
@@ -334,7 +335,7 @@ def ftps_row(server: Ftpd, **fields):
 
 @pytest.mark.django_db
 def test_check_target_pins_the_ftps_certificate_and_refuses_an_impostor_on_the_same_target(ftps_servers):
-    from nodes.ssh import fingerprint
+    from nodes.hostkeys import fingerprint
 
     (real, real_cert), (impostor, impostor_cert) = ftps_servers
     row = ftps_row(real)
@@ -368,7 +369,7 @@ def test_an_ssh_host_key_left_from_an_sftp_target_is_no_pin_for_ftps(ftps_server
 @pytest.mark.django_db
 def test_the_api_shows_the_ftps_certificate_and_clearing_it_pins_the_new_one(world, ftps_servers):
     from backup.models import BackupTarget
-    from nodes.ssh import fingerprint
+    from nodes.hostkeys import fingerprint
 
     (real, real_cert), (impostor, impostor_cert) = ftps_servers
     admin = world.client(world.admin_key)

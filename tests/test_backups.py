@@ -8,7 +8,8 @@ import pytest
 
 from backup import actions, retention
 from backup.models import Backup, BackupPlan, BackupTarget
-from backup.schedules import check_cron, run_plan, schedule_name
+from backup.models import check_cron
+from backup.schedules import run_plan, schedule_name
 from nodes.connection import driver_for
 from panel.accounts.tenancy import SYSTEM
 from panel.api.models import Event
@@ -204,9 +205,8 @@ def test_an_unreachable_target_fails_the_backup_with_the_reason_and_stores_nothi
 
 def test_a_failed_upload_leaves_a_failed_backup_and_no_file(server, target, monkeypatch):
     from nodes.driver import DriverError
-    from nodes.fake import FakeDriver
 
-    FakeDriver.fail_next[server.node.uri] = {"read_volume": DriverError("the node went away", retryable=True)}
+    driver_for(server.node.uri).fail_next["read_volume"] = DriverError("the node went away", retryable=True)
     op, backup = back_up(server, target)
     assert op.status == "failed" and "went away" in op.error
     assert backup.status == "failed" and "went away" in backup.error

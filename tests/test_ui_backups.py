@@ -87,7 +87,7 @@ def test_a_target_that_fails_its_check_is_not_saved_and_says_why(world, tmp_path
 
 
 def test_the_target_form_forgets_a_pinned_key_only_when_asked(world, tmp_path):
-    from nodes.ssh import fingerprint
+    from nodes.hostkeys import fingerprint
 
     row = BackupTarget.objects.create(name="disk", kind="dir", path=str(tmp_path), host_key="x509 AAAA",
                                       check_error="the certificate changed: pinned A, offered B")

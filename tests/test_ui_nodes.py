@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.models import Cluster, Node, Storage
-from nodes.ssh import fingerprint
+from nodes.hostkeys import fingerprint
 from panel.accounts.models import AuditEntry
 from panel.vps.models import Operation, Plan
 from tests.conftest import fake_node

@@ -14,7 +14,6 @@ from panel.crypto import decrypt
 from panel.ipam.addressing import domain_nics
 from panel.vps.models import VirtualServer
 from templates_os import provisioning
-from templates_os.repository import file_path
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ def disk_path(server: VirtualServer, driver: Driver) -> str:
         raise DriverError("the server has no OS template")
     image = template.boot.get("image")
     return driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib,
-                                backing=file_path(template, image) if image else None)
+                                backing=str(template.file_path(image)) if image else None)
 
 
 def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoot | None = None) -> DomainSpec:
@@ -51,7 +50,7 @@ def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoo
     key = "install_cmdline" if install else "cmdline"
     if boot.get("kernel") and boot.get(key):
         context = provisioning.boot_context(server, install.config_url if install else "")
-        kernel_boot = KernelBoot(file_path(template, boot["kernel"]), file_path(template, boot["initrd"]),
+        kernel_boot = KernelBoot(str(template.file_path(boot["kernel"])), str(template.file_path(boot["initrd"])),
                                  provisioning.render_cmdline(template, key, context))
     return DomainSpec(
         name=server.domain_name,

@@ -119,7 +119,7 @@ def target_edit(request, target_id: int):
 @admin_only
 @require_POST
 def target_check(request, target_id: int):
-    from backup.targets import check_target
+    from backup.connect import check_target
 
     target = get_object_or_404(BackupTarget, pk=target_id)
     error = check_target(target)
