@@ -12,7 +12,6 @@ and the open connections live here, not in the worker.
 
 import logging
 import socket
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -20,6 +19,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
+from nodes.keepalive import Keepalive
 from nodes.models import Node
 from panel.events import emit
 
@@ -42,55 +42,13 @@ def ssh_answers(address: str, port: int, timeout: float = 3) -> str:
 
 class Monitor:
     def __init__(self):
-        import libvirt
-
-        self.libvirt = libvirt
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        # Keepalive needs libvirt's event loop, registered before any connection is opened.
-        libvirt.virEventRegisterDefaultImpl()
-        threading.Thread(target=self._event_loop, name="libvirt-events", daemon=True).start()
-        self.connections: dict[int, tuple[str, object]] = {}
-        self.lock = threading.Lock()
+        self.keepalive = Keepalive()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="health")
         self.pending: dict[int, tuple[float, Future]] = {}
 
-    def _event_loop(self) -> None:
-        while True:
-            self.libvirt.virEventRunDefaultImpl()
-
-    def _drop(self, node_id: int) -> None:
-        with self.lock:
-            entry = self.connections.pop(node_id, None)
-        if entry:
-            try:
-                entry[1].close()
-            except self.libvirt.libvirtError:
-                pass
-
     def libvirt_answers(self, node_id: int, uri: str) -> str:
         """'' when libvirtd on the node answers a round trip, else the reason."""
-        with self.lock:
-            entry = self.connections.get(node_id)
-        if entry and entry[0] != uri:
-            self._drop(node_id)
-            entry = None
-        try:
-            if entry is None:
-                conn = self.libvirt.open(uri)
-                # Two unanswered probes two seconds apart close the connection: a cut link is
-                # seen within ~6 s.
-                conn.setKeepAlive(2, 2)
-                with self.lock:
-                    self.connections[node_id] = (uri, conn)
-            else:
-                conn = entry[1]
-            conn.getLibVersion()
-            if not conn.isAlive():
-                raise self.libvirt.libvirtError("the connection was closed")
-            return ""
-        except self.libvirt.libvirtError as exc:
-            self._drop(node_id)
-            return f"libvirtd does not answer: {exc.get_error_message() or exc}"
+        return self.keepalive.answers(node_id, uri)
 
     def check(self, node: Node) -> tuple[str, str]:
         if node.address:
