@@ -1,8 +1,11 @@
 """A complete in-memory driver for fast unit tests (`fake://NAME` node URIs).
 
-It keeps the same contract as `LibvirtDriver`; state lives in a process-wide registry per
-URI, like a host that outlives connections. Inject failures by subclassing and overriding,
-or by setting `FakeDriver.fail_next[uri] = {"start": DriverError(...)}`.
+It keeps the same contract as `LibvirtDriver` (tests/test_driver_contract.py runs the same
+cases against both). Nothing is kept on the class: a driver's hosts live in its `FakeWorld`,
+one `_Host` per URI, like machines that outlive connections (drivers of one world can migrate
+domains between their hosts); `nodes.connection` keeps one world and one driver per URI per
+process. Inject failures by subclassing and overriding, or on the node's driver:
+`driver_for(uri).fail_next["start"] = DriverError(...)` fails its next `start` once.
 """
 
 import threading
@@ -30,37 +33,38 @@ class _Host:
     writes: dict[str, int] = field(default_factory=dict)  # volume -> times written, for disk_stamp
 
 
-_hosts: dict[str, _Host] = {}
-_lock = threading.RLock()
-_boot_ids = count(1)
+class FakeWorld:
+    """The fake nodes' hosts by URI, and the boot ids they hand out."""
+
+    def __init__(self):
+        self.hosts: dict[str, _Host] = {}
+        # One lock for the world: a migration changes two hosts at once.
+        self.lock = threading.RLock()
+        self.boot_ids = count(1)
+
+    def host(self, uri: str) -> _Host:
+        with self.lock:
+            return self.hosts.setdefault(uri, _Host())
 
 
 class FakeDriver(Driver):
-    fail_next: dict[str, dict[str, Exception]] = {}
-    # Every call as (method, name), for tests that check what was asked of the hypervisor.
-    calls: list[tuple[str, str]] = []
-
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, world: FakeWorld | None = None):
         self.uri = uri
-
-    @property
-    def host(self) -> _Host:
-        # Looked up on every use: drivers are cached per process, hosts are reset by tests.
-        with _lock:
-            return _hosts.setdefault(self.uri, _Host())
-
-    @classmethod
-    def reset(cls) -> None:
-        with _lock:
-            _hosts.clear()
-            cls.fail_next.clear()
-            cls.calls.clear()
+        self.world = world or FakeWorld()
+        self.host = self.world.host(uri)
+        # method -> the exception its next call raises (once).
+        self.fail_next: dict[str, Exception] = {}
+        # Every call as (method, name), for tests that check what was asked of the hypervisor.
+        self.calls: list[tuple[str, str]] = []
 
     def _enter(self, method: str, name: str = "") -> None:
         self.calls.append((method, name))
-        failure = self.fail_next.get(self.uri, {}).pop(method, None)
+        failure = self.fail_next.pop(method, None)
         if failure is not None:
             raise failure
+
+    def ping(self) -> None:
+        self._enter("ping")
 
     def close(self) -> None:
         pass
@@ -72,7 +76,7 @@ class FakeDriver(Driver):
 
     def ensure_pool(self, name: str, path: str) -> None:
         self._enter("ensure_pool", name)
-        with _lock:
+        with self.world.lock:
             self.host.pools.setdefault(name, {})
 
     def _pool(self, name: str) -> dict[str, int]:
@@ -82,12 +86,12 @@ class FakeDriver(Driver):
             raise DriverError(f"pool {name} does not exist") from None
 
     def volume_exists(self, pool: str, name: str) -> bool:
-        with _lock:
+        with self.world.lock:
             return name in self._pool(pool)
 
     def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str:
         self._enter("create_volume", name)
-        with _lock:
+        with self.world.lock:
             self._pool(pool).setdefault(name, capacity_gib)
             if backing:
                 self.host.backing[name] = backing
@@ -95,25 +99,26 @@ class FakeDriver(Driver):
 
     def upload_volume(self, pool: str, name: str, data: bytes) -> str:
         self._enter("upload_volume", name)
-        with _lock:
+        with self.world.lock:
             self._pool(pool)[name] = len(data)
             self.host.uploads[name] = data
+            self._written(name)
         return f"/fake/{pool}/{name}"
 
     def delete_volume(self, pool: str, name: str) -> None:
         self._enter("delete_volume", name)
-        with _lock:
+        with self.world.lock:
             self._pool(pool).pop(name, None)
             self.host.uploads.pop(name, None)
 
     def content(self, name: str) -> bytes:
         """Tests: a volume's bytes (a disk nobody wrote to reads as its name)."""
-        with _lock:
+        with self.world.lock:
             return self.host.uploads.get(name, f"fake disk {name}".encode())
 
     def set_content(self, name: str, data: bytes) -> None:
         """Tests: what the guest wrote to its disk."""
-        with _lock:
+        with self.world.lock:
             self.host.uploads[name] = data
             self._written(name)
 
@@ -121,7 +126,7 @@ class FakeDriver(Driver):
     def backup_disk(self, name, pool, disk_volume, staging, checkpoint, since=None, tick=None,
                     staging_pool=None) -> tuple[str, bool]:
         self._enter("backup_disk", name)
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             self._pool(pool)
             self._pool(staging_pool or pool)[staging] = 1
@@ -137,7 +142,7 @@ class FakeDriver(Driver):
 
     def disk_stamp(self, pool: str, name: str) -> str:
         # Moves when the disk is written (set_content), replaced (move_volume) or booted from.
-        with _lock:
+        with self.world.lock:
             if name not in self._pool(pool):
                 raise DriverError(f"volume {name} does not exist")
             return f"{len(self.content(name))}:{self.host.writes.get(name, 0)}"
@@ -147,22 +152,22 @@ class FakeDriver(Driver):
 
     def empty_increment(self, pool: str, disk_volume: str, staging: str, staging_pool: str) -> None:
         self._enter("empty_increment", staging)
-        with _lock:
+        with self.world.lock:
             self._pool(staging_pool)[staging] = 1
             self.host.uploads[staging] = self.content(disk_volume)  # the whole disk stands for every image
 
     def checkpoints(self, name: str) -> list[str]:
-        with _lock:
+        with self.world.lock:
             return list(self.host.checkpoints.get(name, []))
 
     def drop_checkpoints(self, name: str, keep=(), metadata_only: bool = False) -> None:
         self._enter("drop_checkpoints", name)
-        with _lock:
+        with self.world.lock:
             self.host.checkpoints[name] = [cp for cp in self.host.checkpoints.get(name, []) if cp in keep]
 
     def read_volume(self, pool: str, name: str):
         self._enter("read_volume", name)
-        with _lock:
+        with self.world.lock:
             if name not in self._pool(pool):
                 raise DriverError(f"volume {name} does not exist")
             data = self.content(name)
@@ -171,52 +176,59 @@ class FakeDriver(Driver):
 
     def write_volume(self, pool: str, name: str, chunks, size: int) -> str:
         self._enter("write_volume", name)
+        # Like libvirt: the old volume goes first, and a failed write leaves none.
+        self.delete_volume(pool, name)
         data = b"".join(chunks)
         if len(data) != size:
             raise DriverError(f"{name}: {len(data)} bytes received, {size} expected (a truncated file?)")
-        with _lock:
+        with self.world.lock:
             self._pool(pool)[name] = 1
             self.host.uploads[name] = data
+            self._written(name)
         return f"/fake/{pool}/{name}"
 
     def assemble_disk(self, pool: str, chain: list[str], dest: str) -> None:
         self._enter("assemble_disk", dest)
-        with _lock:
+        with self.world.lock:
             volumes = self._pool(pool)
             for image in chain:
                 if image not in volumes:
                     raise DriverError(f"volume {image} does not exist")
             volumes[dest] = 1
             self.host.uploads[dest] = self.content(chain[-1])
+            self._written(dest)
 
     def volume_size(self, pool: str, name: str) -> int | None:
-        with _lock:
+        with self.world.lock:
             return len(self.content(name)) if name in self._pool(pool) else None
 
     def pool_free_bytes(self, pool: str) -> int:
-        with _lock:
+        with self.world.lock:
             self._pool(pool)
         return 100 * 2**30
 
     def checksum_volume(self, pool: str, name: str) -> str:
         self._enter("checksum_volume", name)
-        with _lock:
+        with self.world.lock:
             if name not in self._pool(pool):
                 raise DriverError(f"volume {name} does not exist")
             return f"blake3:{blake3.blake3(self.content(name)).hexdigest()}"
 
     def copy_volume(self, source_pool: str, source: str, pool: str, dest: str) -> None:
         self._enter("copy_volume", dest)
-        with _lock:
+        with self.world.lock:
             if source not in self._pool(source_pool):
                 raise DriverError(f"volume {source} does not exist")
             self._pool(pool)[dest] = 1
             self.host.uploads[dest] = self.content(source)
+            self._written(dest)
 
     def move_volume(self, pool: str, source: str, dest: str) -> None:
         self._enter("move_volume", dest)
-        with _lock:
+        with self.world.lock:
             volumes = self._pool(pool)
+            if source not in volumes:
+                raise DriverError(f"volume {source} does not exist")
             volumes[dest] = max(volumes.pop(source), volumes.get(dest, 0))
             self.host.uploads[dest] = self.host.uploads.pop(source, b"")
             self._written(dest)
@@ -224,8 +236,14 @@ class FakeDriver(Driver):
     def define(self, spec: DomainSpec) -> None:
         self._enter("define", spec.name)
         spec.to_xml()  # the same validation the real driver's XML goes through
-        with _lock:
+        with self.world.lock:
             existing = self.host.domains.get(spec.name)
+            # Like libvirt: a domain's UUID is its identity, fixed by its first definition.
+            if existing and existing["spec"].uuid != spec.uuid:
+                raise DriverError(f"domain {spec.name} is already defined with uuid {existing['spec'].uuid}")
+            for other, dom in self.host.domains.items():
+                if other != spec.name and dom["spec"].uuid == spec.uuid:
+                    raise DriverError(f"domain {other} already exists with uuid {spec.uuid}")
             self.host.domains[spec.name] = {
                 # What the running domain booted with stays until its next boot.
                 **{k: existing[k] for k in ("max", "live") if existing and k in existing},
@@ -242,11 +260,11 @@ class FakeDriver(Driver):
 
     def start(self, name: str) -> None:
         self._enter("start", name)
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             if dom["state"] != DomainState.RUNNING:
                 dom["state"] = DomainState.RUNNING
-                dom["boot_id"] = next(_boot_ids)
+                dom["boot_id"] = next(self.world.boot_ids)
                 # What the domain booted with: its maximums, and what it runs with now.
                 spec = dom["spec"]
                 dom["max"] = dom["live"] = (spec.vcpus, spec.ram_mib)
@@ -256,7 +274,7 @@ class FakeDriver(Driver):
 
     def request_shutdown(self, name: str) -> None:
         self._enter("request_shutdown", name)
-        with _lock:
+        with self.world.lock:
             dom = self.host.domains.get(name)
             if dom and dom["state"] == DomainState.RUNNING and name not in self.host.deaf_to_acpi:
                 dom["state"] = DomainState.SHUTOFF
@@ -264,7 +282,7 @@ class FakeDriver(Driver):
 
     def destroy(self, name: str) -> None:
         self._enter("destroy", name)
-        with _lock:
+        with self.world.lock:
             dom = self.host.domains.get(name)
             if dom:
                 dom["state"] = DomainState.SHUTOFF
@@ -272,12 +290,12 @@ class FakeDriver(Driver):
 
     def undefine(self, name: str) -> None:
         self._enter("undefine", name)
-        with _lock:
+        with self.world.lock:
             self.host.domains.pop(name, None)
 
     def update_nic(self, name: str, nic) -> None:
         self._enter("update_nic", name)
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             spec: DomainSpec = dom["spec"]
             if not any(n.mac == nic.mac for n in spec.nics):
@@ -288,7 +306,7 @@ class FakeDriver(Driver):
         """Like libvirt: live only for a running domain and within what it booted with
         (tests may raise dom["max"])."""
         self._enter("set_resources", name)
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             if not live or dom["state"] != DomainState.RUNNING:
                 return False
@@ -300,7 +318,7 @@ class FakeDriver(Driver):
 
     def grow_volume(self, pool: str, name: str, gib: int, domain_name: str | None = None) -> bool:
         self._enter("grow_volume", name)
-        with _lock:
+        with self.world.lock:
             volumes = self._pool(pool)
             if name not in volumes:
                 raise DriverError(f"volume {name} does not exist")
@@ -310,7 +328,7 @@ class FakeDriver(Driver):
 
     def set_user_password(self, name: str, user: str, password: str) -> bool:
         self._enter("set_user_password", name)
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             if dom["state"] != DomainState.RUNNING or name not in self.host.agent:
                 return False
@@ -319,7 +337,7 @@ class FakeDriver(Driver):
 
     def migrate(self, name: str, dest, dest_address: str, dest_xml: str, unsafe: bool = False) -> None:
         self._enter("migrate", name)
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             if dom["state"] != DomainState.RUNNING:
                 raise DriverError(f"domain {name} is not running")
@@ -327,14 +345,14 @@ class FakeDriver(Driver):
             dest.host.domains[name]["counters"] = {}  # the destination's QEMU counts from zero
 
     def vnc_port(self, name: str) -> int:
-        with _lock:
+        with self.world.lock:
             dom = self._get(name)
             if dom["state"] != DomainState.RUNNING:
                 raise DriverError(f"domain {name} has no VNC port (not running?)")
             return 5900 + dom["boot_id"] % 100
 
     def info(self, name: str) -> DomainInfo | None:
-        with _lock:
+        with self.world.lock:
             dom = self.host.domains.get(name)
             if dom is None:
                 return None
@@ -344,11 +362,11 @@ class FakeDriver(Driver):
 
     def stats(self, name: str) -> DomainStats | None:
         # Not recorded in `calls` (the usage collector reads it around power actions), but
-        # `fail_next[uri]["stats"]` still injects a failure.
-        failure = self.fail_next.get(self.uri, {}).pop("stats", None)
+        # `fail_next["stats"]` still injects a failure.
+        failure = self.fail_next.pop("stats", None)
         if failure is not None:
             raise failure
-        with _lock:
+        with self.world.lock:
             dom = self.host.domains.get(name)
             if dom is None or dom["state"] != DomainState.RUNNING:
                 return None
@@ -356,11 +374,11 @@ class FakeDriver(Driver):
 
     def set_counters(self, name: str, **counters: int) -> None:
         """Tests: what the running guest has done since it started (rx_bytes=, cpu_ns=, …)."""
-        with _lock:
+        with self.world.lock:
             self._get(name).setdefault("counters", {}).update(counters)
 
     def list_domains(self) -> list[DomainInfo]:
         self._enter("list_domains")
-        with _lock:
+        with self.world.lock:
             names = list(self.host.domains)
         return [info for name in names if (info := self.info(name))]

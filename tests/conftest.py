@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
+from nodes.connection import forget_fake_nodes
 from nodes.fake import FakeDriver
 
 
@@ -44,14 +45,14 @@ def _inline_operations(request, monkeypatch, settings, tmp_path):
     monkeypatch.setattr(operations, "enqueue", jobs.run_operation)
     # The test's transaction never commits, so run the hand-over at once.
     monkeypatch.setattr(operations, "after_commit", lambda fn: fn())
-    FakeDriver.reset()
+    forget_fake_nodes()
     tiny_template_share(settings, tmp_path)
     install_by_fake_guest(monkeypatch)
     settings.STOP_TIMEOUT_SECONDS = 1
     # Real hashing costs ~0.3 s a user; the tests are not about hash strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield
-    FakeDriver.reset()
+    forget_fake_nodes()
 
 
 def tiny_template_share(settings, tmp_path):

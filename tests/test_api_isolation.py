@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for
 from panel.accounts.models import ApiKey, AuditEntry, Customer
 from panel.vps.models import Operation, Plan, VirtualServer
 
@@ -97,12 +97,12 @@ def call(client: APIClient, method: str, url: str, body):
 def snapshot(a: Alices) -> dict:
     """Everything a request on Alice's objects could change."""
     server = VirtualServer.objects.get(pk=a.server.pk)
-    domain = FakeDriver("fake://fake1").host.domains[a.server.domain_name]
+    domain = driver_for("fake://fake1").host.domains[a.server.domain_name]
     customer = Customer.objects.get(pk=a.customer.pk)
     return {
         "server": (server.state, server.suspend_reason, server.state_before_suspend, server.hostname),
         "domain": (domain["state"], domain["boot_id"]),
-        "disk": a.server.disk_volume in FakeDriver("fake://fake1").host.pools["panel-disks"],
+        "disk": a.server.disk_volume in driver_for("fake://fake1").host.pools["panel-disks"],
         "operations": list(Operation.objects.order_by("id").values_list("id", "status")),
         "customer": (customer.name, customer.email, customer.external_id),
         "key_revoked_at": ApiKey.objects.get(pk=a.key.pk).revoked_at,
@@ -315,14 +315,14 @@ def test_billing_keys_do_not_manage_api_keys(world, alices):
 @pytest.mark.parametrize("how", BOB)
 def test_bob_cannot_create_a_server_for_alice(world, alices, how):
     servers, ops, audit = VirtualServer.objects.count(), Operation.objects.count(), AuditEntry.objects.count()
-    domains = set(FakeDriver("fake://fake1").host.domains)
+    domains = set(driver_for("fake://fake1").host.domains)
     body = {"customer": world.alice_customer.id, "plan": world.plan.id, "hostname": "sneaky", "os_template": "tiny"}
     r = bob_client(world, how).post("/api/v1/servers/", body, format="json")
     assert r.status_code == 400, (r.status_code, r.content)
     assert r.json()["code"] == "invalid" and "customer" in r.json()["fields"]
     assert VirtualServer.objects.count() == servers and Operation.objects.count() == ops
     assert AuditEntry.objects.count() == audit
-    assert set(FakeDriver("fake://fake1").host.domains) == domains
+    assert set(driver_for("fake://fake1").host.domains) == domains
 
 
 @pytest.mark.parametrize("how", BOB)

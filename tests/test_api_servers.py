@@ -2,7 +2,7 @@
 
 import pytest
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for
 from nodes.models import Drift
 from panel.accounts.models import AuditEntry
 from panel.vps.models import Operation, VirtualServer
@@ -22,7 +22,7 @@ def test_it_creates_a_server_and_answers_202_with_the_operation(world):
     assert r.data["kind"] == "create" and r.data["status"] == "succeeded" and r.data["progress"] == 100
     server = VirtualServer.objects.get(pk=r.data["server_state"]["id"])
     assert server.state == "running" and server.node == world.node
-    host = FakeDriver("fake://fake1").host
+    host = driver_for("fake://fake1").host
     assert host.domains[server.domain_name]["state"] == "running"
     assert server.disk_volume in host.pools["panel-disks"]
     assert AuditEntry.objects.filter(action="server.create", object_id=str(server.id)).exists()
@@ -35,19 +35,19 @@ def test_it_runs_the_power_cycle(world, alice_server):
     assert c.get(f"{url}/").data["state"] == "stopped"
     assert c.post(f"{url}/start/").status_code == 202
     assert c.get(f"{url}/").data["state"] == "running"
-    boot_before = FakeDriver("fake://fake1").info(alice_server.domain_name).boot_id
+    boot_before = driver_for("fake://fake1").info(alice_server.domain_name).boot_id
     r = c.post(f"{url}/reboot/")
     assert r.status_code == 202 and r.data["status"] == "succeeded", r.data
-    assert FakeDriver("fake://fake1").info(alice_server.domain_name).boot_id != boot_before
+    assert driver_for("fake://fake1").info(alice_server.domain_name).boot_id != boot_before
 
 
 def test_graceful_stop_forces_a_guest_that_ignores_acpi(world, alice_server):
-    FakeDriver("fake://fake1").host.deaf_to_acpi.add(alice_server.domain_name)
+    driver_for("fake://fake1").host.deaf_to_acpi.add(alice_server.domain_name)
     r = world.client(world.alice_key).post(f"/api/v1/servers/{alice_server.id}/stop/", {"timeout": 1}, format="json")
     assert r.status_code == 202 and r.data["status"] == "succeeded"
     op = Operation.objects.get(pk=r.data["id"])
     assert "forced off" in op.log
-    assert FakeDriver("fake://fake1").state(alice_server.domain_name) == "shutoff"
+    assert driver_for("fake://fake1").state(alice_server.domain_name) == "shutoff"
 
 
 def test_suspended_server_cannot_be_started_by_its_customer(world, alice_server):
@@ -57,7 +57,7 @@ def test_suspended_server_cannot_be_started_by_its_customer(world, alice_server)
     r = world.client(world.alice_key).post(f"/api/v1/servers/{alice_server.id}/start/")
     assert r.status_code == 409 and r.data["code"] == "server_suspended"
     assert "invoice 42 unpaid" in r.data["detail"]
-    assert FakeDriver("fake://fake1").state(alice_server.domain_name) == "shutoff"
+    assert driver_for("fake://fake1").state(alice_server.domain_name) == "shutoff"
     r = billing.post(f"/api/v1/servers/{alice_server.id}/unsuspend/")
     assert r.status_code == 202 and r.data["server_state"]["state"] == "running"
 
@@ -73,7 +73,7 @@ def test_delete_removes_domain_disk_and_row(world, alice_server):
     r = world.client(world.billing_key).delete(f"/api/v1/servers/{alice_server.id}/")
     assert r.status_code == 202 and r.data["status"] == "succeeded", r.data
     assert not VirtualServer.objects.filter(pk=alice_server.pk).exists()
-    host = FakeDriver("fake://fake1").host
+    host = driver_for("fake://fake1").host
     assert alice_server.domain_name not in host.domains
     assert alice_server.disk_volume not in host.pools["panel-disks"]
     # The owner still sees the finished operation, and a stop on the deleted server is a 404.
@@ -98,7 +98,7 @@ def test_bad_create_input_is_a_clear_400_and_changes_nothing(world, overrides, f
     assert r.status_code == 400, r.data
     assert r.data["code"] == "invalid" and field in r.data["fields"] and r.data["detail"]
     assert VirtualServer.objects.count() == 0 and Operation.objects.count() == 0
-    assert FakeDriver("fake://fake1").host.domains == {}
+    assert driver_for("fake://fake1").host.domains == {}
 
 
 @pytest.mark.parametrize("field, value", [("vcpus", -1), ("ram_mib", -512), ("disk_gib", -10), ("vcpus", 0)])
@@ -124,12 +124,12 @@ def test_an_action_in_the_wrong_state_is_a_409(world, alice_server):
 def test_a_failed_create_cleans_up_and_shows_the_error(world):
     from nodes.driver import DriverError
 
-    FakeDriver.fail_next["fake://fake1"] = {"start": DriverError("qemu said no")}
+    driver_for("fake://fake1").fail_next["start"] = DriverError("qemu said no")
     r = create(world)
     assert r.status_code == 202 and r.data["status"] == "failed" and "qemu said no" in r.data["error"]
     server = VirtualServer.objects.get()
     assert server.state == "error" and "qemu said no" in server.error
-    host = FakeDriver("fake://fake1").host
+    host = driver_for("fake://fake1").host
     assert host.domains == {} and host.pools["panel-disks"] == {}
 
 
@@ -153,7 +153,7 @@ def test_idempotency_key_replays_the_first_answer(world):
 def test_reconciler_follows_a_guest_that_powered_itself_off(world, alice_server):
     from panel.vps.reconciler import reconcile_all
 
-    FakeDriver("fake://fake1").destroy(alice_server.domain_name)
+    driver_for("fake://fake1").destroy(alice_server.domain_name)
     reconcile_all()
     alice_server.refresh_from_db()
     assert alice_server.state == "stopped"
@@ -164,7 +164,7 @@ def test_reconciler_records_vanished_and_unknown_domains(world, alice_server, se
     from nodes.domain_xml import DomainSpec
     from panel.vps.reconciler import reconcile_all
 
-    fake = FakeDriver("fake://fake1")
+    fake = driver_for("fake://fake1")
     fake.undefine(alice_server.domain_name)
     fake.define(DomainSpec(name="stray", uuid="6f1c3c1e-0000-4000-8000-000000000001", vcpus=1, ram_mib=64,
                            virt_type="qemu"))
@@ -183,9 +183,9 @@ def test_reconciler_keeps_a_suspended_server_off(world, alice_server):
     from panel.vps.reconciler import reconcile_all
 
     world.client(world.billing_key).post(f"/api/v1/servers/{alice_server.id}/suspend/", {"reason": "x"}, format="json")
-    FakeDriver("fake://fake1").start(alice_server.domain_name)  # someone starts it behind the panel's back
+    driver_for("fake://fake1").start(alice_server.domain_name)  # someone starts it behind the panel's back
     reconcile_all()
-    assert FakeDriver("fake://fake1").state(alice_server.domain_name) == "shutoff"
+    assert driver_for("fake://fake1").state(alice_server.domain_name) == "shutoff"
     alice_server.refresh_from_db()
     assert alice_server.state == "suspended"
 
@@ -200,7 +200,7 @@ def test_reconciler_settles_an_operation_whose_worker_died(world, alice_server, 
     settings.OPERATION_STALE_SECONDS = 30
     op = Operation.objects.create(kind="stop", server=alice_server, customer=alice_server.customer, status="running",
                                   heartbeat_at=timezone.now() - timedelta(seconds=60))
-    FakeDriver("fake://fake1").destroy(alice_server.domain_name)  # it got as far as powering off
+    driver_for("fake://fake1").destroy(alice_server.domain_name)  # it got as far as powering off
     reconcile_all()
     op.refresh_from_db()
     alice_server.refresh_from_db()

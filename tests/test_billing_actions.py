@@ -6,7 +6,7 @@ import threading
 import pytest
 from django.db import connection
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for
 from nodes.models import Node
 from panel.accounts.models import AuditEntry
 from panel.vps.models import Operation, Plan, VirtualServer
@@ -30,7 +30,7 @@ def counters(node) -> tuple[int, int, int]:
 
 
 def fake():
-    return FakeDriver("fake://fake1")
+    return driver_for("fake://fake1")
 
 
 # -- change-plan -------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_customers_cannot_change_plans(world, alice_server, big_plan):
 def test_a_failed_change_plan_gives_the_capacity_back(world, alice_server, big_plan):
     from nodes.driver import DriverError
 
-    FakeDriver.fail_next["fake://fake1"] = {"grow_volume": DriverError("disk full")}
+    driver_for("fake://fake1").fail_next["grow_volume"] = DriverError("disk full")
     r = change_plan(world, alice_server, big_plan)
     assert r.status_code == 202 and r.data["status"] == "failed" and "disk full" in r.data["error"]
     assert counters(world.node) == (1, 256, 1)

@@ -1,12 +1,12 @@
-"""Domain XML from typed specs, the choice of kvm or qemu, and the fake driver's contract."""
+"""Domain XML from typed specs, and the choice of kvm or qemu (the drivers' contract is
+tests/test_driver_contract.py)."""
 
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from nodes.domain_xml import METADATA_NS, Disk, DomainSpec, KernelBoot, read_metadata, volume_xml, Nic
-from nodes.driver import DomainState, choose_virt_type
-from nodes.fake import FakeDriver
+from nodes.driver import choose_virt_type
 
 UUID = "6f1c3c1e-0000-4000-8000-00000000000a"
 
@@ -190,125 +190,6 @@ def test_choose_virt_type_ignores_kvm_offered_for_another_arch():
         "<guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>"
     )
     assert choose_virt_type(caps) == "qemu"
-
-
-# -- FakeDriver contract --------------------------------------------------------------------
-
-@pytest.fixture
-def fake():
-    FakeDriver.reset()
-    driver = FakeDriver("fake://contract")
-    driver.ensure_pool("panel", "/fake")
-    yield driver
-    FakeDriver.reset()
-
-
-def test_removing_missing_things_succeeds(fake):
-    fake.destroy("never-defined")
-    fake.undefine("never-defined")
-    fake.delete_volume("panel", "never-created.qcow2")
-    assert fake.info("never-defined") is None and fake.state("never-defined") is None
-    assert not fake.volume_exists("panel", "never-created.qcow2")
-
-
-def test_removal_is_idempotent(fake):
-    fake.define(spec(name="d1"))
-    fake.start("d1")
-    fake.create_volume("panel", "d1.qcow2", 5)
-    for _ in range(2):
-        fake.destroy("d1")
-        fake.undefine("d1")
-        fake.delete_volume("panel", "d1.qcow2")
-    assert fake.list_domains() == [] and fake.host.pools["panel"] == {}
-
-
-def test_create_volume_keeps_an_existing_volume(fake):
-    path = fake.create_volume("panel", "disk.qcow2", 10)
-    again = fake.create_volume("panel", "disk.qcow2", 20)
-    assert path == again
-    assert fake.host.pools["panel"]["disk.qcow2"] == 10  # not re-created at the new size
-    assert fake.volume_exists("panel", "disk.qcow2")
-
-
-def test_define_replaces_and_keeps_the_state(fake):
-    fake.define(spec(name="d1", vcpus=1))
-    fake.start("d1")
-    boot = fake.info("d1").boot_id
-    fake.define(spec(name="d1", vcpus=4))
-    info = fake.info("d1")
-    assert info.state == DomainState.RUNNING and info.boot_id == boot
-    assert fake.host.domains["d1"]["spec"].vcpus == 4
-    assert info.metadata == {"instance": "panel-1", "id": "42"}
-
-
-def test_start_of_a_running_domain_and_shutdown_of_a_stopped_one_do_nothing(fake):
-    fake.define(spec(name="d1"))
-    fake.request_shutdown("d1")
-    assert fake.state("d1") == DomainState.SHUTOFF
-    fake.start("d1")
-    boot = fake.info("d1").boot_id
-    fake.start("d1")
-    assert fake.info("d1").boot_id == boot
-
-
-def test_stop_of_a_guest_that_listens_to_acpi_is_graceful(fake):
-    fake.define(spec(name="d1"))
-    fake.start("d1")
-    assert fake.stop("d1", timeout=5) is False
-    assert fake.state("d1") == DomainState.SHUTOFF
-    assert ("destroy", "d1") not in FakeDriver.calls
-
-
-def test_stop_forces_off_a_guest_that_ignores_acpi(fake):
-    fake.define(spec(name="deaf"))
-    fake.start("deaf")
-    FakeDriver("fake://contract").host.deaf_to_acpi.add("deaf")
-    ticks = []
-    assert fake.stop("deaf", timeout=0.6, tick=ticks.append) is True
-    assert fake.state("deaf") == DomainState.SHUTOFF and fake.info("deaf").boot_id == -1
-    assert ("request_shutdown", "deaf") in FakeDriver.calls and ("destroy", "deaf") in FakeDriver.calls
-    assert ticks and all(0 <= t < 0.6 for t in ticks)
-
-
-def test_stop_with_no_timeout_forces_at_once(fake):
-    fake.define(spec(name="d1"))
-    fake.start("d1")
-    assert fake.stop("d1", timeout=0) is True
-    assert ("request_shutdown", "d1") not in FakeDriver.calls
-    assert fake.state("d1") == DomainState.SHUTOFF
-
-
-def test_stop_of_a_stopped_or_missing_domain_does_nothing(fake):
-    fake.define(spec(name="d1"))
-    assert fake.stop("d1", timeout=1) is False
-    assert fake.stop("missing", timeout=1) is False
-
-
-def test_start_of_a_missing_domain_is_a_driver_error(fake):
-    from nodes.driver import DriverError
-
-    with pytest.raises(DriverError):
-        fake.start("missing")
-    with pytest.raises(DriverError):
-        fake.create_volume("no-such-pool", "x.qcow2", 1)
-
-
-def test_injected_failures_fire_once(fake):
-    from nodes.driver import DriverError
-
-    fake.define(spec(name="d1"))
-    FakeDriver.fail_next["fake://contract"] = {"start": DriverError("boom", retryable=True)}
-    with pytest.raises(DriverError) as exc:
-        fake.start("d1")
-    assert exc.value.retryable
-    fake.start("d1")
-    assert fake.state("d1") == DomainState.RUNNING
-
-
-def test_hosts_are_shared_per_uri_and_separate_between_uris(fake):
-    fake.define(spec(name="d1"))
-    assert FakeDriver("fake://contract").info("d1") is not None
-    assert FakeDriver("fake://elsewhere").info("d1") is None
 
 
 @pytest.mark.parametrize("field", ["name", "cmdline", "path"])

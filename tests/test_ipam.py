@@ -33,9 +33,9 @@ def test_a_server_gets_the_first_free_address_and_the_guest_is_told(world, publi
     assert r.status_code == 202 and r.data["status"] == "succeeded", r.data
     server = r.data["server_state"]
     assert server["ipv4"] == ["203.0.113.3"]  # .1 is the gateway, .2 excluded
-    from nodes.fake import FakeDriver
+    from nodes.connection import driver_for
 
-    spec = FakeDriver("fake://fake1").host.domains[VirtualServer.objects.get(pk=server["id"]).domain_name]["spec"]
+    spec = driver_for("fake://fake1").host.domains[VirtualServer.objects.get(pk=server["id"]).domain_name]["spec"]
     assert spec.nics[0].bridge == "br-pub" and spec.nics[0].ips == ("203.0.113.3",)
     assert "panel.ip=eth0,203.0.113.3/28,203.0.113.1" in spec.kernel_boot.cmdline
     assert "panel.dns=203.0.113.53" in spec.kernel_boot.cmdline
@@ -45,9 +45,9 @@ def test_bandwidth_of_the_plan_limits_the_nic(world, public):
     world.plan.bandwidth_mbit = 100
     world.plan.save()
     r = create(world)
-    from nodes.fake import FakeDriver
+    from nodes.connection import driver_for
 
-    spec = FakeDriver("fake://fake1").host.domains[VirtualServer.objects.get(pk=r.data["server"]).domain_name]["spec"]
+    spec = driver_for("fake://fake1").host.domains[VirtualServer.objects.get(pk=r.data["server"]).domain_name]["spec"]
     assert spec.nics[0].average_kbytes == 12207  # 100 Mbit/s in KiB/s
 
 
@@ -109,10 +109,10 @@ def test_admins_add_move_and_remove_addresses_on_running_servers(world, public):
     r = admin.post("/api/v1/ip-addresses/", {"server": a, "pool": pool.id, "address": "203.0.113.9"}, format="json")
     assert r.status_code == 201, r.data
     extra = r.data["id"]
-    from nodes.fake import FakeDriver
+    from nodes.connection import driver_for
 
     server_a = VirtualServer.objects.get(pk=a)
-    live = FakeDriver("fake://fake1").host.domains[server_a.domain_name]["live_nics"]
+    live = driver_for("fake://fake1").host.domains[server_a.domain_name]["live_nics"]
     assert list(live.values())[0].ips == ("203.0.113.3", "203.0.113.9")  # the filter follows, live
     assert Operation.objects.filter(server=server_a, kind="network_update", status="succeeded").exists()
     r = admin.patch(f"/api/v1/ip-addresses/{extra}/", {"server": b}, format="json")
@@ -168,9 +168,9 @@ def test_ipv6_single_addresses_and_64_delegations(world, public):
     r = create(world, hostname="six")
     assert r.status_code == 202, r.data
     assert r.data["server_state"]["ipv6"] == ["2001:db8:77::2"]
-    from nodes.fake import FakeDriver
+    from nodes.connection import driver_for
 
-    spec = FakeDriver("fake://fake1").host.domains[VirtualServer.objects.get(pk=r.data["server"]).domain_name]["spec"]
+    spec = driver_for("fake://fake1").host.domains[VirtualServer.objects.get(pk=r.data["server"]).domain_name]["spec"]
     assert "panel.ip=eth0,2001:db8:77::2/64,2001:db8:77::1" in spec.kernel_boot.cmdline
     assert spec.nics[0].ips == ("203.0.113.3", "2001:db8:77::2")
     IpAddress.objects.filter(pool=v6).delete()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for
 from nodes.models import Node
 from tests.conftest import fake_node
 
@@ -16,8 +16,8 @@ def test_a_live_migration_moves_the_domain_and_the_capacity(world, alice_server)
     assert r.status_code == 202 and r.data["status"] == "succeeded", r.data
     alice_server.refresh_from_db()
     assert alice_server.node == other and alice_server.state == "running"
-    assert alice_server.domain_name in FakeDriver("fake://fake2").host.domains
-    assert alice_server.domain_name not in FakeDriver("fake://fake1").host.domains
+    assert alice_server.domain_name in driver_for("fake://fake2").host.domains
+    assert alice_server.domain_name not in driver_for("fake://fake1").host.domains
     source, dest = Node.objects.get(pk=world.node.pk), Node.objects.get(pk=other.pk)
     assert (source.alloc_ram_mib, dest.alloc_ram_mib) == (0, world.plan.ram_mib)
 
@@ -46,7 +46,7 @@ def test_a_failed_migration_gives_the_destination_its_capacity_back(world, alice
     from nodes.driver import DriverError
 
     other = fake_node("fake2")
-    FakeDriver.fail_next["fake://fake1"] = {"migrate": DriverError("migration refused")}
+    driver_for("fake://fake1").fail_next["migrate"] = DriverError("migration refused")
     r = world.client(world.admin_key).post(f"/api/v1/servers/{alice_server.id}/migrate/", {"node": other.id},
                                            format="json")
     assert r.status_code == 202 and r.data["status"] == "failed" and "migration refused" in r.data["error"]

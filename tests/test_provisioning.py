@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from django.test import Client
 
+from nodes.connection import driver_for
 from nodes.fake import FakeDriver
 from nodes.models import Network
 from panel.ipam.models import IpAddress, IpPool
@@ -68,7 +69,7 @@ def nothing_made(world):
     return (not VirtualServer.objects.exists() and not Installation.objects.exists()
             and not Operation.objects.filter(kind="create").exists() and world.node.alloc_ram_mib == 0
             and not IpAddress.objects.filter(server__isnull=False).exists()
-            and not any(FakeDriver(world.node.uri).host.pools.values()))
+            and not any(driver_for(world.node.uri).host.pools.values()))
 
 
 # -- a create, end to end on the fake driver ------------------------------------------------------
@@ -87,7 +88,7 @@ def test_it_installs_with_a_recipe_and_keeps_its_output(world, public, recipes):
     detail = world.client(world.alice_key).get(f"/api/v1/servers/{server.id}/").json()
     assert detail["install"]["recipe"] == "marker" and detail["install"]["recipe_output"] == "recipe ran\n"
     # The installed system boots the template's own command line: no config URL any more.
-    spec = FakeDriver(world.node.uri).host.domains[server.domain_name]["spec"]
+    spec = driver_for(world.node.uri).host.domains[server.domain_name]["spec"]
     assert "panel.config=" not in spec.kernel_boot.cmdline and "panel.ip=eth0,10.77.60." in spec.kernel_boot.cmdline
     from panel.api.models import Event
 
@@ -189,7 +190,7 @@ def test_an_installer_that_never_calls_back_leaves_a_visible_error(world, public
     assert op.status == "failed" and "no call-back from the installer within 1 s" in op.error
     assert "never fetched its config" in op.error and "booting the Tiny Linux, demo installer" in op.log
     assert server.state == "error" and server.installations.get().status == "failed"
-    assert FakeDriver(world.node.uri).state(server.domain_name) == "shutoff"  # the installer is powered off
+    assert driver_for(world.node.uri).state(server.domain_name) == "shutoff"  # the installer is powered off
     assert server.ip_addresses.count() == 1  # kept for a reinstall
 
 
@@ -220,7 +221,7 @@ def test_an_image_install_gets_a_seed_iso_that_includes_the_one_time_url(world, 
     assert create(world, os_template="cloudy").status_code == 202
     server = VirtualServer.objects.get()
     assert server.state == "running", server.error
-    host = FakeDriver(world.node.uri).host
+    host = driver_for(world.node.uri).host
     seed = read_seed(host.uploads[server.seed_volume])
     assert seed["user-data"].startswith("#include\nhttp://panel.test/provision/")
     assert f"local-hostname: web1" in seed["meta-data"] and str(server.uuid) in seed["meta-data"]
@@ -256,8 +257,8 @@ def test_a_network_install_boots_the_installer_then_the_disk(world, public, shar
     cmdline = defined[0].kernel_boot.cmdline
     assert "inst.ks=http://panel.test/provision/" in cmdline and "::10.77.60.1:255.255.255.0" in cmdline
     assert defined[-1].kernel_boot is None  # after the call-back: boot from the disk
-    assert FakeDriver(world.node.uri).host.domains[server.domain_name]["state"] == "running"
-    assert server.disk_volume not in FakeDriver(world.node.uri).host.backing  # an empty disk
+    assert driver_for(world.node.uri).host.domains[server.domain_name]["state"] == "running"
+    assert server.disk_volume not in driver_for(world.node.uri).host.backing  # an empty disk
 
 
 # -- reinstall ------------------------------------------------------------------------------------

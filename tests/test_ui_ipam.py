@@ -3,7 +3,7 @@ card (reverse DNS by the owner), and the new-server form's private network card.
 
 import pytest
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for
 from nodes.models import Network
 from panel.accounts.models import AuditEntry
 from panel.ipam.models import IpAddress, IpPool
@@ -230,7 +230,7 @@ def test_admin_adds_moves_and_releases_an_address(ui_world, public):
     assert row.server_id == alice_server.pk
     op = Operation.objects.filter(server=alice_server, kind=Operation.Kind.NETWORK_UPDATE).get()
     assert op.status == Operation.Status.SUCCEEDED, op.error
-    domain = FakeDriver(ui_world.node.uri).host.domains[alice_server.domain_name]
+    domain = driver_for(ui_world.node.uri).host.domains[alice_server.domain_name]
     assert any("203.0.113.7" in nic.ips for nic in domain["spec"].nics)
     assert AuditEntry.objects.filter(action="ip.add", object_id=str(row.pk)).exists()
     # Taken now: a second time is refused.

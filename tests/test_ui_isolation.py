@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for, forget_fake_nodes
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.vps.models import Operation, Plan, VirtualServer
 
@@ -52,9 +52,9 @@ def ui_inline(monkeypatch, settings, tmp_path):
     install_by_fake_guest(monkeypatch)
     settings.STOP_TIMEOUT_SECONDS = 1
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
-    FakeDriver.reset()
+    forget_fake_nodes()
     yield
-    FakeDriver.reset()
+    forget_fake_nodes()
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_bob_gets_404_on_every_action_on_alices_server(ui_world, action):
     assert Operation.objects.count() == before
     ui_world.alice_server.refresh_from_db()
     assert ui_world.alice_server.state == "running"
-    assert FakeDriver("fake://ui-fake").state(ui_world.alice_server.domain_name) == "running"
+    assert driver_for("fake://ui-fake").state(ui_world.alice_server.domain_name) == "running"
 
 
 def test_bob_gets_404_on_alices_operation(ui_world):

@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.test import Client
 
-from nodes.fake import FakeDriver
+from nodes.connection import driver_for
 from nodes.models import Drift, Node
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.vps.models import Operation, Plan, VirtualServer
@@ -213,16 +213,16 @@ def test_power_buttons_run_operations_and_the_page_shows_the_new_state(ui_world)
     assert "Forced power off requested." in messages_of(r)
     page = r.content.decode()
     assert 'id="server-state" data-state="stopped"' in page and ">Stopped<" in page
-    assert FakeDriver("fake://ui-fake").state(server.domain_name) == "shutoff"
+    assert driver_for("fake://ui-fake").state(server.domain_name) == "shutoff"
     op = Operation.objects.filter(server=server).first()
     assert op.kind == "stop" and op.params == {"force": True} and op.status == "succeeded"
 
     r = client.post(f"{url}actions/start/", follow=True)
     assert 'data-state="running"' in r.content.decode()
-    boot_id = FakeDriver("fake://ui-fake").info(server.domain_name).boot_id
+    boot_id = driver_for("fake://ui-fake").info(server.domain_name).boot_id
     r = client.post(f"{url}actions/reboot/", follow=True)
     assert "Reboot requested." in messages_of(r)
-    assert FakeDriver("fake://ui-fake").info(server.domain_name).boot_id != boot_id
+    assert driver_for("fake://ui-fake").info(server.domain_name).boot_id != boot_id
     assert Operation.objects.filter(server=server, kind="reboot", status="succeeded").exists()
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 
+from nodes.connection import driver_for
 from nodes.domain_xml import mbit_to_kbytes
 from nodes.driver import DriverError
 from nodes.fake import FakeDriver
@@ -28,7 +29,7 @@ def minutes(n: float) -> dt.datetime:
 
 def fake(server) -> FakeDriver:
     server.refresh_from_db()
-    return FakeDriver(server.node.uri)
+    return driver_for(server.node.uri)
 
 
 NOW = {"at": T0}
@@ -90,7 +91,7 @@ def test_the_power_actions_take_a_last_sample(world, alice_server):
 
 
 def test_the_power_action_survives_a_failing_sample(world, alice_server):
-    FakeDriver.fail_next[alice_server.node.uri] = {"stats": DriverError("node unreachable", retryable=True)}
+    driver_for(alice_server.node.uri).fail_next["stats"] = DriverError("node unreachable", retryable=True)
     r = world.client(world.admin_key).post(f"/api/v1/servers/{alice_server.id}/reboot/", {}, format="json")
     assert r.data["status"] == "succeeded", r.data
 
@@ -118,9 +119,9 @@ def test_a_failing_node_is_skipped(world, alice_server, caplog):
 
     bob_server = lifecycle.create_server(SYSTEM, customer=world.bob_customer, plan=world.plan, hostname="bob-web",
                                          os_template="tiny", node=other_node)[0]
-    FakeDriver(bob_server.node.uri).set_counters(bob_server.domain_name, tx_bytes=5)
+    driver_for(bob_server.node.uri).set_counters(bob_server.domain_name, tx_bytes=5)
     fake(alice_server).set_counters(alice_server.domain_name, tx_bytes=7)
-    FakeDriver.fail_next["fake://fake1"] = {"stats": DriverError("connection refused", retryable=True)}
+    driver_for("fake://fake1").fail_next["stats"] = DriverError("connection refused", retryable=True)
     result = collector.collect_all(now=minutes(0))
     assert result["failed_nodes"] == ["fake1"] and result["sampled"] == 1
     assert "skipping node fake1" in caplog.text
