@@ -24,14 +24,6 @@ BACKUPABLE = frozenset({S.RUNNING, S.STOPPED})
 RESTORABLE = frozenset({S.RUNNING, S.STOPPED, S.ERROR})
 
 
-def visible_backups(actor: Actor):
-    """The backups `actor` may see: a customer only their own servers' (panel backups: admins)."""
-    backups = Backup.objects.select_related("target", "parent")
-    if actor.acts_for_all_customers:
-        return backups if actor.is_admin else backups.exclude(kind=Backup.Kind.PANEL)
-    return actor.restrict(backups).exclude(kind=Backup.Kind.PANEL)
-
-
 def default_target(server: VirtualServer) -> BackupTarget | None:
     """Where a backup started by hand goes: the target of the first enabled plan that covers the
     server, else the first enabled target."""
@@ -72,7 +64,7 @@ def request_backup(actor: Actor, server_id: int, *, target: BackupTarget | None 
 
 def restorable_backup(actor: Actor, backup_id) -> Backup:
     """A finished backup the actor may restore, whose whole chain is there; else Refused."""
-    backup = visible_backups(actor).exclude(kind=Backup.Kind.PANEL).filter(
+    backup = actor.restrict(Backup.objects.select_related("target", "parent")).exclude(kind=Backup.Kind.PANEL).filter(
         pk=backup_id if str(backup_id).isdigit() else -1).first()
     if backup is None:
         raise Refused(_("Unknown backup."), "invalid", 400, field="backup")

@@ -4,8 +4,6 @@ and the panel's own backup (admins). Every request goes through backup.actions."
 
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import ProtectedError
-from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -18,7 +16,6 @@ from panel.api import serializers as s
 from panel.api.permissions import IsAdmin, actor
 from panel.api.views import AuditedModelViewSet, PanelViewSet, accepted
 from panel.crypto import encrypt
-from panel.refusals import Refused
 from panel.vps.models import VirtualServer
 
 
@@ -83,7 +80,8 @@ class ServerBackupViewSet(PanelViewSet):
     def backups(self, request, pk=None):
         """The server's backups, newest first."""
         server = self.get_object()
-        rows = actions.visible_backups(actor(request)).filter(server_uuid=server.uuid).order_by("-id")
+        rows = actor(request).restrict(Backup.objects.select_related("target", "parent")).filter(
+            server_uuid=server.uuid).order_by("-id")
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(BackupSerializer(page, many=True).data)
 
@@ -133,7 +131,6 @@ class BackupTargetViewSet(AuditedModelViewSet):
     queryset = BackupTarget.objects.all()
     serializer_class = BackupTargetSerializer
     permission_classes = [IsAdmin]
-    customer_field = None
     filterset_fields = ["kind", "enabled"]
 
     def perform_create(self, serializer):
@@ -144,11 +141,8 @@ class BackupTargetViewSet(AuditedModelViewSet):
         target = actions.save_checked(serializer.save)
         self.audit("backup_target.update", target, fields=sorted(serializer.validated_data))  # no password
 
-    def perform_destroy(self, instance):
-        try:
-            instance.delete()
-        except ProtectedError:
-            raise Refused(_("Backups or backup plans use this target."), "target_in_use")
+    def delete_instance(self, instance):
+        instance.delete()
         self.audit("backup_target.delete", None, name=instance.name)
 
     @extend_schema(request=s.EmptySerializer, responses={200: BackupTargetSerializer})
@@ -182,7 +176,6 @@ class BackupPlanViewSet(AuditedModelViewSet):
     queryset = BackupPlan.objects.select_related("target").prefetch_related("plans", "customers", "servers")
     serializer_class = BackupPlanSerializer
     permission_classes = [IsAdmin]
-    customer_field = None
     filterset_fields = ["target", "scope", "enabled"]
     audit_name = "backup_plan"
 
@@ -211,12 +204,9 @@ class BackupFilter(django_filters.FilterSet):
 class BackupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
     """Backups: admins see all (the panel's own too), a customer its servers' only."""
 
-    queryset = Backup.objects.all()
+    queryset = Backup.objects.select_related("target", "parent").order_by("-id")
     serializer_class = BackupSerializer
     filterset_class = BackupFilter
-
-    def get_queryset(self):
-        return actions.visible_backups(actor(self.request)).order_by("-id")
 
     @extend_schema(request=RestoreAsNewSerializer, responses={202: RestoredAsNewSerializer}, filters=False)
     @action(detail=True, methods=["post"], url_path="restore-as-new")
@@ -238,7 +228,6 @@ class PanelBackupViewSet(PanelViewSet):
 
     queryset = Backup.objects.none()
     permission_classes = [IsAdmin]
-    customer_field = None
     serializer_class = PanelBackupSerializer
 
     @extend_schema(request=PanelBackupSerializer, responses={202: s.AcceptedSerializer})

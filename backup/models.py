@@ -3,10 +3,12 @@
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.utils.translation import gettext_lazy as _
+from django.db.models import Q
+from django.utils.translation import gettext, gettext_lazy as _
 
 from nodes.hostkeys import fingerprint
 from panel.accounts.models import Customer
+from panel.refusals import Refused
 from panel.vps.models import Operation, Plan, VirtualServer
 
 
@@ -59,6 +61,12 @@ class BackupTarget(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def delete_refusal(self) -> Refused | None:
+        """Why the target cannot be deleted (the UI and the API ask this), or None."""
+        if self.backups.exists() or self.plans.exists():
+            return Refused(gettext("Backups or backup plans use this target."), "target_in_use")
+        return None
 
     @property
     def host_key_fingerprint(self) -> str:
@@ -140,10 +148,14 @@ class Backup(models.Model):
     """One backup file on a target: a server's disk (full, or the changes since its parent) or
     the panel's own state. Its manifest holds the checksum and the server's definition."""
 
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     class Kind(models.TextChoices):
         FULL = "full", _("Full")
         INCREMENTAL = "incremental", _("Incremental")
         PANEL = "panel", _("Panel")
+
+    admins_only = Q(kind=Kind.PANEL)  # the panel's own backups: provider admins only
 
     class Status(models.TextChoices):
         RUNNING = "running", _("Running")

@@ -3,9 +3,11 @@
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.utils.translation import gettext_lazy as _
+from django.db.models import Q
+from django.utils.translation import gettext, gettext_lazy as _
 
 from nodes.hostkeys import fingerprint
+from panel.refusals import Refused
 
 
 class Cluster(models.Model):
@@ -29,6 +31,17 @@ class Cluster(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def delete_refusal(self) -> Refused | None:
+        """Why the cluster cannot be deleted (the UI and the API ask this), or None."""
+        if self.nodes.exists():
+            return Refused(gettext("The cluster still has nodes; remove them first."), "cluster_has_nodes")
+        if self.storages.filter(servers__isnull=False).exists():
+            return Refused(gettext("Servers have disks on this cluster's storages."), "cluster_in_use")
+        if self.networks.filter(Q(ip_pools__isnull=False) | Q(nics__isnull=False)).exists():
+            return Refused(gettext("IP pools or servers use this cluster's networks; delete the pools first."),
+                           "cluster_in_use")
+        return None
 
 
 class Storage(models.Model):
@@ -55,6 +68,10 @@ class Storage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}/{self.name}"
+
+    def delete_refusal(self) -> Refused | None:
+        """Why the storage cannot be deleted (the UI and the API ask this), or None."""
+        return Refused(gettext("Servers have disks on this storage."), "storage_in_use") if self.servers.exists() else None
 
     def clean(self) -> None:
         if self.kind in (self.Kind.DIR, self.Kind.NFS) and not self.path:
@@ -101,6 +118,12 @@ class Network(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}/{self.name}"
+
+    def delete_refusal(self) -> Refused | None:
+        """Why the network cannot be deleted (the UI and the API ask this), or None."""
+        if self.nics.exists() or self.ip_pools.exists():
+            return Refused(gettext("Servers or IP pools use this network; it stays."), "network_in_use")
+        return None
 
     def clean(self) -> None:
         import ipaddress
@@ -201,6 +224,8 @@ class PanelIdentity(models.Model):
 
 class Drift(models.Model):
     """A difference the reconciler found between the database and a node's libvirt."""
+
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     class Kind(models.TextChoices):
         UNKNOWN_DOMAIN = "unknown_domain", _("Domain unknown to the panel")

@@ -14,6 +14,8 @@ class ConsoleToken(models.Model):
     Only the hash is stored.
     """
 
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     key_hash = models.CharField(max_length=64, unique=True)
     server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="console_tokens")
     user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE, related_name="+")

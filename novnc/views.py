@@ -7,7 +7,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from novnc import tokens
-from panel.accounts.tenancy import actor_for
+from panel.accounts.tenancy import actor
 from panel.refusals import Refused
 
 
@@ -15,7 +15,7 @@ from panel.refusals import Refused
 def console(request, server_id: int):
     """Issue a one-time token for this user and server, and show the console."""
     try:
-        token, raw = tokens.issue(actor_for(request), server_id)
+        token, raw = tokens.issue(actor(request), server_id)
     except Refused as exc:
         messages.error(request, exc.message)
         return redirect("ui:server", server_id=server_id)

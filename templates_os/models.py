@@ -67,6 +67,8 @@ class Installation(models.Model):
     own addresses) and its call-back. Only their SHA-256 hashes are kept here.
     """
 
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     class Status(models.TextChoices):
         WAITING = "waiting", _("Waiting for the installer")
         CONFIG_SERVED = "config_served", _("Installing")

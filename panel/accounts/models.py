@@ -6,13 +6,17 @@ import secrets
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
-from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext, gettext_lazy as _
+
+from panel.refusals import Refused
 
 LANGUAGE_CHOICES = [("en", "English"), ("ru", "Русский")]
 
 
 class Customer(models.Model):
     """A hosting customer: owns servers, has one or more users; billing knows it by external_id."""
+
+    customer_path = "pk"  # how a row reaches its customer (panel.accounts.tenancy)
 
     external_id = models.CharField(max_length=100, unique=True, null=True, blank=True)
     email = models.EmailField()
@@ -26,9 +30,17 @@ class Customer(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def delete_refusal(self) -> Refused | None:
+        """Why the customer cannot be deleted (the UI and the API ask this), or None."""
+        if self.servers.exists():
+            return Refused(gettext("The customer still has servers; terminate them first."), "customer_has_servers")
+        return None
+
 
 class User(AbstractUser):
     """A person who logs in: a provider admin, or a user of one customer."""
+
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     class Role(models.TextChoices):
         ADMIN = "admin", _("Provider admin")
@@ -61,6 +73,8 @@ class User(AbstractUser):
 
 class ApiKey(models.Model):
     """A key for `Authorization: Token <key>`: shown once, stored as a SHA-256 hash."""
+
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     class Scope(models.TextChoices):
         ADMIN = "admin", _("Admin")
@@ -127,6 +141,8 @@ class LoginFailure(models.Model):
 
 class AuditEntry(models.Model):
     """Who did what to which object, when and from where. Written for every state change."""
+
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     user = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

@@ -1,8 +1,21 @@
 """The one tenancy mechanism: who is acting, and what they may see.
 
-Every view, UI and API alike, turns its request into an `Actor` and narrows querysets with
-`Actor.restrict()`. A customer asking for another customer's object gets 404 because the
-object is simply not in their queryset.
+Every view, UI and API alike, turns its request into an `Actor` (`actor(request)`, once per
+request) and narrows querysets with `Actor.restrict()`. A customer asking for another
+customer's object gets 404 because the object is simply not in their queryset.
+
+Each model with customer data declares how it reaches its customer, as a lookup path to the
+Customer's id, and may declare rows that only provider admins see (`admins_only`, a Q):
+
+    class Operation(models.Model):
+        customer_path = "customer"
+
+    class IpAddress(models.Model):
+        customer_path = "server__customer"
+        admins_only = Q(server__isnull=True)  # quarantined addresses belong to no one
+
+A model without `customer_path` holds no customer's data (plans, nodes, pools): `restrict()`
+leaves it whole, and the view's permission says who may read it.
 """
 
 from dataclasses import dataclass
@@ -36,15 +49,21 @@ class Actor:
             return f"api-key:{self.api_key.name}"
         return self.user.username if self.user else "system"
 
-    def restrict(self, queryset: models.QuerySet, customer_field: str = "customer") -> models.QuerySet:
-        """Narrow `queryset` to what this actor may see; `customer_field` is the path to Customer."""
-        if self.acts_for_all_customers:
+    def restrict(self, queryset: models.QuerySet) -> models.QuerySet:
+        """Narrow `queryset` to what this actor may see, by its model's declared `customer_path`
+        and `admins_only` rows (see above)."""
+        model = queryset.model
+        hidden = getattr(model, "admins_only", None)
+        if hidden is not None and not self.is_admin:
+            queryset = queryset.exclude(hidden)
+        path = getattr(model, "customer_path", None)
+        if path is None or self.acts_for_all_customers:
             return queryset
-        return queryset.filter(**{customer_field: self.customer_id})
+        return queryset.filter(**{path: self.customer_id})
 
-    def get_or_404(self, queryset: models.QuerySet, customer_field: str = "customer", **lookup):
+    def get_or_404(self, queryset: models.QuerySet, **lookup):
         try:
-            return self.restrict(queryset, customer_field).get(**lookup)
+            return self.restrict(queryset).get(**lookup)
         except (queryset.model.DoesNotExist, ValueError, TypeError):
             raise Http404
 
@@ -63,8 +82,15 @@ def client_address(request) -> str | None:
     return request.META.get("REMOTE_ADDR")
 
 
+def actor(request) -> Actor:
+    """The request's Actor, computed once per request: the one helper of the UI and the API."""
+    if not hasattr(request, "_panel_actor"):
+        request._panel_actor = actor_for(request)
+    return request._panel_actor
+
+
 def actor_for(request) -> Actor:
-    """The Actor of an authenticated request (session or API key)."""
+    """The Actor of an authenticated request (session or API key); views use `actor()`."""
     address = client_address(request)
     key = getattr(request, "auth", None)
     if isinstance(key, ApiKey):

@@ -26,6 +26,8 @@ class Event(models.Model):
     webhooks receive only their own customer's events.
     """
 
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     NAMES = ["server.created", "server.active", "server.state_changed", "server.suspended", "server.unsuspended",
              "server.deleted", "server.failed", "operation.finished", "backup.finished", "node.down", "node.up",
              "server.traffic_exceeded"]

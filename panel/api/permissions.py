@@ -1,13 +1,6 @@
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from panel.accounts.tenancy import actor_for
-
-
-def actor(request):
-    """The request's Actor, computed once per request."""
-    if not hasattr(request, "_panel_actor"):
-        request._panel_actor = actor_for(request)
-    return request._panel_actor
+from panel.accounts.tenancy import actor  # the one helper; API modules import it from here
 
 
 class IsAdmin(BasePermission):

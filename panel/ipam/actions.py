@@ -68,3 +68,10 @@ def remove_address(actor: Actor, address_id: int) -> None:
             _update_network(actor, server)
         audit.record(actor, "ip.remove", row, server=server.id if server else None,
                      customer_id=server.customer_id if server else None)
+
+
+def delete_pool(pool: IpPool) -> None:
+    """Delete a pool that its `delete_refusal()` lets go: its addresses in quarantine go with it."""
+    with transaction.atomic():
+        pool.addresses.filter(server__isnull=True).delete()
+        pool.delete()

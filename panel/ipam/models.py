@@ -6,9 +6,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
-from django.utils.translation import gettext_lazy as _
+from django.db.models import Q
+from django.utils.translation import gettext, gettext_lazy as _
 
 from nodes.models import Network
+from panel.refusals import Refused
 from panel.vps.models import VirtualServer, hostname_validator
 
 
@@ -46,6 +48,13 @@ class IpPool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.cidr})"
+
+    def delete_refusal(self) -> Refused | None:
+        """Why the pool cannot be deleted (the UI and the API ask this), or None. Its addresses in
+        quarantine go with it."""
+        if self.addresses.filter(server__isnull=False).exists():
+            return Refused(gettext("Addresses of this pool are in use; release or move them first."), "pool_in_use")
+        return None
 
     # -- the subnet, as ipaddress objects --------------------------------------------------
     @property
@@ -150,6 +159,9 @@ def ordinal_key(value: int) -> str:
 
 class IpAddress(models.Model):
     """An address taken from a pool: in use by a server, or released and in quarantine."""
+
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+    admins_only = Q(server__isnull=True)  # in quarantine: no one's
 
     pool = models.ForeignKey(IpPool, on_delete=models.PROTECT, related_name="addresses")
     address = models.CharField(max_length=39)

@@ -18,6 +18,8 @@ SUMS = (*COUNTERS, "uptime_seconds")
 class UsageSample(models.Model):
     """One reading of a running server's raw counters (kept a day, for checking)."""
 
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="usage_samples")
     at = models.DateTimeField(db_index=True)
     node_id = models.BigIntegerField(null=True)  # a plain id: samples must not hold nodes back
@@ -35,6 +37,8 @@ class UsageSample(models.Model):
 
 class UsageTotal(models.Model):
     """A server's usage since it was created, and the last raw sample its next delta starts from."""
+
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     server = models.OneToOneField(VirtualServer, on_delete=models.CASCADE, primary_key=True,
                                   related_name="usage_total")
@@ -58,6 +62,8 @@ class UsageTotal(models.Model):
 class UsageHour(models.Model):
     """The usage of one server in one hour (UTC): what `?from=&to=` sums."""
 
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="usage_hours")
     hour = models.DateTimeField()
     rx_bytes = models.PositiveBigIntegerField(default=0)
@@ -75,6 +81,8 @@ class UsageHour(models.Model):
 class UsageState(models.Model):
     """A server's traffic quota in one calendar month (UTC): throttled once when it is used up,
     lifted when the month is over."""
+
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="usage_states")
     month = models.DateField()  # the first day of the month

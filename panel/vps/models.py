@@ -5,9 +5,10 @@ import uuid
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext, gettext_lazy as _
 
 from panel.accounts.models import Customer
+from panel.refusals import Refused
 from nodes.models import Node, Storage
 
 # RFC 1123 hostname: labels of letters, digits and inner hyphens. Rejects every shell character.
@@ -40,6 +41,10 @@ class Plan(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def delete_refusal(self) -> Refused | None:
+        """Why the plan cannot be deleted (the UI and the API ask this), or None."""
+        return Refused(gettext("Servers use this plan."), "plan_in_use") if self.servers.exists() else None
+
 
 class ServerState(models.TextChoices):
     CREATING = "creating", _("Creating")
@@ -63,6 +68,8 @@ def new_vnc_password() -> str:
 
 class VirtualServer(models.Model):
     """A customer's VPS: the desired state; the node's libvirt holds the actual one."""
+
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="servers")
@@ -129,6 +136,8 @@ def random_mac() -> str:
 class ServerNic(models.Model):
     """A server's network card on one network of its cluster."""
 
+    customer_path = "server__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="nics")
     network = models.ForeignKey("nodes.Network", on_delete=models.PROTECT, related_name="nics")
     mac = models.CharField(max_length=17, unique=True, default=random_mac)
@@ -143,6 +152,8 @@ class ServerNic(models.Model):
 
 class Operation(models.Model):
     """One slow action, run by the worker: status, progress, log and error live here."""
+
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     class Kind(models.TextChoices):
         CREATE = "create", _("Create")

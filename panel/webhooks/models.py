@@ -33,6 +33,8 @@ class Webhook(models.Model):
     or a billing key; it receives every event and may point anywhere.
     """
 
+    customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     url = models.CharField(max_length=2000)
     events = models.JSONField(default=list, help_text=_('Event names, or ["*"] for all'))
     secret_encrypted = models.TextField(editable=False)  # panel.crypto; the API never returns it
@@ -76,6 +78,8 @@ class Delivery(models.Model):
     """One event for one webhook: sent until a 2xx answer, retried with back-off, given up
     25 h after the event. `uuid` is the id in the body, the same on every attempt, so
     receivers can drop repeats."""
+
+    customer_path = "webhook__customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
     class Status(models.TextChoices):
         PENDING = "pending", _("Pending")

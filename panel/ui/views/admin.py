@@ -43,7 +43,7 @@ def dashboard(request):
 
 @admin_only
 def customer_list(request):
-    customers = actor(request).restrict(Customer.objects.all(), "pk").annotate(
+    customers = actor(request).restrict(Customer.objects.all()).annotate(
         server_count=Count("servers", distinct=True), user_count=Count("users", distinct=True))
     query = request.GET.get("q", "").strip()
     if query:
@@ -68,7 +68,7 @@ def customer_create(request):
 @admin_only
 def customer_detail(request, customer_id: int):
     act = actor(request)
-    customer = act.get_or_404(Customer.objects.all(), "pk", pk=customer_id)
+    customer = act.get_or_404(Customer.objects.all(), pk=customer_id)
     return render(request, "ui/admin/customer_detail.html", {
         "customer": customer,
         "users": customer.users.order_by("id"),
@@ -80,7 +80,7 @@ def customer_detail(request, customer_id: int):
 @admin_only
 def customer_edit(request, customer_id: int):
     act = actor(request)
-    customer = act.get_or_404(Customer.objects.all(), "pk", pk=customer_id)
+    customer = act.get_or_404(Customer.objects.all(), pk=customer_id)
     form = CustomerForm(request.POST or None, instance=customer)
     if request.method == "POST" and form.is_valid():
         if form.has_changed():
@@ -148,7 +148,7 @@ def plan_create(request):
 @admin_only
 def plan_edit(request, plan_id: int):
     act = actor(request)
-    plan = act.get_or_404(Plan.objects.all(), "pk", pk=plan_id)
+    plan = act.get_or_404(Plan.objects.all(), pk=plan_id)
     form = PlanForm(request.POST or None, instance=plan)
     if request.method == "POST" and form.is_valid():
         if form.has_changed():

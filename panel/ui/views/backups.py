@@ -6,7 +6,6 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db.models import ProtectedError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -135,11 +134,11 @@ def target_check(request, target_id: int):
 @require_POST
 def target_delete(request, target_id: int):
     target = get_object_or_404(BackupTarget, pk=target_id)
-    try:
-        target.delete()
-    except ProtectedError:
-        messages.error(request, _("Backups or backup plans use this target."))
+    refused = target.delete_refusal()
+    if refused is not None:
+        messages.error(request, refused.message)
     else:
+        target.delete()
         audit.record(actor(request), "backup_target.delete", None, name=target.name)
         messages.success(request, _("Target “%(name)s” deleted.") % {"name": target.name})
     return redirect("ui:admin-backups")
@@ -229,7 +228,8 @@ def restore_as_new(request, backup_id: int):
 def server_backups(server: VirtualServer, act: Actor) -> dict:
     """The server page's context for ui/_server_backups.html."""
     return {
-        "backups": list(actions.visible_backups(act).filter(server_uuid=server.uuid).order_by("-id")[:20]),
+        "backups": list(act.restrict(Backup.objects.select_related("target", "parent")).filter(
+            server_uuid=server.uuid).order_by("-id")[:20]),
         "backups_included": act.acts_for_all_customers or server.plan.backups > 0,
         "backup_targets": list(BackupTarget.objects.filter(enabled=True)) if act.is_admin else [],
     }

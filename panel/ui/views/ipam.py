@@ -31,6 +31,7 @@ from panel.ui.forms import (
     servers_in_cluster,
 )
 from panel.ui.views.common import actor, admin_only, form_changes, paginate, safe_next
+from panel.ui.views.servers import render_server_detail
 from panel.refusals import Refused
 from panel.vps.models import VirtualServer
 
@@ -82,8 +83,9 @@ def network_edit(request, network_id: int):
 @require_POST
 def network_delete(request, network_id: int):
     network = get_object_or_404(Network, pk=network_id)
-    if network.nics.exists() or network.ip_pools.exists():
-        messages.error(request, _("Servers or IP pools use this network; it stays."))
+    refused = network.delete_refusal()
+    if refused is not None:
+        messages.error(request, refused.message)
     else:
         audit.record(actor(request), "network.delete", network)
         network.delete()
@@ -179,12 +181,12 @@ def pool_edit(request, pool_id: int):
 @require_POST
 def pool_delete(request, pool_id: int):
     pool = get_object_or_404(IpPool, pk=pool_id)
-    if pool.addresses.filter(server__isnull=False).exists():
-        messages.error(request, _("Addresses of this pool are in use; release or move them first."))
+    refused = pool.delete_refusal()
+    if refused is not None:
+        messages.error(request, refused.message)
         return redirect("ui:admin-pool", pool_id=pool.pk)
     audit.record(actor(request), "ip_pool.delete", pool)
-    pool.addresses.all().delete()  # quarantined ones go with it
-    pool.delete()
+    ipam_actions.delete_pool(pool)  # quarantined addresses go with it
     messages.success(request, _("IP pool “%(name)s” deleted.") % {"name": pool.name})
     return redirect("ui:admin-pools")
 
@@ -277,24 +279,9 @@ def address_release(request, address_id: int):
     return _back(request, row)
 
 
-# --- The server page's addresses card ---------------------------------------------------------
-
-def server_addresses(server: VirtualServer, act, ptr_forms: dict | None = None, add_form=None) -> dict:
-    """The card's context: the server's addresses, a PTR form each, and the admin's add form."""
-    ptr_forms = ptr_forms or {}
-    rows = []
-    for row in server.ip_addresses.select_related("pool__network").order_by("pool__network_id", "ordinal"):
-        rows.append({"address": row, "form": ptr_forms.get(row.pk) or PtrForm(initial={"ptr": row.ptr},
-                                                                              prefix=f"ip{row.pk}")})
-    context = {"addresses": rows}
-    if act.is_admin:
-        context["address_form"] = add_form or ServerAddressForm(server=server)
-    return context
-
+# --- The server page's addresses card (panel/ui/views/address_card.py) ------------------------
 
 def _render_server(request, server: VirtualServer, status: int, **forms):
-    from panel.ui.views.servers import render_server_detail
-
     return render_server_detail(request, server, status=status, **forms)
 
 
@@ -323,7 +310,7 @@ def address_ptr(request, server_id: int, address_id: int):
     """Reverse DNS of an address: the owning customer's users and admins; 404 for anyone else."""
     act = actor(request)
     server = act.get_or_404(VirtualServer.objects.select_related("node", "plan", "customer"), pk=server_id)
-    row = act.get_or_404(IpAddress.objects.filter(server=server), "server__customer", pk=address_id)
+    row = act.get_or_404(IpAddress.objects.filter(server=server), pk=address_id)
     form = PtrForm(request.POST, prefix=f"ip{row.pk}")
     if not form.is_valid():
         return _render_server(request, server, 400, ptr_forms={row.pk: form})

@@ -274,14 +274,9 @@ def cluster_edit(request, cluster_id: int):
 @require_POST
 def cluster_delete(request, cluster_id: int):
     cluster = get_object_or_404(Cluster, pk=cluster_id)
-    if cluster.nodes.exists():
-        messages.error(request, _("The cluster still has nodes; remove them first."))
-        return redirect("ui:admin-cluster", cluster_id=cluster.pk)
-    if Storage.objects.filter(cluster=cluster, servers__isnull=False).exists():
-        messages.error(request, _("Servers have disks on this cluster's storages."))
-        return redirect("ui:admin-cluster", cluster_id=cluster.pk)
-    if cluster.networks.filter(Q(ip_pools__isnull=False) | Q(nics__isnull=False)).exists():
-        messages.error(request, _("IP pools or servers use this cluster's networks; delete the pools first."))
+    refused = cluster.delete_refusal()
+    if refused is not None:
+        messages.error(request, refused.message)
         return redirect("ui:admin-cluster", cluster_id=cluster.pk)
     audit.record(actor(request), "cluster.delete", cluster)
     cluster.delete()
@@ -328,8 +323,9 @@ def storage_edit(request, storage_id: int):
 @require_POST
 def storage_delete(request, storage_id: int):
     storage = get_object_or_404(Storage, pk=storage_id)
-    if storage.servers.exists():
-        messages.error(request, _("Servers have disks on this storage."))
+    refused = storage.delete_refusal()
+    if refused is not None:
+        messages.error(request, refused.message)
     else:
         audit.record(actor(request), "storage.delete", storage)
         storage.delete()

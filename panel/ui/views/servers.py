@@ -9,14 +9,13 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from backup.actions import visible_backups
 from backup.models import Backup
 from panel.crypto import decrypt, encrypt
 from panel.ui import live
 from panel.ui.forms import ReinstallForm, SuspendForm
 from panel.ui.views.backups import server_backups
 from panel.ui.views.common import actor, paginate
-from panel.ui.views.ipam import server_addresses
+from panel.ui.views.address_card import server_addresses
 from panel.vps import lifecycle
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 
@@ -62,7 +61,7 @@ def pop_password(request, server_id: int) -> str:
 def deletable_backups_count(server: VirtualServer, act) -> int:
     """How many finished backups of `server` the actor sees: the delete form offers to keep them
     (they stay restorable as a new server), as the API's DELETE ?keep_backups=1 does."""
-    return visible_backups(act).filter(server=server, status=Backup.Status.DONE).count()
+    return act.restrict(Backup.objects.all()).filter(server=server, status=Backup.Status.DONE).count()
 
 
 def wants_kept_backups(request) -> bool:
