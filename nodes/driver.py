@@ -11,9 +11,11 @@ here. tests/test_driver_contract.py runs the same cases against both drivers, th
 - Removal is idempotent: `destroy`, `undefine` and `delete_volume` of something that does not
   exist succeed, so a retried delete after a crash finishes cleanly.
 - `define` of a name that exists replaces the definition; `start` of a running domain and
-  `request_shutdown` of a stopped one do nothing.
+  `request_shutdown` of a stopped one do nothing. A domain's UUID is fixed by its first
+  definition: `define` with another domain's UUID, or of a name with another UUID, fails.
 - `create_volume` keeps an existing volume of that name (a retried create must not wipe a
-  disk); `define` that fails leaves nothing defined.
+  disk); `define` that fails leaves nothing defined; `write_volume` replaces a volume, and
+  one that fails (more or fewer bytes than announced) leaves none.
 - `stop` asks the guest to power off, waits up to `timeout` seconds, then forces it off.
 """
 
