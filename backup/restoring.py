@@ -16,8 +16,6 @@ from nodes.driver import Driver, DriverError
 from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import ServerState, VirtualServer
 
-S = ServerState
-
 
 def restore(step, server: VirtualServer, driver: Driver) -> None:
     """The `restore` operation: params `backup` (the restore point) and `new_server` (the server
@@ -61,13 +59,14 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
         driver.define(domain_spec(server, disk_path(server, driver)))
         driver.start(name)
     except TargetError as exc:
-        raise BackupFailed(f"{exc}; nothing was overwritten" if server.state != S.CREATING else str(exc)) from exc
+        made_anew = server.state == ServerState.CREATING
+        raise BackupFailed(str(exc) if made_anew else f"{exc}; nothing was overwritten") from exc
     finally:
         for volume in [*staged, assembled]:
             driver.delete_volume(pool, volume)
         for target in targets.values():
             target.close()
-    server.set_state(S.RUNNING, error="")
+    server.set_state(ServerState.RUNNING, error="")
 
 
 def _source(link: Backup):

@@ -159,38 +159,41 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
                                           "they are deleted with it")])
     def destroy(self, request, pk=None):
         keep_backups = request.query_params.get("keep_backups", "").lower() in ("1", "true")
-        return accepted(lifecycle.request_action(actor(request), pk, Operation.Kind.DELETE,
+        return accepted(lifecycle.request_action(actor(request), pk, lifecycle.ACTIONS["delete"].kind,
                                                  {"keep_backups": keep_backups}))
 
-    def _act(self, request, pk, kind, serializer_class=s.EmptySerializer):
-        params = serializer_class(data=request.data)
-        params.is_valid(raise_exception=True)
-        return accepted(lifecycle.request_action(actor(request), pk, kind, dict(params.validated_data)))
+    def _act(self, request, pk, name, serializer_class=s.EmptySerializer):
+        """Start the action `name` of lifecycle.ACTIONS with the body's parameters."""
+        body = serializer_class(data=request.data)
+        body.is_valid(raise_exception=True)
+        action = lifecycle.ACTIONS[name]
+        return accepted(lifecycle.request_action(actor(request), pk, action.kind,
+                                                 {**action.params, **body.validated_data}))
 
     @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
     def start(self, request, pk=None):
-        return self._act(request, pk, Operation.Kind.START)
+        return self._act(request, pk, "start")
 
     @extend_schema(request=s.StopSerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
     def stop(self, request, pk=None):
-        return self._act(request, pk, Operation.Kind.STOP, s.StopSerializer)
+        return self._act(request, pk, "stop", s.StopSerializer)
 
     @extend_schema(request=s.StopSerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
     def reboot(self, request, pk=None):
-        return self._act(request, pk, Operation.Kind.REBOOT, s.StopSerializer)
+        return self._act(request, pk, "reboot", s.StopSerializer)
 
     @extend_schema(request=s.SuspendSerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
     def suspend(self, request, pk=None):
-        return self._act(request, pk, Operation.Kind.SUSPEND, s.SuspendSerializer)
+        return self._act(request, pk, "suspend", s.SuspendSerializer)
 
     @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
     def unsuspend(self, request, pk=None):
-        return self._act(request, pk, Operation.Kind.UNSUSPEND)
+        return self._act(request, pk, "unsuspend")
 
     @extend_schema(request=s.MigrateSerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])

@@ -6,18 +6,6 @@ from panel.accounts.tenancy import Actor
 from panel.vps import lifecycle
 from panel.vps.models import Operation, ServerState, VirtualServer
 
-# The buttons of the server page: (button id suffix, operation kind, admin only).
-BUTTONS = [
-    ("start", "start", False),
-    ("stop", "stop", False),
-    ("force-stop", "stop", False),
-    ("reboot", "reboot", False),
-    ("suspend", "suspend", True),
-    ("unsuspend", "unsuspend", True),
-    ("delete", "delete", True),
-]
-
-
 # Operation statuses in words that fit an operation ("Running" is also a server state, which
 # Russian words differently).
 OPERATION_STATUS_LABELS = {

@@ -3,13 +3,17 @@
 Views call these functions; they validate everything before any side effect, take the
 server's row lock so that only one operation runs per server, record the audit entry and
 hand the operation to the worker once the transaction commits.
+
+`TRANSITIONS` is the state machine of the power actions and delete; `ACTIONS` is the table of
+them as users start them, read by the server page, its live buttons and the API.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from panel.accounts import audit
 from panel.accounts.models import Customer
@@ -23,9 +27,6 @@ from nodes.models import Cluster, Node
 from recipes.models import Recipe
 from templates_os.models import OsTemplate
 
-S = ServerState
-K = Operation.Kind
-
 
 @dataclass(frozen=True)
 class Transition:
@@ -34,16 +35,48 @@ class Transition:
 
 
 TRANSITIONS = {
-    K.START: Transition(frozenset({S.STOPPED, S.ERROR})),
-    K.STOP: Transition(frozenset({S.RUNNING, S.ERROR})),
-    K.REBOOT: Transition(frozenset({S.RUNNING})),
-    K.SUSPEND: Transition(frozenset({S.RUNNING, S.STOPPED, S.ERROR}), provider_only=True),
-    K.UNSUSPEND: Transition(frozenset({S.SUSPENDED}), provider_only=True),
-    K.DELETE: Transition(frozenset(set(S) - {S.DELETING}), provider_only=True),
+    Operation.Kind.START: Transition(frozenset({ServerState.STOPPED, ServerState.ERROR})),
+    Operation.Kind.STOP: Transition(frozenset({ServerState.RUNNING, ServerState.ERROR})),
+    Operation.Kind.REBOOT: Transition(frozenset({ServerState.RUNNING})),
+    Operation.Kind.SUSPEND: Transition(frozenset({ServerState.RUNNING, ServerState.STOPPED, ServerState.ERROR}),
+                                       provider_only=True),
+    Operation.Kind.UNSUSPEND: Transition(frozenset({ServerState.SUSPENDED}), provider_only=True),
+    Operation.Kind.DELETE: Transition(frozenset(set(ServerState) - {ServerState.DELETING}), provider_only=True),
 }
 
 
-REINSTALLABLE = frozenset({S.RUNNING, S.STOPPED, S.ERROR})
+@dataclass(frozen=True)
+class Action:
+    """A power action or delete as a user starts it: a button of the server page (its name is
+    the button's and the UI's URL's) and a route of the API. Several may start one kind of
+    operation with different fixed parameters (stop and force-stop)."""
+
+    name: str
+    kind: str  # an Operation.Kind of TRANSITIONS
+    label: str
+    requested: str  # what the panel says once the operation is queued
+    params: dict = field(default_factory=dict)
+
+    @property
+    def provider_only(self) -> bool:
+        return TRANSITIONS[self.kind].provider_only
+
+
+ACTIONS = {action.name: action for action in (
+    Action("start", Operation.Kind.START, pgettext_lazy("button", "Start"), gettext_lazy("Start requested.")),
+    Action("stop", Operation.Kind.STOP, gettext_lazy("Shut down"), gettext_lazy("Shutdown requested.")),
+    Action("force-stop", Operation.Kind.STOP, gettext_lazy("Force power off"),
+           gettext_lazy("Forced power off requested."), {"force": True}),
+    Action("reboot", Operation.Kind.REBOOT, pgettext_lazy("button", "Reboot"), gettext_lazy("Reboot requested.")),
+    Action("suspend", Operation.Kind.SUSPEND, pgettext_lazy("button", "Suspend"),
+           gettext_lazy("Suspension requested.")),
+    Action("unsuspend", Operation.Kind.UNSUSPEND, pgettext_lazy("button", "Unsuspend"),
+           gettext_lazy("Unsuspension requested.")),
+    Action("delete", Operation.Kind.DELETE, gettext_lazy("Delete server"), gettext_lazy("Deletion requested.")),
+)}
+
+
+REINSTALLABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED, ServerState.ERROR})
 
 
 def allowed_actions(server: VirtualServer, actor: Actor) -> list[str]:
@@ -67,7 +100,7 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
         server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
         if rule.provider_only and not actor.acts_for_all_customers:
             raise Refused(_("Only the provider can do this."), "permission_denied", 403)
-        if kind == K.START and server.state == S.SUSPENDED:
+        if kind == Operation.Kind.START and server.state == ServerState.SUSPENDED:
             raise Refused(
                 _("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or _("no reason given")},
                 "server_suspended",
@@ -78,12 +111,12 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
                 "invalid_state",
             )
         op = new_operation(actor, kind, server=server, params=params)
-        if kind == K.SUSPEND:
+        if kind == Operation.Kind.SUSPEND:
             server.state_before_suspend = server.state
             server.suspend_reason = str(params.get("reason", ""))[:500]
             server.save(update_fields=["state_before_suspend", "suspend_reason", "updated_at"])
-        elif kind == K.DELETE:
-            server.state = S.DELETING
+        elif kind == Operation.Kind.DELETE:
+            server.state = ServerState.DELETING
             server.save(update_fields=["state", "updated_at"])
         audit.record(actor, f"server.{kind}", server, operation=op.id, **params)
         hand_over(op)
@@ -159,7 +192,7 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
     with transaction.atomic():
         server = place_new_server(actor, customer=customer, plan=plan, hostname=hostname, os_template=choice.template,
                                   node=node, cluster=cluster, private_network=private_network)
-        op = new_operation(actor, K.CREATE, server=server, params={})
+        op = new_operation(actor, Operation.Kind.CREATE, server=server, params={})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         audit.record(actor, "server.create", server, operation=op.id, plan=plan.name, node=server.node.name,
                      os_template=choice.template.slug, recipe=choice.recipe.slug if choice.recipe else "")
@@ -186,7 +219,7 @@ def place_new_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: 
         raise Refused(_("No node can take this server: %(why)s") % {"why": detail}, "no_capacity", 409)
     server = VirtualServer.objects.create(
         customer=customer, plan=plan, node=decision.node, storage=decision.storage, hostname=hostname,
-        os_template=os_template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=disk_gib, state=S.CREATING,
+        os_template=os_template, vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=disk_gib, state=ServerState.CREATING,
     )
     # In the same transaction: an exhausted pool undoes the server and its placement too.
     allocate_for_new_server(server, private_network)
@@ -201,7 +234,7 @@ def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=
 
     with transaction.atomic():
         server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
-        if server.state == S.SUSPENDED:
+        if server.state == ServerState.SUSPENDED:
             raise Refused(_("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or
                           _("no reason given")}, "server_suspended")
         if server.state not in REINSTALLABLE:
@@ -209,10 +242,10 @@ def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=
                           {"state": server.get_state_display().lower()}, "invalid_state")
         choice = check_install(actor, os_template=os_template or server.os_template_id, disk_gib=server.disk_gib,
                                recipe=recipe, recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
-        op = new_operation(actor, K.REINSTALL, server=server, params={"state": server.state})
+        op = new_operation(actor, Operation.Kind.REINSTALL, server=server, params={"state": server.state})
         new_installation(server, choice.template, choice.recipe, choice.params, choice.password, choice.ssh_keys, op)
         server.os_template = choice.template
-        server.state = S.INSTALLING
+        server.state = ServerState.INSTALLING
         server.save(update_fields=["os_template", "state", "updated_at"])
         audit.record(actor, "server.reinstall", server, operation=op.id, os_template=choice.template.slug,
                      recipe=choice.recipe.slug if choice.recipe else "")
@@ -232,17 +265,18 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         if node.cluster_id != server.node.cluster_id:
             raise Refused(_("Servers move only within their cluster (its storage is shared)."), "invalid", 400,
                           field="node")
-        wanted = S.RUNNING if live else S.STOPPED
+        wanted = ServerState.RUNNING if live else ServerState.STOPPED
         if server.state != wanted:
             raise Refused(_("A live migration needs a running server, a cold one a stopped server."),
                           "invalid_state")
-        op = new_operation(actor, K.MIGRATE, server=server, params={"node": node.pk, "live": live, "state": server.state})
+        op = new_operation(actor, Operation.Kind.MIGRATE, server=server,
+                           params={"node": node.pk, "live": live, "state": server.state})
         try:
             placement.reserve(placement.Request(server.vcpus, server.ram_mib, server.disk_gib), only=node)
         except placement.NoCapacity as exc:
             raise Refused(_("The node cannot take this server: %(why)s") % {"why": exc.decision.explain()},
                           "no_capacity", 409, field="node")
-        server.state = S.MIGRATING
+        server.state = ServerState.MIGRATING
         server.save(update_fields=["state", "updated_at"])
         audit.record(actor, "server.migrate", server, operation=op.id, node=node.name, live=live)
         hand_over(op)
@@ -251,7 +285,7 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
 
 # -- billing actions: change of plan, root password reset ------------------------------------
 
-PLAN_CHANGEABLE = frozenset({S.RUNNING, S.STOPPED, S.SUSPENDED})
+PLAN_CHANGEABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED, ServerState.SUSPENDED})
 
 
 def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
@@ -273,7 +307,7 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
         after = {"vcpus": plan.vcpus, "ram_mib": plan.ram_mib, "disk_gib": plan.disk_gib}
         if plan.pk == server.plan_id and before == after:
             raise Refused(_("The server already has this plan."), "invalid", 400, field="plan")
-        op = new_operation(actor, K.CHANGE_PLAN, server=server, params={
+        op = new_operation(actor, Operation.Kind.CHANGE_PLAN, server=server, params={
             "plan": plan.pk, "previous_plan": server.plan_id, "before": before, "after": after,
             "state": server.state})
         delta = {k: after[k] - before[k] for k in after}
@@ -313,13 +347,14 @@ def request_password_reset(actor: Actor, server_id: int, password: str = "") -> 
     password = password or generate_password()
     with transaction.atomic():
         server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
-        if server.state == S.SUSPENDED:
+        if server.state == ServerState.SUSPENDED:
             raise Refused(_("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or
                           _("no reason given")}, "server_suspended")
-        if server.state != S.RUNNING:
+        if server.state != ServerState.RUNNING:
             raise Refused(_("The password is set by the guest agent of a running server; start it first."),
                           "invalid_state")
-        op = new_operation(actor, K.RESET_PASSWORD, server=server, params={"user": "root", "secret": encrypt(password)})
+        op = new_operation(actor, Operation.Kind.RESET_PASSWORD, server=server,
+                           params={"user": "root", "secret": encrypt(password)})
         audit.record(actor, "server.reset_password", server, operation=op.id)
         hand_over(op)
     return op, password

@@ -22,7 +22,6 @@ from panel.vps.models import Operation, ServerState, VirtualServer
 from panel.vps.server_jobs import delete_record
 
 log = logging.getLogger(__name__)
-S = ServerState
 
 
 def _drift(node: Node, kind: str, detail: str, *, server=None, domain: str = "", repaired: bool = False) -> None:
@@ -86,7 +85,7 @@ def reconcile_node(node: Node) -> None:
 
 def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
     name = server.domain_name
-    if server.state == S.DELETING:
+    if server.state == ServerState.DELETING:
         # The delete operation was interrupted: finish it (idempotent removal).
         driver = driver_for(node.uri)
         driver.undefine(name)
@@ -95,19 +94,20 @@ def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
         delete_record(server)
         return
     if dom is None:
-        if server.state != S.ERROR:
+        if server.state != ServerState.ERROR:
             detail = f"{server}: domain {name} is missing (was {server.state})"
-            VirtualServer.objects.filter(pk=server.pk).update(state=S.ERROR, error=f"domain {name} is missing on {node}")
+            VirtualServer.objects.filter(pk=server.pk).update(state=ServerState.ERROR,
+                                                              error=f"domain {name} is missing on {node}")
             _drift(node, Drift.Kind.MISSING_DOMAIN, detail, server=server, domain=name)
         return
     running = dom.state == DomainState.RUNNING
-    if server.state == S.SUSPENDED:
+    if server.state == ServerState.SUSPENDED:
         if running:
             driver_for(node.uri).destroy(name)
             _drift(node, Drift.Kind.STATE_MISMATCH, f"{server}: suspended but running; powered off", server=server,
                    domain=name, repaired=True)
         return
-    actual = S.RUNNING if running else S.STOPPED if dom.state == DomainState.SHUTOFF else None
+    actual = ServerState.RUNNING if running else ServerState.STOPPED if dom.state == DomainState.SHUTOFF else None
     if actual and server.state != actual:
         was = server.state
         VirtualServer.objects.filter(pk=server.pk).update(state=actual, updated_at=timezone.now())

@@ -35,8 +35,6 @@ SIGNATURE_HEADER = "X-Panel-Signature"
 # schedule does not pile up on the next one behind slow receivers.
 DUE_BUDGET_SECONDS = 50
 
-S = Delivery.Status
-
 
 def fan_out(event: Event) -> list[Delivery]:
     """Create `event`'s deliveries, in the caller's transaction, and hand each one to the
@@ -106,7 +104,8 @@ def deliver(delivery_id: int) -> str | None:
     lease_until = now + _claim_lease()
     # The claim: of two concurrent callers, the row lock lets one UPDATE through first; the
     # other re-reads the row, no longer finds it unclaimed, and updates nothing.
-    claimed = (Delivery.objects.filter(_unclaimed(now), pk=delivery_id, status=S.PENDING, next_attempt_at__lte=now)
+    claimed = (Delivery.objects.filter(_unclaimed(now), pk=delivery_id, status=Delivery.Status.PENDING,
+                                       next_attempt_at__lte=now)
                .update(claimed_until=lease_until))
     if not claimed:
         return None
@@ -132,13 +131,13 @@ def deliver(delivery_id: int) -> str | None:
     attempts = delivery.attempts + 1
     changes = {"claimed_until": None, "attempts": attempts, "last_attempt_at": now}
     if error is None:
-        changes.update(status=S.DELIVERED, delivered_at=timezone.now(), next_attempt_at=None,
+        changes.update(status=Delivery.Status.DELIVERED, delivered_at=timezone.now(), next_attempt_at=None,
                        last_status_code=status_code, last_error="")
     else:
         next_at = now + backoff(attempts)
         gave_up = error.permanent or next_at > delivery.give_up_at
-        changes.update(status=S.FAILED if gave_up else S.PENDING, next_attempt_at=None if gave_up else next_at,
-                       last_status_code=error.status_code, last_error=error.message[:2000])
+        changes.update(status=Delivery.Status.FAILED if gave_up else Delivery.Status.PENDING,
+                       next_attempt_at=None if gave_up else next_at, last_status_code=error.status_code, last_error=error.message[:2000])
         log.info("webhook delivery %s attempt %s failed%s: %s", delivery.uuid, attempts,
                  " (gave up)" if gave_up else "", error.message)
     # Written only while the claim is still ours (a sender that took over after our lease
@@ -152,7 +151,7 @@ def deliver_due(limit: int = 500) -> int:
     """The schedule's task (every minute): attempt the deliveries whose next attempt is due.
     Returns how many attempts were made."""
     now = timezone.now()
-    due = list(Delivery.objects.filter(_unclaimed(now), status=S.PENDING, next_attempt_at__lte=now)
+    due = list(Delivery.objects.filter(_unclaimed(now), status=Delivery.Status.PENDING, next_attempt_at__lte=now)
                .order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
     started, made = time.monotonic(), 0
     for delivery_id in due:
@@ -167,7 +166,7 @@ def resend(delivery_id: int) -> Delivery:
     """Send a delivery again now, whatever its status, with a fresh 25 h of retries.
     The id stays the same: a receiver that already has it may drop it."""
     now = timezone.now()
-    Delivery.objects.filter(pk=delivery_id).update(status=S.PENDING, attempts=0, next_attempt_at=now,
+    Delivery.objects.filter(pk=delivery_id).update(status=Delivery.Status.PENDING, attempts=0, next_attempt_at=now,
                                                    give_up_at=now + GIVE_UP_AFTER, delivered_at=None)
     operations.after_commit(partial(enqueue, delivery_id))
     return Delivery.objects.select_related("webhook", "event").get(pk=delivery_id)

@@ -9,6 +9,7 @@ from django.utils.translation import gettext as _
 from nodes.models import Drift, Node
 from panel.accounts import audit
 from panel.accounts.models import AuditEntry, Customer, User
+from panel.refusals import Refused
 from panel.ui import live
 from panel.ui.forms import CustomerForm, PlanForm, ServerCreateForm, UserCreateForm
 from panel.ui.views.common import actor, admin_only, form_changes, paginate
@@ -192,7 +193,7 @@ def server_create(request):
                 actor(request), customer=data["customer"], plan=data["plan"], hostname=data["hostname"],
                 node=data["node"], private_network=data["private_network"], **form.install_args(),
             )
-        except lifecycle.Refused as refused:
+        except Refused as refused:
             form.add_error(refused.field if refused.field in form.fields else None, refused.message)
         else:
             remember_password(request, server.pk, password)  # the server page shows it once

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 
 from backup.models import Backup
 from panel.crypto import decrypt, encrypt
+from panel.refusals import Refused
 from panel.ui import live
 from panel.ui.forms import ReinstallForm, SuspendForm
 from panel.ui.views.backups import server_backups
@@ -18,30 +19,6 @@ from panel.ui.views.common import actor, paginate
 from panel.ui.views.address_card import server_addresses
 from panel.vps import lifecycle
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
-
-# Button name in the URL -> (operation kind, extra params).
-ACTIONS = {
-    "start": ("start", {}),
-    "stop": ("stop", {}),
-    "force-stop": ("stop", {"force": True}),
-    "reboot": ("reboot", {}),
-    "suspend": ("suspend", {}),
-    "unsuspend": ("unsuspend", {}),
-    "delete": ("delete", {}),
-}
-
-
-def requested_message(action: str) -> str:
-    return {
-        "start": _("Start requested."),
-        "stop": _("Shutdown requested."),
-        "force-stop": _("Forced power off requested."),
-        "reboot": _("Reboot requested."),
-        "suspend": _("Suspension requested."),
-        "unsuspend": _("Unsuspension requested."),
-        "delete": _("Deletion requested."),
-    }[action]
-
 
 # A new root password waits in the session (encrypted) for the next load of the server's page,
 # which takes it out: shown once, never in a URL, a message or the audit log.
@@ -109,12 +86,11 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         reinstall_form = ReinstallForm(server=server)
     operations = list(Operation.objects.filter(server=server).order_by("-id")[:10])
     snap = live.snapshot(server, act, operations[0] if operations else None)
-    buttons = [
-        {"name": name, "kind": kind, "enabled": kind in snap["actions"] and not snap["busy"]}
-        for name, kind, admin_only in live.BUTTONS
-        if act.acts_for_all_customers or not admin_only
-    ]
-    buttons = {b["name"]: b for b in buttons}
+    buttons = {
+        name: {"action": action, "enabled": action.kind in snap["actions"] and not snap["busy"]}
+        for name, action in lifecycle.ACTIONS.items()
+        if act.acts_for_all_customers or not action.provider_only
+    }
     response = render(request, "ui/server_detail.html", {
         "server": server, "operations": operations, "snap": snap, "buttons": buttons, "is_admin": act.is_admin,
         "delete_backups_count": deletable_backups_count(server, act) if "delete" in buttons else 0,
@@ -140,10 +116,10 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
 def server_action(request, server_id: int, action: str):
     act = actor(request)
     server = act.get_or_404(VirtualServer.objects.all(), pk=server_id)
-    if action not in ACTIONS:
+    chosen = lifecycle.ACTIONS.get(action)
+    if chosen is None:
         raise Http404
-    kind, params = ACTIONS[action]
-    params = dict(params)
+    kind, params = chosen.kind, dict(chosen.params)
     if kind == "suspend":
         form = SuspendForm(request.POST)
         params["reason"] = form.cleaned_data["reason"] if form.is_valid() else ""
@@ -152,7 +128,7 @@ def server_action(request, server_id: int, action: str):
     wants_json = request.headers.get("X-Requested-With") == "XMLHttpRequest"
     try:
         op = lifecycle.request_action(act, server.pk, kind, params)
-    except lifecycle.Refused as refused:
+    except Refused as refused:
         if wants_json:
             return JsonResponse({"ok": False, "message": refused.message, "code": refused.code},
                                 status=refused.status)
@@ -162,10 +138,10 @@ def server_action(request, server_id: int, action: str):
             # The page stays open (and keeps its websocket); it shows the queued operation now.
             current = VirtualServer.objects.filter(pk=server.pk).first()
             return JsonResponse({
-                "ok": True, "message": requested_message(action),
+                "ok": True, "message": chosen.requested,
                 "snapshot": live.snapshot(current, act) if current else live.deleted_snapshot(op),
             })
-        messages.success(request, requested_message(action))
+        messages.success(request, chosen.requested)
     if kind == "delete" and not VirtualServer.objects.filter(pk=server.pk).exists():
         return redirect("ui:admin-servers" if act.is_admin else "ui:servers")
     return redirect("ui:server", server_id=server.pk)
@@ -183,7 +159,7 @@ def server_reinstall(request, server_id: int):
     if form.is_valid():
         try:
             _op, password = lifecycle.request_reinstall(act, server.pk, **form.install_args())
-        except lifecycle.Refused as refused:
+        except Refused as refused:
             form.add_error(refused.field if refused.field in form.fields else None, refused.message)
         else:
             remember_password(request, server.pk, password)
@@ -211,7 +187,7 @@ def server_billing_action(request, server_id: int, action: str):
             chosen = request.POST.get("plan", "")
             plan = Plan.objects.filter(pk=chosen).first() if chosen.isdigit() else None
             if plan is None:
-                raise lifecycle.Refused(_("Choose a plan."), "invalid", 400, field="plan")
+                raise Refused(_("Choose a plan."), "invalid", 400, field="plan")
             op = lifecycle.request_plan_change(act, server.pk, plan)
             op.refresh_from_db()
             if op.status == Operation.Status.FAILED:
@@ -229,6 +205,6 @@ def server_billing_action(request, server_id: int, action: str):
                                             "succeeds (the server's guest agent sets it)."))
         else:
             raise Http404
-    except lifecycle.Refused as refused:
+    except Refused as refused:
         messages.error(request, refused.message)
     return redirect("ui:server", server_id=server.pk)
