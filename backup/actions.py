@@ -16,12 +16,10 @@ from panel.refusals import Refused
 from panel.vps import lifecycle
 from panel.vps.models import Operation, ServerState, VirtualServer
 
-S = ServerState
-K = Operation.Kind
 
 # A backup copies a running server live (consistently) or a stopped one as it lies.
-BACKUPABLE = frozenset({S.RUNNING, S.STOPPED})
-RESTORABLE = frozenset({S.RUNNING, S.STOPPED, S.ERROR})
+BACKUPABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED})
+RESTORABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED, ServerState.ERROR})
 
 
 def default_target(server: VirtualServer) -> BackupTarget | None:
@@ -56,7 +54,8 @@ def request_backup(actor: Actor, server_id: int, *, target: BackupTarget | None 
         if server.state not in BACKUPABLE:
             raise Refused(_("Cannot back up a server that is %(state)s.") % {"state": server.get_state_display().lower()},
                           "invalid_state")
-        op = new_operation(actor, K.BACKUP, server=server, params={"target": target.pk, "plan": plan.pk if plan else None})
+        op = new_operation(actor, Operation.Kind.BACKUP, server=server,
+                           params={"target": target.pk, "plan": plan.pk if plan else None})
         audit.record(actor, "server.backup", server, operation=op.id, target=target.name)
         hand_over(op)
     return op
@@ -85,13 +84,14 @@ def request_restore(actor: Actor, server_id: int, backup_id) -> Operation:
         if backup.server_uuid != server.uuid:
             raise Refused(_("Backup #%(id)s is not one of this server's.") % {"id": backup.id}, "invalid", 400,
                           field="backup")
-        if server.state == S.SUSPENDED:
+        if server.state == ServerState.SUSPENDED:
             raise Refused(_("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or
                           _("no reason given")}, "server_suspended")
         if server.state not in RESTORABLE:
             raise Refused(_("Cannot restore a server that is %(state)s.") % {"state": server.get_state_display().lower()},
                           "invalid_state")
-        op = new_operation(actor, K.RESTORE, server=server, params={"backup": backup.pk, "state": server.state})
+        op = new_operation(actor, Operation.Kind.RESTORE, server=server,
+                           params={"backup": backup.pk, "state": server.state})
         audit.record(actor, "server.restore", server, operation=op.id, backup=backup.pk)
         hand_over(op)
     return op
@@ -115,7 +115,8 @@ def restore_as_new_server(actor: Actor, backup_id, *, hostname: str = "", node=N
             actor, customer=backup.customer, plan=plan, hostname=hostname or backup.hostname,
             os_template=OsTemplate.objects.filter(slug=described.get("os_template", "")).first(), node=node,
             disk_gib=described.get("disk_gib"))
-        op = new_operation(actor, K.RESTORE, server=server, params={"backup": backup.pk, "new_server": True})
+        op = new_operation(actor, Operation.Kind.RESTORE, server=server,
+                           params={"backup": backup.pk, "new_server": True})
         audit.record(actor, "server.restore", server, operation=op.id, backup=backup.pk, new_server=True)
         hand_over(op)
     return server, op
@@ -125,7 +126,8 @@ def request_panel_backup(actor: Actor, target: BackupTarget, plan: BackupPlan | 
     """Back up the panel itself (database, settings, keys; encrypted) to `target`."""
     if not actor.is_admin:
         raise Refused(_("Only admins back up the panel."), "permission_denied", 403)
-    op = new_operation(actor, K.PANEL_BACKUP, params={"target": target.pk, "plan": plan.pk if plan else None})
+    op = new_operation(actor, Operation.Kind.PANEL_BACKUP,
+                       params={"target": target.pk, "plan": plan.pk if plan else None})
     audit.record(actor, "panel.backup", None, operation=op.id, target=target.name)
     hand_over(op)
     return op
