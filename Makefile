@@ -8,17 +8,24 @@ TEST_DATABASE_URL ?= mysql://root@localhost/panel
 BUILD_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev default-libmysqlclient-dev gettext \
                   $(if $(shell command -v npm 2>/dev/null),,npm)
 
-.PHONY: run test venv prepare unit e2e benchmarks clean FORCE
+.PHONY: run test venv test-venv prepare unit e2e benchmarks clean FORCE
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+# The panel's own dependencies (production): what `make run` installs.
+$(VENV)/.installed: requirements.txt
 	@missing=$$(for p in $(BUILD_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -q '^installed$$' || echo $$p; done); \
-	if [ -n "$$missing" ]; then echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	if [ -n "$$missing" ]; then echo "installing $$missing (to build the panel's Python packages)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# The test suite's on top of them: what `make test` adds.
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
 venv: $(VENV)/.installed
+test-venv: $(VENV)/.installed-test
 
 # noVNC from npm (package-lock.json); again when the lock is newer or noVNC is missing.
 node_modules/.installed: package-lock.json $(if $(wildcard node_modules/@novnc/novnc/core/rfb.js),,FORCE) | $(VENV)/.installed
@@ -32,27 +39,31 @@ prepare: venv node_modules/.installed
 	$(PY) manage.py compilemessages --ignore=.venv --ignore=.cache -v 0
 	$(PY) manage.py collectstatic --noinput -v 0
 
+# The local host becomes a node (QEMU and libvirt installed and started, the demo OS built)
+# unless PANEL_ONLY=1; a host that cannot run guests says so and the panel runs without it.
 run: prepare
-	@if command -v libvirtd >/dev/null; then tests/infra/start_services.sh --libvirt-only || true; \
-	  tests/infra/build_tiny_guest.sh || echo "the demo guest could not be built; servers need an OS image"; fi
+	@if [ -n "$(PANEL_ONLY)" ]; then echo "a panel only (PANEL_ONLY=1): no local node"; \
+	elif deploy/local_node.sh install && deploy/local_node.sh start; then \
+	  deploy/build_demo_os.sh || echo "the demo OS could not be built; servers need an OS image (templates_os/catalog/README.md)"; \
+	else echo "going on as a panel only"; fi
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py create_admin
-	PORT=$(PORT) $(PY) manage.py runpanel
+	$(if $(PANEL_ONLY),LOCAL_LIBVIRT_URI=) PORT=$(PORT) $(PY) manage.py runpanel
 
-test: venv
+test: test-venv
 	tests/infra/install_deps.sh
 	tests/infra/start_services.sh
-	tests/infra/build_tiny_guest.sh
+	deploy/build_demo_os.sh
 	$(MAKE) --no-print-directory prepare
 	# Unit tests in parallel; then the end-to-end tests in one process: one live panel, one
 	# test cluster, and QEMU guests that want the CPUs for themselves.
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -n 2 -q -m "not e2e and not browser" tests
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -p no:xdist -q -m "e2e or browser" tests
 
-unit: prepare
+unit: test-venv prepare
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -n 2 -q -m "not e2e and not browser" tests
 
-benchmarks: venv
+benchmarks: test-venv
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/power_action.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/server_list.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/placement.py

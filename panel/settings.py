@@ -215,7 +215,7 @@ TEMPLATE_SHARE = Path(envstr("TEMPLATE_SHARE", str(DATA_DIR / "os-templates")))
 # "http://panel.example.net:8000". Empty: http://<this host's address towards the node>:PORT.
 PROVISION_URL = envstr("PROVISION_URL", "").rstrip("/")
 PANEL_PORT = envint("PORT", 8000)
-# The demo OS's kernel and initrd, as tests/infra/build_tiny_guest.sh builds them (make run does);
+# The demo OS's kernel and initrd, as deploy/build_demo_os.sh builds them (make run does);
 # runpanel lays them out on the share as the `tiny` template.
 TINY_GUEST_DIR = Path(envstr("TINY_GUEST_DIR", str(BASE_DIR / ".cache" / "tiny-guest")))
 # Encrypts node credentials at rest (panel/crypto.py); keep it with your backups.

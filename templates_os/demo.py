@@ -1,4 +1,4 @@
-"""The demo OS: the tiny guest (tests/infra/build_tiny_guest.sh) laid out as the `tiny`
+"""The demo OS: the tiny guest (deploy/build_demo_os.sh) laid out as the `tiny`
 template on the share, so a fresh panel can install a first server without anyone
 downloading a distribution."""
 

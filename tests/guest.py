@@ -1,4 +1,4 @@
-"""Drive the tiny test guest (tests/infra/build_tiny_guest.sh) from tests.
+"""Drive the tiny test guest (deploy/build_demo_os.sh) from tests.
 
 The guest runs a root shell on tty1 (VGA console). We type into it with
 ``virsh send-key --codeset linux`` and read what it writes to ``/dev/ttyS0`` from the

@@ -3,7 +3,7 @@ libvirt's clean-traffic anti-spoofing filter on this machine.
 
 Run: cd /work/main && .venv/bin/python -m pytest tests/test_guest_network_infra.py -q -p no:xdist
 Needs root, libvirt + QEMU (host's qemu:///system), iproute2, ebtables/iptables and the
-tiny guest (tests/infra/build_tiny_guest.sh). No Django database. Uses only the host
+tiny guest (deploy/build_demo_os.sh). No Django database. Uses only the host
 bridge pnltnet0 (10.77.9.1/24) and domains named netcheck-*, removed afterwards; the
 optional cluster test uses tests/cluster.py with public=True (pnltpub0, 10.77.1.1/24).
 """
@@ -28,7 +28,7 @@ BRIDGE = "pnltnet0"
 GATEWAY = "10.77.9.1"
 PREFIX = "netcheck-"
 TINY_GUEST = Path(__file__).resolve().parent.parent / ".cache" / "tiny-guest"
-BUILD = Path(__file__).resolve().parent / "infra" / "build_tiny_guest.sh"
+BUILD = Path(__file__).resolve().parent.parent / "deploy" / "build_demo_os.sh"
 BOOT_TIMEOUT = 60.0
 TIMINGS: dict[str, float] = {}
 

@@ -208,7 +208,7 @@ def running_panel(data: Path, *, tag: str = "e2e", worker: bool = True, env: dic
 @pytest.fixture(scope="session")
 def live_panel(tmp_path_factory) -> LivePanel:
     if not (TINY_GUEST / "vmlinuz").exists():
-        pytest.fail("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
+        pytest.fail("the tiny guest is missing: run deploy/build_demo_os.sh (make test does)")
     with running_panel(tmp_path_factory.mktemp("panel-data")) as panel:
         yield panel
 

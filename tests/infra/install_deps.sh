@@ -9,13 +9,16 @@ die() { echo "install_deps: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found (Debian 12 expected)"
 
+# What a node needs (QEMU, libvirt, bridge and image tools) the product installs itself.
+"$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../deploy/local_node.sh" install >/dev/null \
+  || die "deploy/local_node.sh install failed"
+
 PACKAGES=(
-  qemu-system-x86 qemu-utils b3sum
-  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  b3sum libvirt-dev pkg-config
   default-libmysqlclient-dev mariadb-server
   chromium
-  busybox-static cpio gettext
-  openssh-server openssh-client iproute2 iptables
+  gettext
+  openssh-server openssh-client
   # the TLS-terminating reverse proxy of the console-over-HTTPS tests
   nginx-light
   # to build mysqlclient / libvirt-python from source with pip

@@ -3,7 +3,7 @@
 #   * MariaDB answering `mariadb -uroot -e 'select 1'`
 #   * virtlogd + libvirtd running (not zombies), `virsh -c qemu:///system version` answering
 # Idempotent, quiet on success, bounded waits (~30 s each), clear errors.
-# Usage: tests/infra/start_services.sh [--libvirt-only]   (as root; make run needs only libvirt)
+# Usage: tests/infra/start_services.sh [--libvirt-only]   (as root)
 set -euo pipefail
 
 die() { echo "start_services: ERROR: $*" >&2; exit 1; }
@@ -72,24 +72,7 @@ LIBVIRT_ONLY=0
 [ "$LIBVIRT_ONLY" = 1 ] || mariadb_ok || start_mariadb
 
 # ---------------------------------------------------------------- libvirt
-command -v virsh >/dev/null 2>&1 || die "virsh not installed (run tests/infra/install_deps.sh)"
-[ -x /usr/sbin/libvirtd ] || die "libvirtd not installed (run tests/infra/install_deps.sh)"
-[ -x /usr/sbin/virtlogd ] || die "virtlogd not installed (run tests/infra/install_deps.sh)"
-
-# Harmless if KVM is unusable; the panel's test domains use type='qemu' (TCG).
-if [ -e /dev/kvm ]; then chmod 666 /dev/kvm 2>/dev/null || true; fi
-
-if ! exe_running /usr/sbin/virtlogd; then
-  virtlogd -d || die "could not start virtlogd"
-  wait_for 10 exe_running /usr/sbin/virtlogd || die "virtlogd did not stay up"
-fi
-
-virsh_ok() { timeout 10 virsh -q -c qemu:///system version >/dev/null 2>&1; }
-
-if ! exe_running /usr/sbin/libvirtd; then
-  libvirtd -d || die "could not start libvirtd"
-fi
-if ! wait_for "$TIMEOUT" virsh_ok; then
-  exe_running /usr/sbin/libvirtd || die "libvirtd is not running (exited or zombie); try 'libvirtd' in the foreground to see why"
-  die "libvirtd is running but 'virsh -c qemu:///system version' did not answer within ${TIMEOUT}s"
-fi
+# The product's own start (make run uses it too): systemd or the daemons directly.
+REPO=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
+LOCAL_NODE_TIMEOUT=$TIMEOUT "$REPO/deploy/local_node.sh" start \
+  || die "libvirt did not start (deploy/local_node.sh start)"

@@ -36,6 +36,8 @@ class Command(BaseCommand):
         node = register_local_node()
         if node:
             self.stdout.write(f"local node: {node.uri} ({node.cpus} CPUs, {node.ram_mib} MiB, {node.virt_type})")
+        elif not settings.LOCAL_LIBVIRT_URI:
+            self.stdout.write("no local node: a panel only (LOCAL_LIBVIRT_URI is empty)")
         else:
             self.stdout.write(f"no local node: libvirt does not answer at {settings.LOCAL_LIBVIRT_URI}")
         ensure_schedules()
@@ -65,6 +67,9 @@ class Command(BaseCommand):
         if not no_worker:
             children["worker"] = subprocess.Popen([*manage, "qcluster"], cwd=settings.BASE_DIR)
         self.stdout.write(f"panel on http://{bind}:{port}/ with {web_processes} web processes (Ctrl-C stops it)")
+        self.stdout.write(f"open {_url(bind, port)} and sign in with the admin login above; next: the dashboard's "
+                          "checklist (a node, a network with addresses, a plan, an OS, a customer), then "
+                          "Servers → New server")
 
         stopping = False
 
@@ -105,3 +110,17 @@ def _listen(address: str, port: int) -> socket.socket:
     sock.bind((address, port))
     sock.listen(512)
     return sock
+
+
+def _url(bind: str, port: int) -> str:
+    """Where a browser reaches the panel: the first bound address, or for a wildcard the
+    address of the interface towards the outside (a UDP connect sends nothing)."""
+    address = bind.split(",")[0].strip()
+    if address in ("0.0.0.0", "::", ""):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect(("192.0.2.1", 9))
+                address = probe.getsockname()[0]
+        except OSError:
+            address = socket.gethostname()
+    return f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"

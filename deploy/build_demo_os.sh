@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build (once, cached) a tiny direct-kernel-boot guest for libvirt/QEMU tests:
+# Build (once, cached) the demo OS: a tiny direct-kernel-boot guest that `make run` offers as
+# the `tiny` OS template and the tests boot on libvirt/QEMU:
 #   OUTDIR/vmlinuz     Debian 12 cloud kernel
 #   OUTDIR/initrd.img  gzip'ed newc cpio: busybox + virtio/net/isofs/acpi modules + /init
 #   OUTDIR/stamp       recipe hash, kernel and busybox versions
@@ -24,14 +25,14 @@
 #     into / and the guest prints "TINY-GUEST installed <hostname>" (from /etc/hostname,
 #     also set with `hostname`); otherwise "TINY-GUEST not installed".
 # The panel's config for this guest is templates_os/catalog/tiny/user-data.
-# See tests/infra/README.md.
-# Usage: tests/infra/build_tiny_guest.sh [OUTDIR]   (default <repo>/.cache/tiny-guest)
+# See tests/infra/README.md ("The tiny guest").
+# Usage: deploy/build_demo_os.sh [OUTDIR]   (default <repo>/.cache/tiny-guest)
 set -euo pipefail
 
-die() { echo "build_tiny_guest: ERROR: $*" >&2; exit 1; }
+die() { echo "build_demo_os: ERROR: $*" >&2; exit 1; }
 
 SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
-REPO=$(cd "$(dirname "$SCRIPT_PATH")/../.." && pwd)
+REPO=$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd)
 OUTDIR=${1:-$REPO/.cache/tiny-guest}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -46,7 +47,7 @@ cached() {
 cached && exit 0
 
 for tool in apt-get apt-cache dpkg-deb cpio gzip flock sha256sum; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (run tests/infra/install_deps.sh)"
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (run deploy/local_node.sh install)"
 done
 
 # Serialize concurrent builds into the same OUTDIR.
