@@ -10,6 +10,7 @@ from collections.abc import Callable
 from django.db import transaction
 from django.utils import timezone
 
+from nodes.capabilities import probe_shell, summary
 from nodes.connection import driver_for, forget
 from nodes.models import Node, Storage
 from nodes.driver import DriverError
@@ -221,6 +222,8 @@ def install(step: Step, node: Node, password: str = "", private_key: str = "") -
         step(22, "hardware virtualization: yes" if has_virt else "hardware virtualization: no (software emulation)")
         install_packages(shell, family, step)
         start_libvirtd(shell, step)
+        capabilities = probe_shell(shell)
+        step(50, f"capabilities: {summary(capabilities)}")
         capacity = prepare_storages(shell, node, step)
         prepare_networks(shell, node, step)
         qemu_binary = "qemu-system-x86_64" if family == "apt" else "/usr/libexec/qemu-kvm"
@@ -243,6 +246,7 @@ def install(step: Step, node: Node, password: str = "", private_key: str = "") -
         node.virt_type = host.virt_type if has_virt else "qemu"
         node.libvirt_version = host.libvirt_version
         node.qemu_version = qemu.group(1) if qemu else ""
+        node.capabilities = capabilities
         node.storage_capacity = capacity
         node.storage_dir = next((s.path for s in node.cluster.storages.all() if s.path), "")
         if node.state != Node.State.MAINTENANCE:

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from nodes.capabilities import probe_local, summary
 from nodes.connection import driver_for
 from nodes.driver import DriverError
 from nodes.models import Cluster, Node, Storage
@@ -27,6 +28,7 @@ def register_local_node() -> Node | None:
     except (DriverError, ImportError) as exc:
         log.info("no local node: libvirt does not answer at %s (%s)", uri, exc)
         return None
+    capabilities = probe_local()  # probed again at every registration: the host may have changed
     with transaction.atomic():
         node = Node.objects.filter(uri=uri).select_related("cluster").first()
         cluster = node.cluster if node and node.cluster else Cluster.objects.get_or_create(name="local")[0]
@@ -38,6 +40,7 @@ def register_local_node() -> Node | None:
             "ram_mib": host.ram_mib,
             "virt_type": host.virt_type,
             "libvirt_version": host.libvirt_version,
+            "capabilities": capabilities,
             "storage_dir": storage.path,
             "state": Node.State.ONLINE,
             "last_error": "",
@@ -57,8 +60,8 @@ def register_local_node() -> Node | None:
     node.storage_capacity = {str(storage.id): {"total_gib": stat.f_blocks * stat.f_frsize // gib,
                                                "free_gib": stat.f_bavail * stat.f_frsize // gib}}
     node.save(update_fields=["storage_capacity"])
-    log.info("%s local node %s: %s CPUs, %s MiB, virt type %s", "registered" if created else "refreshed",
-             uri, host.cpus, host.ram_mib, host.virt_type)
+    log.info("%s local node %s: %s CPUs, %s MiB, virt type %s; %s", "registered" if created else "refreshed",
+             uri, host.cpus, host.ram_mib, host.virt_type, summary(capabilities))
     return node
 
 

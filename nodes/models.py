@@ -184,6 +184,10 @@ class Node(models.Model):
     storage_dir = models.CharField(max_length=300, help_text=_("Directory on the node for server disks"))
     libvirt_version = models.CharField(max_length=20, blank=True)
     qemu_version = models.CharField(max_length=20, blank=True)
+    # {"kvm" | "shaping" | "nwfilter" | "backup" | "guest_agent" | "nested": {"ok": bool | None,
+    # "detail": str}} as probed at install or registration (nodes/capabilities.py); a missing
+    # key is unknown, and placement allows it.
+    capabilities = models.JSONField(default=dict, blank=True)
     # What servers placed here take; kept in the placement transaction (nodes/placement.py)
     # and recomputed by the reconciler.
     alloc_vcpus = models.PositiveIntegerField(default=0)

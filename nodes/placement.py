@@ -1,7 +1,8 @@
 """Placement: which node gets a new server.
 
-Filters drop nodes that cannot take the server (not online, in maintenance, not enough RAM,
-vCPU or disk after the cluster's over-commit), each with the reason an admin reads; the weigher
+Filters drop nodes that cannot take the server (not online, in maintenance, lacking a
+capability the server needs — traffic shaping for a plan with a bandwidth limit —, not enough
+RAM, vCPU or disk after the cluster's over-commit), each with the reason an admin reads; the weigher
 ranks the rest (spread by default: the most free RAM share wins). `reserve()` takes the
 capacity on the chosen node in the caller's transaction, under that node's row lock, so
 concurrent creates never over-fill a node.
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db.models import DecimalField, ExpressionWrapper, F, FloatField
 from django.db.models.functions import Cast
 
+from nodes.capabilities import lacking
 from nodes.models import Node, Storage
 
 
@@ -29,6 +31,8 @@ class Request:
     ram_mib: int
     disk_gib: int
     cluster_id: int | None = None
+    # Capabilities the node must have (nodes.capabilities.needs_of(plan)), e.g. {"shaping"}.
+    needs: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -41,6 +45,10 @@ class Decision:
         lines = [f"chose {self.node}" if self.node else "no node can take this server"]
         lines += [f"{name}: {why}" for name, why in sorted(self.rejected.items())]
         return "; ".join(lines)
+
+    def reasons(self) -> str:
+        """Why each node was filtered out: "node a: …; node b: …"."""
+        return "; ".join(f"node {name}: {why}" for name, why in sorted(self.rejected.items()))
 
 
 def disk_storage(node: Node) -> Storage | None:
@@ -56,6 +64,9 @@ def why_not(node: Node, want: Request) -> str:
     cluster = node.cluster
     if cluster is None:
         return "not in a cluster"
+    missing = lacking(node.capabilities, want.needs)
+    if missing:
+        return missing
     free_vcpus = int(node.cpus * cluster.cpu_overcommit) - node.alloc_vcpus
     if free_vcpus < want.vcpus:
         return f"not enough vCPUs: {max(free_vcpus, 0)} free (×{cluster.cpu_overcommit} over-commit), needs {want.vcpus}"
@@ -116,19 +127,24 @@ def decide(want: Request, only: Node | None = None, explain: bool = False) -> De
         .filter(alloc_vcpus__lte=F("cap_vcpus") - want.vcpus, alloc_ram_mib__lte=F("cap_ram") - want.ram_mib)
         .annotate(used_share=Cast("alloc_ram_mib", FloatField()) / Cast("cap_ram", FloatField()))
         .order_by("used_share" if settings.PLACEMENT_WEIGHER == "spread" else "-used_share", "id")
-        .values_list("id", "cluster_id", "alloc_disk_gib", "storage_capacity")
+        .values_list("id", "cluster_id", "alloc_disk_gib", "storage_capacity", "capabilities")
     )
     if want.cluster_id:
         candidates = candidates.filter(cluster_id=want.cluster_id)
     disk_storages = {}
     for storage in Storage.objects.filter(holds_templates=False).order_by("cluster_id", "id"):
         disk_storages.setdefault(storage.cluster_id, storage)
-    for node_id, cluster_id, alloc_disk, capacity in candidates:
+    for node_id, cluster_id, alloc_disk, capacity, capabilities in candidates:
         storage = disk_storages.get(cluster_id)
         if storage is None:
             continue
         if isinstance(capacity, str):  # some backends hand JSON back undecoded in values_list
             capacity = json.loads(capacity)
+        if want.needs:
+            if isinstance(capabilities, str):
+                capabilities = json.loads(capabilities)
+            if lacking(capabilities, want.needs):
+                continue
         total = (capacity or {}).get(str(storage.id), {}).get("total_gib", 0)
         if total - alloc_disk >= want.disk_gib:
             node = _scope(want, None).get(pk=node_id)

@@ -292,7 +292,7 @@ class NodeSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "cluster", "address", "ssh_port", "ssh_user", "uri", "state", "last_error",
                   "host_key_fingerprint", "offered_host_key_fingerprint", "os_name", "virt_type", "cpus", "ram_mib",
                   "storage_capacity", "alloc_vcpus", "alloc_ram_mib", "alloc_disk_gib", "libvirt_version",
-                  "qemu_version", "checked_at", "created_at"]
+                  "qemu_version", "capabilities", "checked_at", "created_at"]
         read_only_fields = fields
 
 

@@ -23,6 +23,7 @@ from panel.operations import hand_over, new_operation
 from panel.refusals import Refused
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 from nodes import placement
+from nodes.capabilities import lacking, needs_of
 from nodes.models import Cluster, Node
 from recipes.models import Recipe
 from templates_os.models import OsTemplate
@@ -210,12 +211,12 @@ def place_new_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: 
     from panel.ipam.allocation import allocate_for_new_server
 
     disk_gib = max(disk_gib or 0, plan.disk_gib)
-    want = placement.Request(plan.vcpus, plan.ram_mib, disk_gib, cluster.pk if cluster else None)
+    want = placement.Request(plan.vcpus, plan.ram_mib, disk_gib, cluster.pk if cluster else None, needs_of(plan))
     try:
         decision = placement.reserve(want, only=node)
     except placement.NoCapacity as exc:
-        # Admins read why each other node was filtered out; customers are not told about nodes.
-        detail = exc.decision.explain() if actor.is_admin else _("no capacity for this plan right now")
+        # Admins read why each node was filtered out; customers are not told about nodes.
+        detail = exc.decision.reasons() if actor.is_admin else _("no capacity for this plan right now")
         raise Refused(_("No node can take this server: %(why)s") % {"why": detail}, "no_capacity", 409)
     server = VirtualServer.objects.create(
         customer=customer, plan=plan, node=decision.node, storage=decision.storage, hostname=hostname,
@@ -272,9 +273,10 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         op = new_operation(actor, Operation.Kind.MIGRATE, server=server,
                            params={"node": node.pk, "live": live, "state": server.state})
         try:
-            placement.reserve(placement.Request(server.vcpus, server.ram_mib, server.disk_gib), only=node)
+            placement.reserve(placement.Request(server.vcpus, server.ram_mib, server.disk_gib,
+                                                needs=needs_of(server.plan)), only=node)
         except placement.NoCapacity as exc:
-            raise Refused(_("The node cannot take this server: %(why)s") % {"why": exc.decision.explain()},
+            raise Refused(_("The node cannot take this server: %(why)s") % {"why": exc.decision.reasons()},
                           "no_capacity", 409, field="node")
         server.state = ServerState.MIGRATING
         server.save(update_fields=["state", "updated_at"])
@@ -313,6 +315,10 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
         delta = {k: after[k] - before[k] for k in after}
         node = Node.objects.select_for_update().select_related("cluster").prefetch_related("cluster__storages") \
             .get(pk=server.node_id)
+        missing = lacking(node.capabilities, needs_of(plan))
+        if missing:
+            detail = f"node {node.name}: {missing}" if actor.is_admin else _("its node cannot serve this plan")
+            raise Refused(_("The server cannot change to this plan: %(why)s") % {"why": detail}, "no_capacity", 409)
         if any(d > 0 for d in delta.values()):
             if node.state != Node.State.ONLINE:
                 raise Refused(_("The server's node is %(state)s; try again later.") %

@@ -135,8 +135,12 @@ def _render_node(request, node: Node, host_key_form=None, status: int = 200):
         drifts = drifts.filter(repaired=False)
     if node.offered_host_key and host_key_form is None:
         host_key_form = AcceptHostKeyForm()
+    from nodes.capabilities import LABELS
+
+    capabilities = [{"name": name, "label": label, **node.capabilities[name]}
+                    for name, label in LABELS.items() if isinstance(node.capabilities.get(name), dict)]
     return render(request, "ui/admin/node_detail.html", {
-        "node": node, "usage": node_usage(node), "page": paginate(request, drifts), "show": show,
+        "node": node, "usage": node_usage(node), "capabilities": capabilities, "page": paginate(request, drifts), "show": show,
         "servers": node.servers.select_related("customer", "plan").order_by("id")[:50],
         "server_total": node.servers.count(),
         "operations": node.operations.select_related("customer", "server").order_by("-id")[:20],
@@ -337,11 +341,13 @@ def storage_delete(request, storage_id: int):
 
 def placement_preview(plan) -> list[dict]:
     """For each node: chosen, would fit, or the filter's reason, for a server of `plan`."""
+    from nodes.capabilities import needs_of
     from nodes.placement import Request, decide
 
     if plan is None:
         return []
-    decision = decide(Request(vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib), explain=True)
+    decision = decide(Request(vcpus=plan.vcpus, ram_mib=plan.ram_mib, disk_gib=plan.disk_gib, needs=needs_of(plan)),
+                      explain=True)
     rows = []
     for node in Node.objects.select_related("cluster").order_by("name"):
         chosen = decision.node is not None and decision.node.pk == node.pk
