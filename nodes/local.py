@@ -22,6 +22,8 @@ def register_local_node() -> Node | None:
     treats it like any other node.
     """
     uri = settings.LOCAL_LIBVIRT_URI
+    if not uri:  # a panel-only install (make run PANEL_ONLY=1)
+        return None
     try:
         driver = driver_for(uri)
         host = driver.host_info()
