@@ -22,6 +22,8 @@ class Customer(models.Model):
     email = models.EmailField()
     name = models.CharField(max_length=200)
     language = models.CharField(max_length=5, choices=LANGUAGE_CHOICES, default="en")
+    # The provider's own customer: servers an admin creates for themselves (`Customer.internal_customer`).
+    internal = models.BooleanField(default=False, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -29,6 +31,18 @@ class Customer(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def internal_customer(cls) -> tuple["Customer", bool]:
+        """The provider's own (internal) customer, created on first use; returns (it, created).
+        An ordinary customer to tenancy: its servers are seen by admins and no customer."""
+        from django.conf import settings
+
+        existing = cls.objects.filter(internal=True).order_by("id").first()
+        if existing is not None:
+            return existing, False
+        return cls.objects.create(internal=True, name=gettext("Our own (internal)"),
+                                  email=settings.DEFAULT_FROM_EMAIL), True
 
     def delete_refusal(self) -> Refused | None:
         """Why the customer cannot be deleted (the UI and the API ask this), or None."""

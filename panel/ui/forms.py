@@ -166,7 +166,10 @@ class InstallChoiceForm(forms.Form):
 
 
 class ServerCreateForm(InstallChoiceForm):
-    customer = forms.ModelChoiceField(label=_("Customer"), queryset=Customer.objects.all())
+    # Empty: the provider's own internal customer (Customer.internal_customer), made on first use.
+    customer = forms.ModelChoiceField(label=_("Customer"), queryset=Customer.objects.filter(internal=False),
+                                      required=False,
+                                      help_text=_("Leave at “Our own (internal)” for a server of your own."))
     plan = forms.ModelChoiceField(label=_("Plan"), queryset=Plan.objects.all())
     hostname = forms.CharField(label=_("Hostname"), max_length=253, validators=[hostname_validator])
     node = forms.ModelChoiceField(label=_("Node"), queryset=Node.objects.all(), required=False,
@@ -180,6 +183,7 @@ class ServerCreateForm(InstallChoiceForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["customer"].empty_label = _("Our own (internal)")
         self.fields["node"].empty_label = _("Automatic")
 
 

@@ -1,14 +1,18 @@
 """The provider admin area: customers, users, plans, nodes, servers, operations, audit log."""
 
+from dataclasses import dataclass
+
 from django.contrib import messages
+from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
 
-from nodes.models import Drift, Node
+from nodes.models import Cluster, Drift, Network, Node
 from panel.accounts import audit
 from panel.accounts.models import AuditEntry, Customer, User
+from panel.ipam.models import IpPool
 from panel.refusals import Refused
 from panel.ui import live
 from panel.ui.forms import CustomerForm, PlanForm, ServerCreateForm, UserCreateForm
@@ -17,6 +21,59 @@ from panel.ui.views.nodes import annotated_nodes, nodes_with_usage, placement_pr
 from panel.ui.views.servers import remember_password
 from panel.vps import lifecycle
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
+from templates_os.models import OsTemplate
+
+
+@dataclass(frozen=True)
+class Step:
+    """One item of the first-run checklist: done or not (read from the database), and where to fix it."""
+
+    key: str
+    done: bool
+    label: str
+    hint: str
+    href: str
+    action: str
+
+
+def first_run_checklist() -> list[Step]:
+    """What an empty panel lacks before a server can be created and sold, in the order to fix it;
+    each item's link goes where it is fixed (or, once done, to its list)."""
+    nodes, plans = Node.objects.exists(), Plan.objects.exists()
+    pools = IpPool.objects.exists()  # a pool lies on a network: it ticks both
+    customers = Customer.objects.filter(internal=False).exists()  # the internal one sells nothing
+    network = Network.objects.order_by("id").first()
+    cluster = (Cluster.objects.filter(nodes__state=Node.State.ONLINE).order_by("id").first()
+               or Cluster.objects.order_by("id").first())
+    if pools:
+        pool_link = (reverse("ui:admin-pools"), _("See the IP pools"))
+    elif network is not None:
+        pool_link = (reverse("ui:admin-pool-create") + f"?network={network.pk}", _("Add an IP pool"))
+    elif cluster is not None:
+        pool_link = (reverse("ui:admin-network-create", args=[cluster.pk]), _("Add a network"))
+    else:
+        pool_link = (reverse("ui:admin-cluster-create"), _("Add a cluster"))
+    node_link = (reverse("ui:admin-nodes"), _("See the nodes")) if nodes else (
+        reverse("ui:admin-node-create"), _("Add a node"))
+    plan_link = (reverse("ui:admin-plans"), _("See the plans")) if plans else (
+        reverse("ui:admin-plan-create"), _("Add a plan"))
+    customer_link = (reverse("ui:admin-customers"), _("See the customers")) if customers else (
+        reverse("ui:admin-customer-create"), _("Add a customer"))
+    return [
+        Step("node", Node.objects.filter(state=Node.State.ONLINE).exists(), _("A node online"),
+             _("“make run” makes this host a node; other hosts are added over SSH."), *node_link),
+        Step("network", pools, _("A network with an address pool"),
+             _("Servers get their addresses from it. The local node gets a NAT network with a pool by itself."),
+             *pool_link),
+        Step("plan", plans, _("A plan"),
+             _("The size of a server: vCPUs, RAM, disk. The quick start creates a starter plan."), *plan_link),
+        Step("template", OsTemplate.offered_objects.exists(), _("An offered OS template"),
+             _("A valid, enabled template on the template share; “make run” lays out the demo OS."),
+             reverse("ui:admin-templates"), _("See the OS templates")),
+        Step("customer", customers, _("A customer"),
+             _("Needed to sell servers; your own servers need none: leave the customer at “Our own (internal)”."),
+             *customer_link),
+    ]
 
 
 @admin_only
@@ -32,7 +89,11 @@ def dashboard(request):
         "active_operations": Operation.objects.filter(status__in=Operation.ACTIVE).count(),
     }
     nodes = nodes_with_usage(annotated_nodes())
+    checklist = first_run_checklist()
     return render(request, "ui/admin/dashboard.html", {
+        "checklist": checklist,
+        "checklist_done": sum(step.done for step in checklist),
+        "checklist_complete": all(step.done for step in checklist),
         "counts": counts,
         "nodes": nodes,
         "operations": Operation.objects.select_related("customer")[:10],
@@ -184,15 +245,25 @@ def server_list(request):
 
 @admin_only
 def server_create(request):
+    plans = list(Plan.objects.order_by("id"))
+    # A first panel has the one starter plan: chosen already.
+    only_plan = plans[0].pk if len(plans) == 1 else None
     form = ServerCreateForm(request.POST or None, initial={"customer": request.GET.get("customer"),
-                                                           "plan": request.GET.get("plan")})
+                                                           "plan": request.GET.get("plan") or only_plan})
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        act = actor(request)
         try:
-            server, _op, password = lifecycle.create_server(
-                actor(request), customer=data["customer"], plan=data["plan"], hostname=data["hostname"],
-                node=data["node"], private_network=data["private_network"], **form.install_args(),
-            )
+            with transaction.atomic():  # a refused create leaves no internal customer behind
+                customer = data["customer"]
+                if customer is None:  # the admin's own server: the provider's internal customer
+                    customer, created = Customer.internal_customer()
+                    if created:
+                        audit.record(act, "customer.create", customer, customer_id=customer.pk, internal=True)
+                server, _op, password = lifecycle.create_server(
+                    act, customer=customer, plan=data["plan"], hostname=data["hostname"],
+                    node=data["node"], private_network=data["private_network"], **form.install_args(),
+                )
         except Refused as refused:
             form.add_error(refused.field if refused.field in form.fields else None, refused.message)
         else:
@@ -200,7 +271,6 @@ def server_create(request):
             messages.success(request, _("Server “%(name)s” is being created.") % {"name": server.hostname})
             return redirect("ui:server", server_id=server.pk)
     # "Where would it go?": the placement's verdict on every node for the chosen plan.
-    plans = list(Plan.objects.order_by("id"))
     wanted = request.POST.get("plan") if request.method == "POST" else request.GET.get("plan")
     preview_plan = next((p for p in plans if str(p.pk) == wanted), plans[0] if plans else None)
     return render(request, "ui/admin/server_create.html", {
