@@ -33,6 +33,7 @@ of disks larger than RAM reads them from the disk; the floors are measured the s
 Throughput = the disk's allocated bytes (`qemu-img info`, "disk size") / seconds.
 
     DATABASE_URL=mysql://root@localhost/panel .venv/bin/python benchmarks/backup.py [--n 5] [--data-mib 512] [--cold]
+        [--nat-cidr 10.77.24.0/24] [--tiny]
 """
 
 import argparse
@@ -51,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.live import live_panel, summary  # noqa: E402
+from benchmarks.live import live_panel, own_nat_range, parse_args, summary  # noqa: E402
 from tests.e2e.conftest import make_tenant, wait_for  # noqa: E402
 
 
@@ -195,12 +196,13 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=5, help="samples per path (default 5)")
     ap.add_argument("--data-mib", type=int, default=512, help="random data written to the disk (default 512)")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every sample")
-    args = ap.parse_args()
-    env = {"LOCAL_NAT_CIDR": "10.77.24.0/24", "BIND": "127.0.0.1,10.77.24.1"}
+    ap.add_argument("--nat-cidr", default="10.77.24.0/24",
+                    help="the local node's NAT test range (default 10.77.24.0/24; the e2e tests use 10.77.5.0/24)")
+    args = parse_args(ap, tiny={"n": 1, "data_mib": 16})
     tmp = Path(tempfile.mkdtemp(prefix="benchbackup-"))
     tmp.chmod(0o755)
     try:
-        with live_panel(worker=True, env=env, tag="benchbk") as panel:
+        with own_nat_range(args.nat_cidr) as env, live_panel(worker=True, env=env, tag="benchbk") as panel:
             bench = Bench(panel, args, tmp)
             bench.setup()
             print(f"disk: {bench.bytes / 2**20:.0f} MiB allocated; {'cold' if args.cold else 'warm'} page cache; "

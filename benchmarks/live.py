@@ -6,12 +6,19 @@ its own MariaDB database, `manage.py runpanel --no-worker` (daphne + local node 
 optionally `manage.py qcluster`, and an admin API key. On leaving — normally, on an exception,
 on Ctrl-C or SIGTERM — the processes are stopped, the panel's domains removed and the database
 dropped.
+
+Also shared by the scripts: `parse_args` (the `--tiny` flag), `own_nat_range` (the local node's
+NAT network in a test range of the script's own) and the statistics.
 """
 
+import argparse
 import contextlib
+import ipaddress
 import math
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -42,13 +49,84 @@ def live_panel(*, worker: bool = True, env: dict | None = None, tag: str = "benc
     ok = False
     try:
         with running_panel(data, tag=tag, worker=worker, env=env) as panel:
-            yield panel
+            try:
+                yield panel
+            finally:
+                _stop_worker(panel)
         ok = True
     finally:
         if ok:
             shutil.rmtree(data, ignore_errors=True)
         else:
             print(f"(panel logs kept in {data})", file=sys.stderr)
+
+
+def _stop_worker(panel, timeout: float = 20) -> None:
+    """SIGTERM to the qcluster process alone: it stops its pusher and workers itself in about
+    a second. (running_panel's SIGTERM to the whole process group reaches them all at once, and
+    the cluster then hangs until the 15 s SIGKILL.)"""
+    proc = panel.procs.get("worker")
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return  # running_panel kills the group
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # anything of it left over
+    panel.procs.pop("worker", None)
+
+
+# -- arguments -----------------------------------------------------------------------------------
+def parse_args(ap: argparse.ArgumentParser, tiny: dict) -> argparse.Namespace:
+    """`ap`'s arguments plus `--tiny`: the sizes in `tiny` become the defaults (arguments given
+    explicitly still win), for a run of a few seconds that only shows the script still works —
+    the suite runs every script so (tests/e2e/test_benchmarks.py, tests/test_benchmark_placement.py)."""
+    sizes = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in tiny.items())
+    ap.add_argument("--tiny", action="store_true",
+                    help=f"a tiny run (the suite's): {sizes}; explicit arguments still win")
+    if "--tiny" in sys.argv[1:]:
+        ap.set_defaults(**tiny)
+    return ap.parse_args()
+
+
+# -- the local node's NAT network in a range of the script's own ---------------------------------
+NAT_BRIDGE = "pnl-local"  # nodes/local.py: the local node's NAT network
+
+
+def host_net_state(cidr: str) -> dict:
+    """Whether the gateway address of `cidr` is on the bridge and its MASQUERADE rule is in."""
+    net = ipaddress.ip_network(cidr)
+    gateway = f"{next(net.hosts())}/{net.prefixlen}"
+    addr = subprocess.run(["ip", "-o", "addr", "show", "dev", NAT_BRIDGE], capture_output=True, text=True)
+    masq = subprocess.run(["iptables", "-t", "nat", "-C", "POSTROUTING", "-s", cidr, "!", "-d", cidr,
+                           "-j", "MASQUERADE"], capture_output=True, text=True)
+    return {"gateway": gateway, "address": f" {gateway} " in addr.stdout, "masquerade": masq.returncode == 0}
+
+
+def undo_host_net(cidr: str, before: dict) -> None:
+    """Remove the gateway address and the MASQUERADE rule again if they came after `before`."""
+    after = host_net_state(cidr)
+    if after["address"] and not before["address"]:
+        subprocess.run(["ip", "addr", "del", after["gateway"], "dev", NAT_BRIDGE], capture_output=True)
+    if after["masquerade"] and not before["masquerade"]:
+        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-j", "MASQUERADE"],
+                       capture_output=True)
+
+
+@contextlib.contextmanager
+def own_nat_range(cidr: str):
+    """The panel env for a local node whose NAT network is `cidr` (not the e2e tests'
+    10.77.5.0/24, so a run beside them shares no addresses), listening on its gateway too; the
+    host's address and rule are removed again at the end if this run added them."""
+    before = host_net_state(cidr)
+    gateway = str(next(ipaddress.ip_network(cidr).hosts()))
+    try:
+        yield {"LOCAL_NAT_CIDR": cidr, "BIND": f"127.0.0.1,{gateway}"}
+    finally:
+        undo_host_net(cidr, before)
 
 
 # -- statistics ----------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ Also printed: SQL queries per decision (CaptureQueriesContext), and where a deci
 goes (SQL, building model instances, the Python filters and weigher). The database is
 dropped at the end, also on failure, Ctrl-C and SIGTERM.
 
-    .venv/bin/python benchmarks/placement.py [--n 200] [--seed 1]
+    .venv/bin/python benchmarks/placement.py [--n 200] [--seed 1] [--nodes 1000] [--servers 50000]
+                                             [--clusters 10] [--tiny]
+
+It exits 0 whether the goal is met or not (the verdict is printed), like the other scripts.
 """
 
 import argparse
@@ -38,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.live import _sigterm_to_interrupt, summary  # noqa: E402
+from benchmarks.live import _sigterm_to_interrupt, parse_args, summary  # noqa: E402
 
 GOAL_MS = 50.0
 NODES, SERVERS, CLUSTERS = 1_000, 50_000, 10
@@ -69,12 +72,15 @@ def setup_django(database: str, data: Path) -> None:
     call_command("migrate", "--noinput", verbosity=0)
 
 
-def seed(rng: random.Random) -> dict:
+def seed(rng: random.Random, n_clusters: int = CLUSTERS, n_nodes: int = NODES, n_servers: int = SERVERS) -> dict:
     from nodes.models import Cluster, Node, Storage
     from panel.accounts.models import Customer
     from panel.vps.models import Plan, ServerState, VirtualServer
+    from templates_os.models import OsTemplate
 
-    Cluster.objects.bulk_create(Cluster(name=f"c{i:02d}") for i in range(CLUSTERS))
+    # A foreign key since the OS templates moved onto a share: one row stands for the share's.
+    tiny = OsTemplate.objects.create(slug="tiny", name="tiny", valid=True)
+    Cluster.objects.bulk_create(Cluster(name=f"c{i:02d}") for i in range(n_clusters))
     clusters = list(Cluster.objects.order_by("id"))
     disk_storage, template_storage = {}, {}
     for cluster in clusters:
@@ -83,8 +89,8 @@ def seed(rng: random.Random) -> dict:
         disk_storage[cluster.id] = Storage.objects.create(cluster=cluster, name="disks", kind=Storage.Kind.DIR,
                                                           path="/var/lib/panel/disks")
     nodes = []
-    for i in range(NODES):
-        cluster = clusters[i % CLUSTERS]
+    for i in range(n_nodes):
+        cluster = clusters[i % n_clusters]
         state = rng.choices([Node.State.ONLINE, Node.State.OFFLINE, Node.State.MAINTENANCE, Node.State.DEGRADED],
                             [96, 2, 1, 1])[0]
         nodes.append(Node(
@@ -115,7 +121,7 @@ def seed(rng: random.Random) -> dict:
                    n.storage_capacity[str(disk_storage[n.cluster_id].id)]["total_gib"]] for n in nodes}
     alloc = {n.id: [0, 0, 0] for n in nodes}
     servers, ids = [], [n.id for n in nodes]
-    while len(servers) < SERVERS:
+    while len(servers) < n_servers:
         k = rng.choices(range(len(sizes)), weights)[0]
         vcpus, ram, disk = sizes[k]
         for _try in range(20):
@@ -128,7 +134,7 @@ def seed(rng: random.Random) -> dict:
         a[0], a[1], a[2] = a[0] + vcpus, a[1] + ram, a[2] + disk
         servers.append(VirtualServer(
             customer_id=customer_ids[len(servers) % len(customer_ids)], plan=plans[k], node_id=nid,
-            storage_id=None, hostname=f"srv-{len(servers):05d}.example.com", os_template="tiny",
+            storage_id=None, hostname=f"srv-{len(servers):05d}.example.com", os_template=tiny,
             state=ServerState.RUNNING, vcpus=vcpus, ram_mib=ram, disk_gib=disk,
         ))
     by_node = {n.id: n for n in nodes}
@@ -176,7 +182,7 @@ def timed(fn, requests):
             ms.append((time.perf_counter() - t0) * 1000)
         queries.append(len(ctx.captured_queries))
         sql_ms.append(sum(float(q["time"]) for q in ctx.captured_queries) * 1000)
-    return ms, queries, sql_ms, result, ctx.captured_queries
+    return ms, queries, sql_ms, result, list(ctx.captured_queries)  # now: the log is a bounded deque
 
 
 class _Rollback(Exception):
@@ -281,7 +287,10 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200, help="decisions per row (default 200)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the database (for EXPLAIN); drop it yourself")
-    args = ap.parse_args()
+    ap.add_argument("--nodes", type=int, default=NODES, help=f"default {NODES}")
+    ap.add_argument("--servers", type=int, default=SERVERS, help=f"default {SERVERS}")
+    ap.add_argument("--clusters", type=int, default=CLUSTERS, help=f"default {CLUSTERS}")
+    args = parse_args(ap, tiny={"n": 5, "nodes": 20, "servers": 200, "clusters": 2})
     rng = random.Random(args.seed)
     _sigterm_to_interrupt()
     database = f"panel_benchpl{secrets.token_hex(4)}"
@@ -290,7 +299,7 @@ def main() -> int:
     try:
         setup_django(database, data)
         t = time.perf_counter()
-        info = seed(rng)
+        info = seed(rng, args.clusters, args.nodes, args.servers)
         print(f"seeded in {time.perf_counter() - t:.1f} s: {check_seed()}", flush=True)
         return measure(args, rng, info)
     finally:
@@ -322,7 +331,8 @@ def measure(args, rng: random.Random, info: dict) -> int:
         reserve_rolled_back(want)
 
     rows = {}
-    for scope, cluster in (("all clusters (1,000 nodes)", False), ("one cluster (100 nodes)", True)):
+    for scope, cluster in ((f"all clusters ({args.nodes:,} nodes)", False),
+                           (f"one cluster ({args.nodes // args.clusters:,} nodes)", True)):
         reqs = requests(cluster)
         d_ms, d_q, d_sql, decision, d_captured = timed(placement.decide, reqs)
         r_ms, r_q, r_sql, _res, r_captured = timed(reserve_rolled_back, reqs)
@@ -330,7 +340,7 @@ def measure(args, rng: random.Random, info: dict) -> int:
         sql = node_sql(cid)
         f_ms, _q, _s, nrows, _c = timed(raw_floor(sql), reqs)
         p_ms, p_q, p_sql, _res, p_captured = timed(prototype_decide, reqs)
-        same = sum(placement.decide(w).node.id == prototype_decide(w).node.id for w in reqs[:50])
+        same = f"{sum(placement.decide(w).node.id == prototype_decide(w).node.id for w in reqs[:50])}/{len(reqs[:50])}"
         o_ms, _q, _s, _n, _c = timed(orm_only(cid), reqs)
         rows[scope] = dict(d=(d_ms, d_q, d_sql), r=(r_ms, r_q, r_sql), f=f_ms, o=o_ms, nrows=nrows,
                            rejected=len(decision.rejected), chosen=decision.node, sql=sql,
@@ -338,7 +348,7 @@ def measure(args, rng: random.Random, info: dict) -> int:
                            d_captured=d_captured, r_captured=r_captured)
 
     print()
-    print(f"Placement, {NODES:,} nodes in {CLUSTERS} clusters, {SERVERS:,} servers, MariaDB, "
+    print(f"Placement, {args.nodes:,} nodes in {args.clusters} clusters, {args.servers:,} servers, MariaDB, "
           f"weigher {settings.PLACEMENT_WEIGHER}, n={args.n} per row (ms per decision)")
     worst = 0.0
     for scope, r in rows.items():
@@ -353,7 +363,7 @@ def measure(args, rng: random.Random, info: dict) -> int:
         print(line("ORM fetch only (no filters)", r["o"], None, "  queries 2"))
         p_ms, p_q, p_sql = r["p"]
         print(line("prototype: filters in SQL (sketch)", p_ms, p_q, f"  (SQL p50 {summary(p_sql)['p50']:.1f}; "
-                                                                 f"same node as decide() {r['same']}/50)"))
+                                                                 f"same node as decide() {r['same']})"))
         fd, od, dd = summary(r["f"])["p50"], summary(r["o"])["p50"], summary(d_ms)["p50"]
         print(f"  ratio decide/floor p50 {dd / fd:5.1f}×   reserve/floor p50 {summary(r_ms)['p50'] / fd:5.1f}×")
         print(f"  where decide()'s p50 goes: raw SQL + fetch {fd:.1f}, building model instances "
@@ -374,7 +384,7 @@ def measure(args, rng: random.Random, info: dict) -> int:
     print(f"  machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"  goal: one decision ≤ {GOAL_MS:.0f} ms (p95 of decide() and of reserve(), both scopes): "
           f"{'MET' if worst <= GOAL_MS else 'NOT MET'} (worst p95 {worst:.1f} ms)")
-    return 0 if worst <= GOAL_MS else 1
+    return 0
 
 
 if __name__ == "__main__":

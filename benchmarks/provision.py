@@ -31,7 +31,7 @@ the 202 answer). Also for the panel: t2 = the create operation's `finished_at` (
 complete, the guest called back, the server active): "→ active", informational.
 
     DATABASE_URL=mysql://root@localhost/panel .venv/bin/python benchmarks/provision.py [--n 10]
-        [--warmup 1] [--settle 1.0] [--no-nic] [--nat-cidr 10.77.23.0/24] [--env K=V]
+        [--warmup 1] [--settle 1.0] [--no-nic] [--nat-cidr 10.77.23.0/24] [--env K=V] [--tiny]
 """
 
 import argparse
@@ -56,13 +56,12 @@ sys.path.insert(0, str(ROOT))
 
 import libvirt  # noqa: E402
 
-from benchmarks.live import live_panel, summary  # noqa: E402
+from benchmarks.live import host_net_state, live_panel, parse_args, summary, undo_host_net  # noqa: E402
 from nodes.domain_xml import volume_xml  # noqa: E402
 from tests.e2e.conftest import make_tenant, panel_db_rows, wait_for  # noqa: E402
 
 GOAL_RATIO = 1.3
 URI = "qemu:///system"
-NAT_BRIDGE = "pnl-local"  # nodes/local.py: the local node's NAT network
 EVENTS = {libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined", libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
           libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped", libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined"}
 
@@ -121,25 +120,6 @@ class Lifecycle:
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.domainEventDeregisterAny(self._cb)
             self.conn.close()
-
-
-# -- the NAT test range on the local bridge: removed again when this run added it ----------------
-def _host_net_state(cidr: str) -> dict:
-    net = ipaddress.ip_network(cidr)
-    gateway = f"{next(net.hosts())}/{net.prefixlen}"
-    addr = subprocess.run(["ip", "-o", "addr", "show", "dev", NAT_BRIDGE], capture_output=True, text=True)
-    masq = subprocess.run(["iptables", "-t", "nat", "-C", "POSTROUTING", "-s", cidr, "!", "-d", cidr,
-                           "-j", "MASQUERADE"], capture_output=True, text=True)
-    return {"gateway": gateway, "address": f" {gateway} " in addr.stdout, "masquerade": masq.returncode == 0}
-
-
-def _undo_host_net(cidr: str, before: dict) -> None:
-    after = _host_net_state(cidr)
-    if after["address"] and not before["address"]:
-        subprocess.run(["ip", "addr", "del", after["gateway"], "dev", NAT_BRIDGE], capture_output=True)
-    if after["masquerade"] and not before["masquerade"]:
-        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-j", "MASQUERADE"],
-                       capture_output=True)
 
 
 def _ts(value) -> float:
@@ -380,7 +360,7 @@ def main() -> int:
                     help="the local node's NAT test range (default 10.77.23.0/24; the e2e tests use 10.77.5.0/24)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V",
                     help="extra environment for the panel processes (e.g. Q_POLL=0.05); repeatable")
-    args = ap.parse_args()
+    args = parse_args(ap, tiny={"n": 1, "warmup": 0, "settle": 0.1})
     extra_env = dict(item.split("=", 1) for item in args.env)
     gateway = str(next(ipaddress.ip_network(args.nat_cidr).hosts()))
     env = {"LOCAL_NAT_CIDR": args.nat_cidr, "BIND": f"127.0.0.1,{gateway}", **extra_env}
@@ -388,7 +368,7 @@ def main() -> int:
     prefix = f"bprov{secrets.token_hex(3)}-"
     tmp = Path(tempfile.mkdtemp(prefix="benchprov-"))
     tmp.chmod(0o755)  # QEMU (libvirt-qemu) opens the overlays in here
-    net_before = _host_net_state(args.nat_cidr)
+    net_before = host_net_state(args.nat_cidr)
     events = Lifecycle(("vps-", prefix))
     bench = None
     try:
@@ -401,7 +381,7 @@ def main() -> int:
     finally:
         events.close()
         shutil.rmtree(tmp, ignore_errors=True)
-        _undo_host_net(args.nat_cidr, net_before)
+        undo_host_net(args.nat_cidr, net_before)
 
 
 def run(bench: Bench, args, env: dict) -> int:

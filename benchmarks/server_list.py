@@ -17,7 +17,7 @@ Then:
               the script exits 1.
 
     .venv/bin/python benchmarks/server_list.py [--clients 20] [--seconds 15] [--requests 2000]
-                                               [--env DB_CONN_MAX_AGE=60]
+                                               [--env DB_CONN_MAX_AGE=60] [--tiny]
 """
 
 import argparse
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import requests  # noqa: E402
 
-from benchmarks.live import live_panel, summary  # noqa: E402
+from benchmarks.live import live_panel, own_nat_range, parse_args, summary  # noqa: E402
 
 GOAL_P95_MS = 50.0
 SERVERS, CUSTOMERS, PAGE_SIZE = 10_000, 100, 50
@@ -53,16 +53,19 @@ def seed(servers: int, customers: int) -> None:
     from panel.accounts.models import Customer
     from panel.vps.models import Plan, ServerState, VirtualServer
     from nodes.models import Node
+    from templates_os.models import OsTemplate
 
     node = Node.objects.get(name="local")
     plan = Plan.objects.create(name="bench", vcpus=1, ram_mib=512, disk_gib=10)
+    # A foreign key since the OS templates moved onto a share (runpanel makes the demo's rows).
+    tiny, _ = OsTemplate.objects.get_or_create(slug="tiny", defaults={"name": "tiny"})
     Customer.objects.bulk_create(
         Customer(name=f"Customer {i}", email=f"c{i}@example.com", external_id=f"bench-{i}") for i in range(customers)
     )
     ids = list(Customer.objects.filter(external_id__startswith="bench-").values_list("pk", flat=True))
     VirtualServer.objects.bulk_create(
         (VirtualServer(customer_id=ids[i % len(ids)], plan=plan, node=node, hostname=f"srv-{i:05d}.example.com",
-                       os_template="tiny", state=ServerState.RUNNING, vcpus=1, ram_mib=512, disk_gib=10)
+                       os_template=tiny, state=ServerState.RUNNING, vcpus=1, ram_mib=512, disk_gib=10)
          for i in range(servers)),
         batch_size=1000,
     )
@@ -156,10 +159,14 @@ def http_worker(url: str, key: str, pages: int):
 
 
 def sql_worker(database: str, page_sql: list[str], pages: int):
-    """The page's own SQL (the count and the LIMIT/OFFSET select, as Django issued them)."""
+    """The page's own SQL (the count, the LIMIT/OFFSET select and the prefetch of the page's
+    addresses, as Django issued them)."""
     count_sql = next(q for q in page_sql if "COUNT(" in q.upper() and "vps_virtualserver" in q)
     select_sql = next(q for q in page_sql if re.search(r"LIMIT \d+", q) and "vps_virtualserver" in q)
     select_sql = re.sub(r"LIMIT \d+( OFFSET \d+)?", "LIMIT %s OFFSET %s", select_sql)
+    # `… WHERE server_id IN (<the page's ids>)`: the serializer's ipv4/ipv6 (ServerViewSet).
+    prefetch_sql = next((re.sub(r" IN \([^)]*\)", " IN ({})", q) for q in page_sql
+                         if "FROM `ipam_ipaddress`" in q and " IN (" in q), None)
 
     def make():
         import MySQLdb
@@ -174,7 +181,11 @@ def sql_worker(database: str, page_sql: list[str], pages: int):
             cur.execute(count_sql)
             cur.fetchall()
             cur.execute(select_sql, (PAGE_SIZE, (page - 1) * PAGE_SIZE))
-            return len(cur.fetchall()) == PAGE_SIZE
+            rows = cur.fetchall()
+            if prefetch_sql:
+                cur.execute(prefetch_sql.format(", ".join(str(int(row[0])) for row in rows)))
+                cur.fetchall()
+            return len(rows) == PAGE_SIZE
 
         return one
 
@@ -187,13 +198,20 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15, help="measure for this long at most (default 15)")
     ap.add_argument("--requests", type=int, default=2000, help="or until this many requests (default 2000)")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of unrecorded load first (default 3)")
-    ap.add_argument("--servers", type=int, default=SERVERS)
+    ap.add_argument("--single", type=float, default=3, help="seconds of the one-client runs (default 3)")
+    ap.add_argument("--inproc", type=int, default=100, help="in-process requests timed one by one (default 100)")
+    ap.add_argument("--servers", type=int, default=SERVERS,
+                    help=f"servers seeded (default {SERVERS}; at least 400: page 2 of page_size 200 is counted)")
+    ap.add_argument("--nat-cidr", default="10.77.26.0/24",
+                    help="the local node's NAT test range (default 10.77.26.0/24; the e2e tests use 10.77.5.0/24)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V",
                     help="extra environment for the panel processes (e.g. DB_CONN_MAX_AGE=60); repeatable")
-    args = ap.parse_args()
+    args = parse_args(ap, tiny={"servers": 400, "clients": 2, "seconds": 1, "requests": 100, "warmup": 0.3,
+                                "single": 0.3, "inproc": 10})
     extra_env = dict(item.split("=", 1) for item in args.env)
 
-    with live_panel(worker=False, env=extra_env, tag="benchsl") as panel:
+    with own_nat_range(args.nat_cidr) as net_env, \
+            live_panel(worker=False, env={**net_env, **extra_env}, tag="benchsl") as panel:
         setup_django(panel)
         t = time.perf_counter()
         seed(args.servers, CUSTOMERS)
@@ -202,20 +220,20 @@ def main() -> int:
         pages = args.servers // PAGE_SIZE
 
         counts, page_sql = count_queries(key)
-        inproc_total, inproc_sql = service_time(key, pages)
+        inproc_total, inproc_sql = service_time(key, pages, args.inproc)
 
-        print(f"warm-up {args.warmup:.0f} s, then {args.clients} clients for ≤ {args.seconds:.0f} s "
+        print(f"warm-up {args.warmup:g} s, then {args.clients} clients for ≤ {args.seconds:g} s "
               f"or {args.requests} requests …", flush=True)
         closed_loop(args.clients, args.warmup, 10**9, http_worker(panel.url, key, pages))
         lat, errors, wall = closed_loop(args.clients, args.seconds, args.requests, http_worker(panel.url, key, pages))
         load = os.getloadavg()[0]
-        single, _, single_wall = closed_loop(1, 3, 10**9, http_worker(panel.url, key, pages))
+        single, _, single_wall = closed_loop(1, args.single, 10**9, http_worker(panel.url, key, pages))
 
         database = panel.env["DATABASE_URL"].rsplit("/", 1)[1]
         make_sql, count_sql, select_sql = sql_worker(database, page_sql, pages)
-        closed_loop(args.clients, 1, 10**9, make_sql)
+        closed_loop(args.clients, args.warmup / 3, 10**9, make_sql)
         floor, floor_errors, floor_wall = closed_loop(args.clients, args.seconds, args.requests, make_sql)
-        floor_single, _, _ = closed_loop(1, 3, 10**9, make_sql)
+        floor_single, _, _ = closed_loop(1, args.single, 10**9, make_sql)
         from django.db import connections
 
         connections.close_all()
@@ -228,8 +246,8 @@ def main() -> int:
           f"max {api['max']:7.1f} ms   {api['n'] / wall:7.1f} req/s   errors {errors}")
     print(f"  floor  n={db['n']:5d}  p50 {db['p50']:7.1f}  p95 {db['p95']:7.1f}  p99 {db['p99']:7.1f}  "
           f"max {db['max']:7.1f} ms   {db['n'] / floor_wall:7.1f} pages/s   errors {floor_errors}")
-    print(f"         (floor = the page's COUNT(*) + SELECT … LIMIT {PAGE_SIZE} OFFSET … through MySQLdb, "
-          f"one persistent connection per client)")
+    print(f"         (floor = the page's COUNT(*) + SELECT … LIMIT {PAGE_SIZE} OFFSET … + its addresses' prefetch, "
+          f"through MySQLdb, one persistent connection per client)")
     print(f"  1 client: panel p50 {summary(single)['p50']:.1f} ms ({len(single) / single_wall:.0f} req/s), "
           f"floor p50 {summary(floor_single)['p50']:.1f} ms;  in-process (no HTTP, no daphne): "
           f"{inproc_total:.1f} ms per request, of which SQL {inproc_sql:.1f} ms")
