@@ -72,3 +72,9 @@ benchmarks: test-venv
 
 clean:
 	rm -rf $(VENV) data .cache
+
+# Production, after `git pull`: the panel's own backup first (it stops there if that fails),
+# then dependencies, translations, static files, migrations and the units' restart.
+.PHONY: upgrade
+upgrade:
+	deploy/upgrade.sh

@@ -21,6 +21,8 @@ PACKAGES=(
   openssh-server openssh-client
   # the TLS-terminating reverse proxy of the console-over-HTTPS tests
   nginx-light
+  # deploy/'s checkers (tests/test_deploy_files.py): systemd-analyze verify, logrotate -d
+  systemd logrotate
   # to build mysqlclient / libvirt-python from source with pip
   gcc libc6-dev
   # tools used by the infra scripts themselves
