@@ -18,6 +18,7 @@
   var errorLine = document.getElementById("op-error");
   var live = document.getElementById("live-indicator");
   var notice = document.getElementById("suspend-notice");
+  var consoleActions = document.getElementById("console-actions");
   var reason = document.getElementById("suspend-reason");
   var opTable = document.querySelector("#operations tbody");
   var opUrl = power.getAttribute("data-op-url") || "";
@@ -82,6 +83,7 @@
     if (msg.state === "deleted") { finished = true; }
     stateBadge.textContent = msg.state_label;
     stateBadge.setAttribute("data-state", msg.state);
+    if (consoleActions) { consoleActions.hidden = msg.state !== "running"; }
     if (notice) {
       notice.hidden = msg.state !== "suspended";
       if (reason && msg.state === "suspended") { reason.textContent = msg.suspend_reason || texts.noReason || ""; }
