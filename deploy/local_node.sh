@@ -56,18 +56,6 @@ install() {
   rm -f "$LOG"
 }
 
-# True if a live (not zombie) process runs the executable $1: PID 1 may not reap here.
-running() {
-  local d target state
-  for d in /proc/[0-9]*; do
-    target=$(readlink "$d/exe" 2>/dev/null) || continue
-    [ "${target% (deleted)}" = "$1" ] || continue
-    state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "$d/stat" 2>/dev/null) || continue
-    case "$state" in Z|X|x) ;; *) return 0 ;; esac
-  done
-  return 1
-}
-
 answers() { timeout 10 virsh -q -c qemu:///system version >/dev/null 2>&1; }
 
 start() {
@@ -75,17 +63,20 @@ start() {
   command -v virsh >/dev/null 2>&1 && [ -x /usr/sbin/libvirtd ] || cannot "libvirt is not installed (deploy/local_node.sh install)"
   # QEMU runs as libvirt-qemu; KVM, where it works, needs the device open to it.
   if [ -e /dev/kvm ]; then chmod 666 /dev/kvm 2>/dev/null || true; fi
+  answers && return 0
   if [ "$INIT" = systemd ]; then
     systemctl enable --now virtlogd.socket libvirtd.socket >/dev/null 2>&1 \
       || systemctl start libvirtd >/dev/null 2>&1 || die "systemctl could not start libvirtd"
   else
-    running /usr/sbin/virtlogd || virtlogd -d || die "could not start virtlogd"
-    running /usr/sbin/libvirtd || libvirtd -d || die "could not start libvirtd"
+    # Each daemon refuses to start twice (it locks its pid file), so starting one that runs
+    # already is harmless; a process table shared with another root (a chroot, a container)
+    # says nothing about ours.
+    virtlogd -d >/dev/null 2>&1 || true
+    libvirtd -d >/dev/null 2>&1 || true
   fi
   local i
   for ((i = 0; i < TIMEOUT * 4; i++)); do answers && return 0; sleep 0.25; done
-  running /usr/sbin/libvirtd || die "libvirtd exited; run 'libvirtd' in the foreground to see why"
-  die "libvirtd runs but qemu:///system did not answer within ${TIMEOUT}s"
+  die "libvirtd did not answer at qemu:///system within ${TIMEOUT}s; run 'libvirtd' in the foreground to see why"
 }
 
 case "${1:-}" in
