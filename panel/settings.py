@@ -4,6 +4,7 @@ Safe defaults make the quick start need no configuration: SQLite in the data fol
 generated SECRET_KEY, the ORM as django-q2 broker and an in-memory channel layer.
 """
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -210,7 +211,10 @@ LOCAL_NAT_CIDR = envstr("LOCAL_NAT_CIDR", "192.168.223.0/24")
 STORAGE_DIR = Path(envstr("STORAGE_DIR", "/var/lib/libvirt/images/panel"))
 # The OS template share: one folder per template (templates_os/). In production an NFS share
 # mounted at the same path on the panel and on every node, since nodes boot the files in place.
-TEMPLATE_SHARE = Path(envstr("TEMPLATE_SHARE", str(DATA_DIR / "os-templates")))
+# QEMU (a user of its own) reads them: as root (the host is its own node) the default lies
+# outside the checkout, whose folders (/root/…) QEMU may not enter.
+TEMPLATE_SHARE = Path(envstr("TEMPLATE_SHARE", "/var/lib/panel/os-templates" if os.geteuid() == 0
+                             else str(DATA_DIR / "os-templates")))
 # How guests reach the panel to fetch their install config and call back, e.g.
 # "http://panel.example.net:8000". Empty: http://<this host's address towards the node>:PORT.
 PROVISION_URL = envstr("PROVISION_URL", "").rstrip("/")
