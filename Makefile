@@ -13,7 +13,7 @@ BUILD_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev default-li
 # The panel's own dependencies (production): what `make run` installs.
 $(VENV)/.installed: requirements.txt
 	@missing=$$(for p in $(BUILD_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -q '^installed$$' || echo $$p; done); \
-	if [ -n "$$missing" ]; then echo "installing $$missing (to build the panel's Python packages)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	if [ -n "$$missing" ]; then echo "installing" $$missing "(to build the panel's Python packages)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
