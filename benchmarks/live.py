@@ -43,7 +43,7 @@ def _sigterm_to_interrupt() -> None:
 def live_panel(*, worker: bool = True, env: dict | None = None, tag: str = "bench"):
     """Start a panel on its own database; yields the LivePanel (url, admin_key, manage, spawn…)."""
     if worker and not (TINY_GUEST / "vmlinuz").exists():
-        raise SystemExit("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
+        raise SystemExit("the tiny guest is missing: run deploy/build_demo_os.sh (make test does)")
     _sigterm_to_interrupt()
     data = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
     ok = False

@@ -56,7 +56,7 @@ def tiny_runs(tmp_path_factory):
     """All four scripts started (a second apart, so their panels do not set up the shared
     bridge at the same instant); yields {script: (process, output file)} and the deadline."""
     if not (TINY_GUEST / "vmlinuz").exists():
-        pytest.fail("the tiny guest is missing: run tests/infra/build_tiny_guest.sh (make test does)")
+        pytest.fail("the tiny guest is missing: run deploy/build_demo_os.sh (make test does)")
     folder = tmp_path_factory.mktemp("benchmarks")
     runs = {}
     try:
