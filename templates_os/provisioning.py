@@ -82,13 +82,17 @@ def base_url(server) -> str:
     if settings.PROVISION_URL:
         return settings.PROVISION_URL
     target = server.node.address or _first_gateway(server) or "127.0.0.1"
+    return f"http://{source_address(target) or '127.0.0.1'}:{settings.PANEL_PORT}"
+
+
+def source_address(target: str) -> str | None:
+    """This host's IPv4 address on the way to `target`, or None when there is no route."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect((target, 9))  # no packet is sent: this only picks the source address
-            host = s.getsockname()[0]
+            return s.getsockname()[0]
         except OSError:
-            host = "127.0.0.1"
-    return f"http://{host}:{settings.PANEL_PORT}"
+            return None
 
 
 def _first_gateway(server) -> str:

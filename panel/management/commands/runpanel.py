@@ -114,13 +114,10 @@ def _listen(address: str, port: int) -> socket.socket:
 
 def _url(bind: str, port: int) -> str:
     """Where a browser reaches the panel: the first bound address, or for a wildcard the
-    address of the interface towards the outside (a UDP connect sends nothing)."""
+    address of the interface towards the outside."""
+    from templates_os.provisioning import source_address
+
     address = bind.split(",")[0].strip()
     if address in ("0.0.0.0", "::", ""):
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.connect(("192.0.2.1", 9))
-                address = probe.getsockname()[0]
-        except OSError:
-            address = socket.gethostname()
+        address = source_address("192.0.2.1") or socket.gethostname()
     return f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
