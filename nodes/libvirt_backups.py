@@ -162,7 +162,9 @@ class LibvirtBackups:
         dom = self._domain(name)
         if dom is None:
             return []
-        return [cp.getName() for cp in self._call("checkpoints", dom.listAllCheckpoints, 0)]
+        # libvirt lists from a hash table; topological order puts each parent before its child.
+        flags = self._libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL
+        return [cp.getName() for cp in self._call("checkpoints", dom.listAllCheckpoints, flags)]
 
     @reconnecting
     def drop_checkpoints(self, name: str, keep: Collection[str] = (), metadata_only: bool = False) -> None:

@@ -447,6 +447,17 @@ def test_backups_of_a_running_domain_make_checkpoints_and_increments(node):
     assert d.volume_exists(node.pool, "contract-assembled")
 
 
+def test_checkpoints_are_listed_oldest_first(node):
+    # backup/taking.py follows the chain by this order; libvirt's own listing is a hash table's.
+    d = node.driver
+    name = node.domain("d1", running=True)
+    disk = f"{name}.qcow2"
+    names = [f"cp{i}" for i in range(1, 7)]
+    for i, checkpoint in enumerate(names):
+        d.backup_disk(name, node.pool, disk, f"contract-b{i}", checkpoint, since=names[i - 1] if i else None)
+    assert d.checkpoints(name) == names
+
+
 def test_an_empty_increment_is_a_new_volume(node):
     name = node.domain("d1")
     node.driver.empty_increment(node.pool, f"{name}.qcow2", "contract-e1", node.other_pool)
