@@ -22,6 +22,9 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 # Behind a reverse proxy: take the client's address (login throttle, audit, the install-config
 # address check) and scheme from its X-Forwarded-* headers. Off, nobody can forge them.
 TRUSTED_PROXY = envbool("TRUSTED_PROXY", False)
+# The proxies' own addresses (or networks): X-Forwarded-* count only from these, and
+# X-Forwarded-For's hops are skipped from the right while they are one (panel/forwarded.py).
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_TLS_PROXY", False) else None
 
 INSTALLED_APPS = [

@@ -72,14 +72,11 @@ SYSTEM = Actor(user=None, api_key=None, customer_id=None, is_admin=True)
 
 
 def client_address(request) -> str | None:
-    # Behind a reverse proxy set TRUSTED_PROXY=1 to take the client from X-Forwarded-For.
-    from django.conf import settings  # noqa: PLC0415
+    # Behind a reverse proxy (TRUSTED_PROXY=1, its address in TRUSTED_PROXIES) the right-most
+    # X-Forwarded-For hop that is not a trusted proxy: the same walk as panel.asgi's scope.
+    from panel.forwarded import client_of  # noqa: PLC0415
 
-    if settings.TRUSTED_PROXY:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[-1].strip()
-    return request.META.get("REMOTE_ADDR")
+    return client_of(request.META.get("REMOTE_ADDR"), request.META.get("HTTP_X_FORWARDED_FOR"))
 
 
 def actor(request) -> Actor:

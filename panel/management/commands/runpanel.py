@@ -28,11 +28,19 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="no worker (run `manage.py qcluster` elsewhere)")
 
     def handle(self, *args, port, bind, web_processes, no_worker, **options):
+        from django.core.exceptions import ImproperlyConfigured
+        from django.core.management.base import CommandError
+
         from nodes.local import register_local_node
+        from panel.forwarded import is_trusted_proxy
         from panel.vps.schedules import ensure_schedules
         from templates_os.demo import prepare_catalog
         from templates_os.models import OsTemplate
 
+        try:
+            is_trusted_proxy("127.0.0.1")  # a TRUSTED_PROXIES typo stops here, not at each request
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         node = register_local_node()
         if node:
             self.stdout.write(f"local node: {node.uri} ({node.cpus} CPUs, {node.ram_mib} MiB, {node.virt_type})")
@@ -54,12 +62,13 @@ class Command(BaseCommand):
         for listener in listeners:
             listener.set_inheritable(True)
             endpoints += ["-e", f"fd:fileno={listener.fileno()}"]
-        # X-Forwarded-* are read only behind a trusted proxy: anyone else could forge them.
-        proxy = ["--proxy-headers"] if settings.TRUSTED_PROXY else []
+        # No --proxy-headers: daphne would believe X-Forwarded-For's first entry (the client's own
+        # words) from any peer. panel.asgi reads the headers instead, from TRUSTED_PROXIES only,
+        # with the same walk as the views (panel/forwarded.py).
         children = {}
         for index in range(max(1, web_processes)):
             children[f"web{index + 1}"] = subprocess.Popen(
-                [sys.executable, "-m", "daphne", *endpoints, *proxy, "panel.asgi:application"],
+                [sys.executable, "-m", "daphne", *endpoints, "panel.asgi:application"],
                 cwd=settings.BASE_DIR, pass_fds=[listener.fileno() for listener in listeners])
         for listener in listeners:
             listener.close()
