@@ -20,8 +20,34 @@ from jinja2.sandbox import SandboxedEnvironment
 PLAIN_TOKEN = re.compile(r"[A-Za-z0-9._:/@+=,%-]*")
 
 
-class Trusted(str):
-    """A string the panel produced, safe to print where the template puts it."""
+class Trusted:
+    """A string the panel produced, safe to print where the template puts it.
+
+    Not a `str`: a str subclass keeps its type through the sandbox's `.format()` and
+    `.format_map()` (which return `type(s)(result)`), so `{{ ("{}"|yaml).format(hostname) }}`
+    printed a hostname unquoted. This wrapper has no string methods at all; whatever a template
+    makes from it (`~`, `%`, filters, `|string`) is a plain str that `_finalize` checks again.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = str(text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Trusted({self.text!r})"
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Trusted) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
 
 
 class RenderError(Exception):
@@ -37,13 +63,17 @@ def _sh(value) -> Trusted:
 _YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
 
 
-def _yaml(value) -> Trusted:
+def yaml_scalar(value) -> str:
     """A YAML scalar: a JSON string (JSON is YAML) keeping characters beyond the BMP as they are,
     which JSON's ASCII escapes would turn into surrogate pairs YAML reads as two characters."""
     if not isinstance(value, (int, float, bool, list, dict)) and value is not None:
         value = str(value)
-    text = json.dumps(value, ensure_ascii=False)
-    return Trusted(_YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+    text = json.dumps(value, ensure_ascii=False, default=str)  # a Trusted inside: its text
+    return _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _yaml(value) -> Trusted:
+    return Trusted(yaml_scalar(value))
 
 
 def _b64(value) -> Trusted:
@@ -52,7 +82,9 @@ def _b64(value) -> Trusted:
 
 
 def _finalize(value):
-    if value is None or isinstance(value, (Trusted, bool, int, float)):
+    if isinstance(value, Trusted):
+        return value.text
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     text = str(value)
     if PLAIN_TOKEN.fullmatch(text):
