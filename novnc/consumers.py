@@ -16,7 +16,7 @@ from novnc import rfb, tokens
 
 log = logging.getLogger(__name__)
 
-CLOSE_NOT_ALLOWED = 4401  # no token, used, expired, or another user's
+CLOSE_NOT_ALLOWED = 4401  # no token, used, expired, another user's; the user or key lost its access
 CLOSE_UNAVAILABLE = 4403  # suspended, stopped, or given to another customer
 CLOSE_GONE = 4404
 CLOSE_NODE = 4502  # the node's VNC did not answer
@@ -42,13 +42,27 @@ def _target(token) -> tuple[str, int, str] | int:
     return server.node.address or "127.0.0.1", port, decrypt(server.vnc_password)
 
 
+def _holder_allowed(token, session_key: str | None) -> bool:
+    """Whoever asked for the token may still use it: its API key is not revoked; its user is
+    active, and the session that opened the socket is still signed in as them."""
+    from panel.accounts.models import ApiKey
+    from panel.accounts.sessions import still_signed_in
+
+    if token.api_key_id is not None and not ApiKey.objects.filter(pk=token.api_key_id,
+                                                                  revoked_at__isnull=True).exists():
+        return False
+    return token.user_id is None or still_signed_in(session_key, token.user_id)
+
+
 class ConsoleProxy(AsyncWebsocketConsumer):
     async def connect(self):
         self.writer = None
         self.tasks = []
         raw = self.scope["url_route"]["kwargs"]["token"]
         token = await database_sync_to_async(tokens.consume)(raw, self.scope.get("user"))
-        if token is None:
+        session = self.scope.get("session")
+        self.session_key = session.session_key if session is not None else None
+        if token is None or not await database_sync_to_async(_holder_allowed)(token, self.session_key):
             await self.refuse(CLOSE_NOT_ALLOWED)
             return
         target = await database_sync_to_async(_target)(token)
@@ -106,10 +120,15 @@ class ConsoleProxy(AsyncWebsocketConsumer):
         await self.close(code=None if allowed else CLOSE_UNAVAILABLE)
 
     async def watch(self) -> None:
-        """End the session as soon as the user may no longer use this console."""
+        """End the session as soon as the user may no longer use this console: the server's
+        side (suspended, stopped, another owner) or the holder's (deactivated, signed out,
+        key revoked)."""
         try:
             while True:
                 await asyncio.sleep(WATCH_SECONDS)
+                if not await database_sync_to_async(_holder_allowed)(self.token, self.session_key):
+                    await self.close(code=CLOSE_NOT_ALLOWED)
+                    return
                 if not await database_sync_to_async(tokens.still_allowed)(self.token):
                     await self.close(code=CLOSE_UNAVAILABLE)
                     return

@@ -63,6 +63,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "panel.accounts.middleware.SessionActivityMiddleware",
     "panel.accounts.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -128,8 +129,20 @@ STORAGES = {
 }
 
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = envbool("BEHIND_TLS_PROXY", False)
+# Behind TLS (BEHIND_TLS_PROXY) cookies are https-only and browsers are told to use https only
+# (HSTS); each can be turned off on its own.
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", envbool("BEHIND_TLS_PROXY", False))
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = envint("HSTS_SECONDS", 31536000 if envbool("BEHIND_TLS_PROXY", False) else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("HSTS_INCLUDE_SUBDOMAINS", False)
+# A session ends after this long without a request (sliding), and this long after sign-in
+# whatever happens (panel.accounts.sessions). The cookie and the stored session last a minute
+# longer than the idle time, since the sliding update is written at most once a minute.
+SESSION_IDLE_SECONDS = envint("SESSION_IDLE_SECONDS", 1800)
+SESSION_MAX_SECONDS = envint("SESSION_MAX_SECONDS", 12 * 3600)
+SESSION_COOKIE_AGE = SESSION_IDLE_SECONDS + 60
+# Provider admins must have a second factor: one without is sent to set it up first.
+REQUIRE_ADMIN_2FA = envbool("REQUIRE_ADMIN_2FA", False)
 
 REDIS_URL = envstr("REDIS_URL")
 if REDIS_URL:
@@ -196,9 +209,23 @@ LOGGING = {
 }
 
 # --- The panel's own knobs -------------------------------------------------------------------
-# Login throttling: this many failures per username or per address within the window locks out.
+# Sign-in throttling (panel/accounts/throttle.py). Per (username, address): this many failed
+# passwords within the window lock the pair for LOGIN_LOCK_SECONDS, doubling with each further
+# failure (at most the window); per address: LOGIN_ADDRESS_MAX_FAILURES within the window, any
+# usernames; per username from everywhere: past LOGIN_USER_MAX_FAILURES within the user window
+# only addresses it signed in from within LOGIN_KNOWN_ADDRESS_DAYS may still try.
 LOGIN_MAX_FAILURES = envint("LOGIN_MAX_FAILURES", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", 900)
+LOGIN_LOCK_SECONDS = envint("LOGIN_LOCK_SECONDS", 60)
+LOGIN_ADDRESS_MAX_FAILURES = envint("LOGIN_ADDRESS_MAX_FAILURES", 3 * LOGIN_MAX_FAILURES)
+LOGIN_USER_MAX_FAILURES = envint("LOGIN_USER_MAX_FAILURES", 100)
+LOGIN_USER_WINDOW_SECONDS = envint("LOGIN_USER_WINDOW_SECONDS", 86400)
+LOGIN_KNOWN_ADDRESS_DAYS = envint("LOGIN_KNOWN_ADDRESS_DAYS", 30)
+# Second-factor codes, per user: this many wrong ones end the half-signed-in session (the
+# password again) and make each further code wait LOGIN_LOCK_SECONDS, doubling, for as long as
+# the failures are kept (a right code clears them).
+OTP_MAX_FAILURES = envint("OTP_MAX_FAILURES", 5)
+OTP_FAILURE_WINDOW_SECONDS = envint("OTP_FAILURE_WINDOW_SECONDS", 86400)
 # Graceful stop waits this long for the guest to power off before forcing it.
 STOP_TIMEOUT_SECONDS = envint("STOP_TIMEOUT_SECONDS", 60)
 # A running operation whose heartbeat is older than this lost its worker.

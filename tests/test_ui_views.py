@@ -105,7 +105,10 @@ def test_totp_enable_then_sign_in_with_a_code(ui_world):
     assert "That code is not valid" in r.content.decode()
     ui_world.alice.refresh_from_db()
     assert ui_world.alice.totp_secret == ""
-    r = client.post("/account/security/", {"code": pyotp.TOTP(secret).now()})
+    # Each step's code is good once: enabling, signing in and disabling use three steps.
+    import time
+
+    r = client.post("/account/security/", {"code": pyotp.TOTP(secret).at(time.time() - 30)})
     assert r.status_code == 302
     ui_world.alice.refresh_from_db()
     assert ui_world.alice.totp_secret == secret
@@ -123,8 +126,8 @@ def test_totp_enable_then_sign_in_with_a_code(ui_world):
     assert r.status_code == 302 and r["Location"] == "/"
     assert fresh.get("/servers/").status_code == 200
 
-    # Turning it off needs a code too.
-    r = fresh.post("/account/security/", {"code": pyotp.TOTP(secret).now()})
+    # Turning it off needs the password and a code too.
+    r = fresh.post("/account/security/", {"password": "alice-pass-123", "code": pyotp.TOTP(secret).at(time.time() + 30)})
     assert r.status_code == 302
     ui_world.alice.refresh_from_db()
     assert ui_world.alice.totp_secret == ""
@@ -138,8 +141,14 @@ def test_totp_codes_are_throttled(ui_world):
     login(client, "ui-alice", "alice-pass-123")
     now = pyotp.TOTP(ui_world.alice.totp_secret).now()
     wrong = "000000" if now != "000000" else "111111"
-    for _ in range(5):
+    for _ in range(4):
         client.post("/login/code/", {"code": wrong})
+    # The fifth wrong code ends the half-signed-in session: the password is needed again, and
+    # then the right code still waits (panel/accounts/throttle.py).
+    r = client.post("/login/code/", {"code": wrong})
+    assert r["Location"] == "/login/"
+    assert client.get("/servers/")["Location"].startswith("/login/")
+    login(client, "ui-alice", "alice-pass-123")
     r = client.post("/login/code/", {"code": pyotp.TOTP(ui_world.alice.totp_secret).now()})
     assert r.status_code == 200 and "Too many failed attempts" in r.content.decode()
     assert client.get("/servers/")["Location"] == "/login/code/"

@@ -1,5 +1,8 @@
-"""Per-user language and the TOTP gate for sessions."""
+"""Per-user language, session lifetimes, and the TOTP gates for sessions."""
 
+from django.conf import settings
+from django.contrib.auth import logout
+from django.http import JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
@@ -23,19 +26,46 @@ class UserLanguageMiddleware:
         return self.get_response(request)
 
 
-class SecondFactorMiddleware:
-    """A session that passed the password but not yet the TOTP code reaches only the code page."""
+class SessionActivityMiddleware:
+    """Sign a session out once idle for SESSION_IDLE_SECONDS or older than SESSION_MAX_SECONDS
+    (the request then goes on anonymous: a page redirects to sign-in, the API answers 401/403),
+    and keep the user's sessions page up to date."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.user.is_authenticated and request.session.get(SESSION_OTP_PENDING):
-            allowed = {reverse("ui:otp"), reverse("ui:logout"), reverse("ui:language")}
-            if request.path not in allowed and not request.path.startswith("/static/"):
-                if request.path.startswith("/api/"):
-                    from django.http import JsonResponse
+        if request.user.is_authenticated and hasattr(request, "session"):
+            from panel.accounts import sessions
+            from panel.accounts.tenancy import client_address
 
+            if sessions.expired(request.session):
+                logout(request)
+            else:
+                sessions.touch(request, client_address(request), bool(request.session.get(SESSION_OTP_PENDING)))
+        return self.get_response(request)
+
+
+class SecondFactorMiddleware:
+    """A session that passed the password but not yet the TOTP code reaches only the code page;
+    with REQUIRE_ADMIN_2FA, an admin without a second factor reaches only the page that sets it up."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = request.user
+        if not user.is_authenticated or request.path.startswith("/static/"):
+            return self.get_response(request)
+        if request.session.get(SESSION_OTP_PENDING):
+            if request.path not in {reverse("ui:otp"), reverse("ui:logout"), reverse("ui:language")}:
+                if request.path.startswith("/api/"):
                     return JsonResponse({"detail": "Second factor required.", "code": "otp_required"}, status=401)
                 return redirect("ui:otp")
+        elif settings.REQUIRE_ADMIN_2FA and getattr(user, "is_provider_admin", False) and not user.totp_secret:
+            if request.path not in {reverse("ui:security"), reverse("ui:logout"), reverse("ui:language")}:
+                if request.path.startswith("/api/"):
+                    return JsonResponse({"detail": "Set up two-factor authentication first (REQUIRE_ADMIN_2FA).",
+                                         "code": "totp_setup_required"}, status=403)
+                return redirect("ui:security")
         return self.get_response(request)

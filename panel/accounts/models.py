@@ -65,6 +65,8 @@ class User(AbstractUser):
     # Empty: no language chosen, the customer's language (then the browser's) applies.
     language = models.CharField(max_length=5, choices=LANGUAGE_CHOICES, blank=True)
     totp_secret = models.CharField(max_length=64, blank=True)
+    # The last TOTP time step accepted for this user: a code is good once (panel/accounts/totp.py).
+    totp_last_step = models.BigIntegerField(null=True, blank=True)
 
     @property
     def is_provider_admin(self) -> bool:
@@ -146,11 +148,33 @@ class ApiKey(models.Model):
 
 
 class LoginFailure(models.Model):
-    """One failed login, kept for the throttle window (see panel/accounts/throttle.py)."""
+    """One failed password or second-factor code, kept for the throttle's windows
+    (see panel/accounts/throttle.py)."""
+
+    class Kind(models.TextChoices):
+        PASSWORD = "password"
+        CODE = "code"  # a wrong TOTP code: its own per-user counter, which the password step leaves alone
 
     username = models.CharField(max_length=150, db_index=True)
     address = models.GenericIPAddressField(null=True, db_index=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PASSWORD)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+
+class UserSession(models.Model):
+    """A signed-in browser session as its user sees it on the sessions page: when it began,
+    when it was last seen, from where. One row per Django session key; a row whose session is
+    gone (signed out, expired, key cycled) is pruned when the list is read."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="browser_sessions")
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
 
 
 class AuditEntry(models.Model):

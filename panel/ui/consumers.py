@@ -14,6 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 from django.utils import translation
 
+from panel.accounts import sessions
 from panel.accounts.middleware import SESSION_OTP_PENDING
 from panel.accounts.tenancy import actor_for_user
 from panel.ui import live
@@ -35,6 +36,7 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
         self.poller = None
         self.last_sent = None
         self.last_operation_id = None
+        self.signed_out = False
         self.server_id = self.scope["url_route"]["kwargs"]["server_id"]
         if not await self.authenticate():
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -64,6 +66,8 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
 
     async def server_update(self, event):
         """A worker's progress message (with Redis): forwarded, with the actions allowed now."""
+        if not await self.still_signed_in():
+            return
         try:
             message = await self.current()
         except Http404:
@@ -74,7 +78,7 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
 
     async def poll(self):
         try:
-            while True:
+            while not self.signed_out:
                 await asyncio.sleep(self.poll_seconds)
                 await self.refresh()
         except asyncio.CancelledError:
@@ -84,6 +88,8 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
             await self.close()
 
     async def refresh(self):
+        if not await self.still_signed_in():
+            return
         try:
             message = await self.current()
         except Http404:
@@ -108,9 +114,22 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
         if session is not None and session.get(SESSION_OTP_PENDING):
             return False  # the password is not enough while a second factor is pending
         self.actor = actor_for_user(user)
+        self.user_id = user.pk
+        self.session_key = session.session_key if session is not None else None
         self.language = (session.get("panel_language") if session is not None else None) \
             or user.preferred_language or "en"
         return True
+
+    async def still_signed_in(self) -> bool:
+        """Checked before anything is sent: a deactivated user or an ended session (signed out,
+        here or from the sessions page) gets the socket closed within a poll."""
+        if self.signed_out:
+            return False
+        if await database_sync_to_async(sessions.still_signed_in)(self.session_key, self.user_id):
+            return True
+        self.signed_out = True
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+        return False
 
     @database_sync_to_async
     def current(self) -> dict:
@@ -133,6 +152,7 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
         op = event.get("operation")
         current = message.get("operation")
         if op and op.get("id") and (current is None or op["id"] >= current["id"]):
+            seen = op.get("admin", {}) if self.actor.is_admin else op  # the customer's part unless an admin watches
             with translation.override(self.language):
                 message["operation"] = {
                     "id": op["id"],
@@ -141,8 +161,8 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
                     "status": op.get("status", ""),
                     "status_label": live.status_label(op.get("status", "")),
                     "progress": op.get("progress", 0),
-                    "error": op.get("error", ""),
-                    "log_tail": op.get("log_tail", ""),
+                    "error": seen.get("error", ""),
+                    "log_tail": seen.get("log_tail", ""),
                     "active": op.get("status") in Operation.ACTIVE,
                 }
             message["busy"] = message["operation"]["active"]
@@ -154,4 +174,4 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
         if self.last_operation_id:
             op = self.actor.restrict(Operation.objects.all()).filter(pk=self.last_operation_id).first()
         with translation.override(self.language):
-            return live.deleted_snapshot(op)
+            return live.deleted_snapshot(op, self.actor)

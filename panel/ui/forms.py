@@ -28,6 +28,14 @@ class CodeForm(forms.Form):
     )
 
 
+class DisableTotpForm(CodeForm):
+    """Turning the second factor off: a stolen session alone must not be enough."""
+
+    password = forms.CharField(label=_("Password"), strip=False,
+                               widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+    field_order = ["password", "code"]
+
+
 class CustomerForm(forms.ModelForm):
     class Meta:
         model = Customer

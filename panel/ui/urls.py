@@ -11,6 +11,9 @@ urlpatterns = [
     path("logout/", auth.logout, name="logout"),
     path("language/", auth.language, name="language"),
     path("account/security/", auth.security, name="security"),
+    path("account/sessions/", auth.session_list, name="sessions"),
+    path("account/sessions/<int:session_id>/end/", auth.session_end, name="session-end"),
+    path("account/sessions/end-all/", auth.session_end_all, name="sessions-end-all"),
     # Customers' pages (admins see every customer's objects through the same views).
     path("servers/", servers.server_list, name="servers"),
     path("servers/<int:server_id>/", servers.server_detail, name="server"),
