@@ -16,7 +16,7 @@ from panel.api import serializers as s
 from panel.api.permissions import IsAdmin, actor
 from panel.api.views import AuditedModelViewSet, PanelViewSet, accepted
 from panel.crypto import encrypt
-from panel.vps.models import VirtualServer
+from panel.vps.models import VirtualServer, hostname_validator
 
 
 class BackupSerializer(serializers.ModelSerializer):
@@ -40,7 +40,7 @@ class RestoreSerializer(serializers.Serializer):
 
 class RestoreAsNewSerializer(serializers.Serializer):
     hostname = serializers.CharField(max_length=253, required=False, allow_blank=True,
-                                     help_text="Default: the backed-up server's")
+                                     validators=[hostname_validator], help_text="Default: the backed-up server's")
     node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
 
 

@@ -20,7 +20,7 @@ class Recipe(models.Model):
     description = models.TextField(blank=True)
     os_families = models.JSONField(default=list, help_text=_lazy("The OS families it fits, e.g. [\"debian\", \"rhel\"]"))
     parameters = models.JSONField(default=list, blank=True,
-                                  help_text=_lazy("A list of {name, label, required, default}"))
+                                  help_text=_lazy("A list of {name, label, required, default, secret}"))
     script = models.TextField()
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -42,6 +42,11 @@ class Recipe(models.Model):
 
     def fits(self, family: str) -> bool:
         return family in self.os_families
+
+    @property
+    def secret_names(self) -> set[str]:
+        """The parameters declared secret: kept encrypted, passed to the run only, never shown."""
+        return {p["name"] for p in self.parameters if p.get("secret")}
 
     def resolve(self, given: dict | None) -> dict:
         """The parameter values to run with: the given ones, then defaults. A missing required
@@ -76,6 +81,13 @@ def normalize_parameters(parameters) -> list[dict]:
             raise ValidationError({"parameters": _("Parameter names are unique lower-case identifiers "
                                                    "(not %(name)r).") % {"name": name}})
         seen.add(name)
+        secret = item.get("secret", False)
+        if not isinstance(secret, bool):
+            raise ValidationError({"parameters": _("%(name)s: secret is true or false.") % {"name": name}})
+        default = str(item.get("default", ""))
+        if secret and default:
+            # A default is shown to every customer with the recipe: it cannot be a secret.
+            raise ValidationError({"parameters": _("%(name)s: a secret parameter has no default.") % {"name": name}})
         result.append({"name": name, "label": str(item.get("label") or name),
-                       "required": bool(item.get("required", False)), "default": str(item.get("default", ""))})
+                       "required": bool(item.get("required", False)), "default": default, "secret": secret})
     return result

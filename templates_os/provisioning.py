@@ -24,10 +24,13 @@ from passlib.hash import sha512_crypt
 
 from panel.crypto import decrypt, encrypt
 from panel.ipam.addressing import server_nics
+from recipes import sealing
 from recipes.runner import OUTPUT_LIMIT, callback_script, runner_script
 from templates_os import render
 from templates_os.models import Installation, OsTemplate
 
+# What the seed's user-data #include line may hold: printable ASCII without spaces.
+SEED_URL = re.compile(r"https?://[\x21-\x7e]+")
 SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
                      r"@openssh\.com) [A-Za-z0-9+/]+={0,3}( [\x20-\x7e]{0,200})?")  # a comment: printable ASCII only
 
@@ -175,7 +178,7 @@ def context_for(installation: Installation, config_url_: str, config_token: str)
     callback = config_url_.rstrip("/").rsplit("/", 1)[0] + f"/{_callback_token(config_token)}/done"
     return _context(hostname=server.hostname, password_hash=decrypt(installation.password_hash),
                     ssh_keys=installation.ssh_keys, net=net_context(server), recipe=installation.recipe,
-                    params=installation.recipe_params, template_meta=installation.template.metadata,
+                    params=sealing.unseal(installation.recipe_params), template_meta=installation.template.metadata,
                     server_uuid=str(server.uuid), config_url_=config_url_, callback_url=callback)
 
 
@@ -259,7 +262,8 @@ def record_callback(token: str, remote: str, exit_code: int | None, output: str)
 def new_installation(server, template: OsTemplate, recipe, params: dict, password: str, ssh_keys: list[str],
                      operation=None) -> Installation:
     return Installation.objects.create(
-        server=server, operation=operation, template=template, recipe=recipe, recipe_params=params,
+        server=server, operation=operation, template=template, recipe=recipe,
+        recipe_params=sealing.seal(recipe, params),  # secret parameters encrypted
         password_hash=encrypt(hash_password(password)) if password else "", ssh_keys=ssh_keys)
 
 
@@ -274,9 +278,15 @@ def seed_files(server, installation: Installation, url: str) -> dict[str, str]:
     """A NoCloud seed: meta-data and network settings, and user-data that includes the one-time
     URL, so the password hash and keys never sit on the node's disk."""
     template = installation.template
+    if not SEED_URL.fullmatch(url):
+        # One line of user-data: a URL with a line break would add lines of its own.
+        raise ValueError(f"the config URL {url[:60]!r} is not a single http(s) URL")
+    # Each value a YAML scalar whatever it holds: a hostname that slipped past validation
+    # (one with a line break) stays the value of local-hostname, not a key of its own.
+    meta = {"instance-id": f"{server.uuid}-{installation.pk}",  # new per install: cloud-init runs again
+            "local-hostname": server.hostname}
     files = {
-        # A new instance-id per install makes cloud-init run again on a reinstall.
-        "meta-data": f"instance-id: {server.uuid}-{installation.pk}\nlocal-hostname: {server.hostname}\n",
+        "meta-data": "".join(f"{key}: {render.yaml_scalar(value)}\n" for key, value in meta.items()),
         "user-data": f"#include\n{url}\n",
     }
     if template.file_path("network-config").is_file():

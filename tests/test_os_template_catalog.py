@@ -538,7 +538,8 @@ def test_recipe_definition(slug):
     assert isinstance(recipe["description"], str) and recipe["description"]
     assert recipe["os_families"] and set(recipe["os_families"]) <= {"rhel", "debian", "ubuntu", "tiny"}
     for param in recipe.get("parameters", []):
-        assert set(param) == {"name", "label", "required", "default"}
+        assert set(param) == {"name", "label", "required", "default", "secret"}
+        assert isinstance(param["secret"], bool) and not (param["secret"] and param["default"])
         assert re.fullmatch(r"[a-z][a-z0-9_]*", param["name"])
         assert isinstance(param["label"], str) and param["label"]
         assert isinstance(param["required"], bool) and isinstance(param["default"], str)

@@ -333,7 +333,7 @@ def test_recipes_are_listed_without_their_scripts_and_checked_on_save(world, rec
     assert r.status_code == 400 and "parameters" in r.json()["fields"] and not Recipe.objects.filter(slug="x").exists()
     r = admin.post("/api/v1/recipes/", {**bad, "parameters": [{"name": "site", "required": True}]}, format="json")
     assert r.status_code == 201 and r.json()["parameters"] == [
-        {"name": "site", "label": "site", "required": True, "default": ""}]
+        {"name": "site", "label": "site", "required": True, "default": "", "secret": False}]
 
 
 # -- what runs in the guest -----------------------------------------------------------------------
