@@ -191,7 +191,7 @@ def test_site_matches_the_env_template():
     assert f"server {values['BIND']}:{values['PORT']};" in site
     assert f"alias {values['PANEL_DATA_DIR']}/static/;" in site
     assert "client_max_body_size" in site
-    # daphne takes X-Forwarded-For's first entry, the panel its last: one value, nginx's own.
+    # Set to nginx's own view of the client, never the client's header passed on.
     assert "$proxy_add_x_forwarded_for" not in site
     assert site.count("proxy_set_header X-Forwarded-For $remote_addr;") == 3
 

@@ -4,6 +4,7 @@ one-time token, and every way in that must be refused."""
 import asyncio
 import re
 import struct
+from urllib.parse import urlsplit
 
 import pytest
 import websockets
@@ -15,11 +16,16 @@ def ws_url(panel, path: str) -> str:
     return panel.url.replace("http://", "ws://") + path
 
 
+def page_origin(url: str) -> str:
+    """The Origin a browser sends from the console page: the panel's own (scheme, host, port)."""
+    return "http://" + urlsplit(url).netloc
+
+
 async def rfb_session(url: str, cookie: str = "") -> dict:
     """Speak RFB through the proxy up to ServerInit; returns what the server said."""
     headers = {"Cookie": cookie} if cookie else {}
     async with websockets.connect(url, subprotocols=["binary"], additional_headers=headers,
-                                  origin="http://127.0.0.1") as ws:
+                                  origin=page_origin(url)) as ws:
         version = await ws.recv()
         assert version == b"RFB 003.008\n"
         await ws.send(b"RFB 003.008\n")
@@ -43,7 +49,7 @@ async def refused_with(url: str, cookie: str = "") -> int:
     headers = {"Cookie": cookie} if cookie else {}
     try:
         async with websockets.connect(url, subprotocols=["binary"], additional_headers=headers,
-                                      origin="http://127.0.0.1") as ws:
+                                      origin=page_origin(url)) as ws:
             await asyncio.wait_for(ws.recv(), 10)
             await asyncio.wait_for(ws.recv(), 10)
     except websockets.ConnectionClosed as exc:
@@ -113,7 +119,7 @@ def test_suspension_refuses_new_sessions_and_ends_an_open_one(live_panel, runnin
     _page, url = console_url(panel, alice.key, server["id"])
 
     async def open_then_suspend() -> int:
-        async with websockets.connect(url, subprotocols=["binary"], origin="http://127.0.0.1") as ws:
+        async with websockets.connect(url, subprotocols=["binary"], origin=page_origin(url)) as ws:
             await ws.recv()
             r = await asyncio.to_thread(panel.call, panel.admin_key, "POST", f"/api/v1/servers/{server['id']}/suspend/",
                                         json={"reason": "abuse report 9"})

@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from tests.e2e.conftest import add_nat_network, make_tenant, wait_for
-from tests.e2e.test_console import console_url
+from tests.e2e.test_console import console_url, page_origin
 
 SHIFTED = set('~!@#$%^&*()_+{}|:"<>?ABCDEFGHIJKLMNOPQRSTUVWXYZ')
 SHIFT, RETURN = 0xFFE1, 0xFF0D
@@ -22,7 +22,7 @@ def key(down: bool, keysym: int) -> bytes:
 
 async def rfb_type(url: str, text: str) -> dict:
     """An RFB session through the proxy that types `text` as key events."""
-    async with websockets.connect(url, subprotocols=["binary"], origin="http://127.0.0.1") as ws:
+    async with websockets.connect(url, subprotocols=["binary"], origin=page_origin(url)) as ws:
         assert await ws.recv() == b"RFB 003.008\n"
         await ws.send(b"RFB 003.008\n")
         assert await ws.recv() == bytes([1, 1])
