@@ -4,6 +4,7 @@
 ElementTree, which escapes every value, so a hostile name can never change the structure.
 """
 
+import ipaddress
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -33,15 +34,68 @@ def mbit_to_kbytes(mbit: int) -> int:
     return mbit * 1000 // 8 * 1000 // 1024 if mbit else 0
 
 
+# The anti-spoofing filter every addressed NIC references: libvirt's clean-traffic (MAC, IPv4,
+# ARP) plus the same for IPv6, which clean-traffic drops entirely. Defined on every node by the
+# driver (nodes.driver.LibvirtDriver.ensure_filters) before a domain can reference it.
+ANTI_SPOOFING_FILTER = "panel-clean-traffic"
+ANTI_SPOOFING_FILTER_UUID = "4f0c1c2e-7a5b-4e38-9d0f-5a6e1c0b7d21"
+# An IPv4 source no guest can use: the value of IP on a NIC without IPv4 addresses, so it sends
+# no IPv4 and no ARP (libvirt would otherwise learn IP from the guest's first packet).
+NO_IPV4 = "0.0.0.0"
+
+
+def anti_spoofing_filter_xml() -> str:
+    """The panel's filter: out of a guest only its MAC, its IPv4 ($IP) and IPv6 ($IPV6) sources,
+    ARP only for its own IPv4 and MAC; nothing else at layer 2 but QEMU's migration
+    announcements. Built from libvirt's own filters; priorities as in clean-traffic."""
+    root = ET.Element("filter", name=ANTI_SPOOFING_FILTER, chain="root")
+    ET.SubElement(root, "uuid").text = ANTI_SPOOFING_FILTER_UUID
+
+    def ref(name):
+        ET.SubElement(root, "filterref", filter=name)
+
+    def accept(protocol, direction, priority):
+        rule = ET.SubElement(root, "rule", action="accept", direction=direction, priority=priority)
+        ET.SubElement(rule, "mac", protocolid=protocol)
+
+    ref("no-mac-spoofing")
+    ref("no-ip-spoofing")  # chain ipv4-ip: sources other than $IP dropped
+    accept("ipv4", "out", "-650")
+    ref("allow-incoming-ipv4")
+    ref("no-ipv6-spoofing")  # chain ipv6-ip: sources other than $IPV6 dropped (link-local UDP passes)
+    accept("ipv6", "out", "-560")
+    ref("allow-incoming-ipv6")
+    ref("no-arp-spoofing")  # ARP sender MAC and IP must be the guest's own
+    accept("arp", "inout", "-500")
+    ref("no-other-l2-traffic")
+    ref("qemu-announce-self")
+    return ET.tostring(root, encoding="unicode")
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address a NIC derives from its MAC (modified EUI-64): the one link-local
+    source its filter lets through (neighbour discovery needs it)."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    if len(octets) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    octets[0] ^= 0x02
+    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
+    groups = [f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2)]
+    return str(ipaddress.IPv6Address("fe80::" + ":".join(groups)))
+
+
 @dataclass(frozen=True)
 class Nic:
-    """A virtio NIC on a bridge. `ips` feed libvirt's clean-traffic filter (anti-spoofing);
-    `average_kbytes` caps each direction (libvirt <bandwidth>, KiB/s)."""
+    """A virtio NIC on a bridge. `ips` feed the anti-spoofing filter (ANTI_SPOOFING_FILTER);
+    `average_kbytes` caps each direction (libvirt <bandwidth>, KiB/s); `isolated` makes its
+    bridge port an isolated one (the shared private network: it reaches the bridge's host side
+    only, never another isolated port)."""
 
     bridge: str
     mac: str
     ips: tuple[str, ...] = ()
     average_kbytes: int = 0
+    isolated: bool = False
 
     def element(self) -> ET.Element:
         nic = ET.Element("interface", type="bridge")
@@ -49,13 +103,21 @@ class Nic:
         ET.SubElement(nic, "mac", address=self.mac)
         ET.SubElement(nic, "model", type="virtio")
         if self.ips:
-            filterref = ET.SubElement(nic, "filterref", filter="clean-traffic")
-            for ip in self.ips:
+            v4 = [ip for ip in self.ips if ":" not in ip]
+            v6 = [ip for ip in self.ips if ":" in ip]
+            filterref = ET.SubElement(nic, "filterref", filter=ANTI_SPOOFING_FILTER)
+            # Never learn addresses from what the guest sends: only the panel's count.
+            ET.SubElement(filterref, "parameter", name="CTRL_IP_LEARNING", value="none")
+            for ip in v4 or [NO_IPV4]:
                 ET.SubElement(filterref, "parameter", name="IP", value=ip)
+            for ip in [*v6, link_local(self.mac)]:
+                ET.SubElement(filterref, "parameter", name="IPV6", value=ip)
         if self.average_kbytes:
             bandwidth = ET.SubElement(nic, "bandwidth")
             for direction in ("inbound", "outbound"):
                 ET.SubElement(bandwidth, direction, average=str(self.average_kbytes))
+        if self.isolated:
+            ET.SubElement(nic, "port", isolated="yes")
         return nic
 
     def to_xml(self) -> str:

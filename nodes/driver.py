@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Callable, Collection, Iterable, Iterator
 
-from nodes.domain_xml import DomainSpec, Nic, dir_pool_xml, read_metadata, volume_xml
+from nodes.domain_xml import DomainSpec, Nic, anti_spoofing_filter_xml, dir_pool_xml, read_metadata, volume_xml
 from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
 from nodes.libvirt_backups import LibvirtBackups
 
@@ -86,6 +86,8 @@ class Driver(abc.ABC):
     def host_info(self) -> HostInfo: ...
     @abc.abstractmethod
     def ensure_pool(self, name: str, path: str) -> None: ...
+    def ensure_filters(self) -> None:
+        """Make the network filters the panel's domains reference (the in-memory driver has none)."""
     @abc.abstractmethod
     def create_volume(self, pool: str, name: str, capacity_gib: int, backing: str | None = None) -> str: ...
     @abc.abstractmethod
@@ -190,6 +192,7 @@ class LibvirtDriver(LibvirtBackups, Driver):
         self.uri = uri
         self._conn = None
         self._lock = threading.Lock()
+        self._filters_defined = False
 
     # -- connection --------------------------------------------------------------------------
     @property
@@ -317,8 +320,17 @@ class LibvirtDriver(LibvirtBackups, Driver):
             self._call("delete volume", vol.delete, 0)
 
     # -- domains -----------------------------------------------------------------------------
+    def ensure_filters(self) -> None:
+        """Define the panel's anti-spoofing nwfilter on this node (idempotent: the same name and
+        UUID replace it), so every domain that references it can start or arrive by migration,
+        also on a node installed before the filter existed."""
+        self._call("define the network filter", self.conn.nwfilterDefineXML, anti_spoofing_filter_xml())
+        self._filters_defined = True
+
     @reconnecting
     def define(self, spec: DomainSpec) -> None:
+        if spec.nics and not self._filters_defined:
+            self.ensure_filters()
         self._call("define", self.conn.defineXML, spec.to_xml())
 
     @reconnecting
@@ -360,6 +372,8 @@ class LibvirtDriver(LibvirtBackups, Driver):
     def update_nic(self, name: str, nic: Nic) -> None:
         """Change a running domain's NIC (matched by MAC): its filter parameters, its bandwidth."""
         dom = self._require(name)
+        if not self._filters_defined:
+            self.ensure_filters()
         self._call("update interface", dom.updateDeviceFlags, nic.to_xml(), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     @reconnecting
@@ -447,6 +461,7 @@ class LibvirtDriver(LibvirtBackups, Driver):
         where libvirt cannot tell that a directory storage is shared."""
         lv = self._libvirt
         dest.ping()  # the destination's kept connection may be stale too
+        dest.ensure_filters()  # the domain's NICs reference it: the destination refuses without it
         dom = self._require(name)
         flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PERSIST_DEST | lv.VIR_MIGRATE_UNDEFINE_SOURCE
         if unsafe:

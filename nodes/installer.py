@@ -189,6 +189,75 @@ def prepare_networks(shell: NodeShell, node: Node, step: Step) -> None:
         step(65, f"{what}: {'already there' if state == 'exists' else 'created'}")
 
 
+# The node's own services (sshd, VNC, libvirt, migration ports) are not the guests' business.
+# One chain, PANEL-GUESTS, jumped to first from INPUT (IPv4 and IPv6), flushed and refilled on
+# every run: a second run gives the same rules. Values arrive as positional parameters:
+# $1 the NAT bridges, $2 the IPv4 guest ranges (first-last), $3 the IPv6 ones.
+# - the panel's own SSH session (SSH_CLIENT) always passes: the install never locks itself out;
+# - from a NAT bridge (where guests reach the node as their gateway): replies and ICMP only
+#   (IPv6: nothing, NAT networks are IPv4);
+# - from a guest address of any pool (public guests come back through the uplink's router):
+#   ICMP and replies only.
+# Management traffic from elsewhere (the panel, other nodes' migrations, consoles) is untouched.
+GUEST_FIREWALL = r"""
+set -euf
+rules() { iptables -w -S PANEL-GUESTS 2>/dev/null; ip6tables -w -S PANEL-GUESTS 2>/dev/null; }
+before=$(rules || true)
+for tool in iptables ip6tables; do
+  $tool -w -N PANEL-GUESTS 2>/dev/null || true
+  $tool -w -F PANEL-GUESTS
+  $tool -w -C INPUT -j PANEL-GUESTS 2>/dev/null || $tool -w -I INPUT 1 -j PANEL-GUESTS
+done
+panel="${SSH_CLIENT:-}"; panel="${panel%% *}"
+case "$panel" in
+  *:*) ip6tables -w -A PANEL-GUESTS -s "$panel" -j RETURN ;;
+  ?*) iptables -w -A PANEL-GUESTS -s "$panel" -j RETURN ;;
+esac
+for br in $1; do
+  iptables -w -A PANEL-GUESTS -i "$br" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -w -A PANEL-GUESTS -i "$br" -p icmp -j RETURN
+  iptables -w -A PANEL-GUESTS -i "$br" -j DROP
+  ip6tables -w -A PANEL-GUESTS -i "$br" -j DROP
+done
+for range in $2; do
+  iptables -w -A PANEL-GUESTS -m iprange --src-range "$range" -p icmp -j RETURN
+  iptables -w -A PANEL-GUESTS -m iprange --src-range "$range" -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP
+done
+for range in $3; do
+  ip6tables -w -A PANEL-GUESTS -m iprange --src-range "$range" -p ipv6-icmp -j RETURN
+  ip6tables -w -A PANEL-GUESTS -m iprange --src-range "$range" -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP
+done
+if [ "$before" = "$(rules)" ]; then echo unchanged; else echo updated; fi
+"""
+
+
+def guest_ranges(node: Node) -> tuple[list[str], list[str]]:
+    """The guest address ranges (first-last) of every pool of the node's cluster: IPv4, IPv6.
+    A /64 delegation's range runs to the end of its last /64."""
+    import ipaddress
+
+    v4, v6 = [], []
+    for network in node.cluster.networks.all():
+        for pool in network.ip_pools.all():  # the reverse relation: nodes does not import panel.ipam
+            start, end = pool.bounds()
+            end += pool.step() - 1
+            make = ipaddress.IPv4Address if pool.version == 4 else ipaddress.IPv6Address
+            (v4 if pool.version == 4 else v6).append(f"{make(start)}-{make(end)}")
+    return v4, v6
+
+
+def guest_firewall(shell: NodeShell, node: Node, step: Step) -> None:
+    from nodes.models import Network
+
+    bridges = [n.bridge for n in node.cluster.networks.filter(kind=Network.Kind.NAT)]
+    v4, v6 = guest_ranges(node)
+    try:
+        state = shell.script(GUEST_FIREWALL, " ".join(bridges), " ".join(v4), " ".join(v6)).out.strip()
+    except SshError as exc:
+        raise SshError(f"the node's firewall for guests: {exc}") from exc
+    step(67, f"firewall: guests kept from the node's own services ({'unchanged' if state == 'unchanged' else 'updated'})")
+
+
 def authorize_panel_key(shell: NodeShell, step: Step) -> None:
     public = panel_identity()[1]
     result = shell.script(
@@ -226,6 +295,7 @@ def install(step: Step, node: Node, password: str = "", private_key: str = "") -
         step(50, f"capabilities: {summary(capabilities)}")
         capacity = prepare_storages(shell, node, step)
         prepare_networks(shell, node, step)
+        guest_firewall(shell, node, step)
         qemu_binary = "qemu-system-x86_64" if family == "apt" else "/usr/libexec/qemu-kvm"
         qemu = re.search(r"version (\d+\.\d+(\.\d+)?)", shell.run([qemu_binary, "--version"]).out)
 
@@ -237,6 +307,8 @@ def install(step: Step, node: Node, password: str = "", private_key: str = "") -
     host = driver.host_info()
     for storage in node.cluster.storages.exclude(kind=Storage.Kind.LVM):
         driver.ensure_pool(storage.pool_name, storage.path)
+    driver.ensure_filters()
+    step(75, "network filter panel-clean-traffic (IPv4, ARP and IPv6 anti-spoofing): defined")
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node.pk)
         was_online = node.state == Node.State.ONLINE

@@ -5,7 +5,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from nodes.domain_xml import METADATA_NS, Disk, DomainSpec, KernelBoot, read_metadata, volume_xml, Nic
+from nodes.domain_xml import (ANTI_SPOOFING_FILTER, METADATA_NS, NO_IPV4, Disk, DomainSpec, KernelBoot,
+                              anti_spoofing_filter_xml, link_local, read_metadata, volume_xml, Nic)
 from nodes.driver import choose_virt_type
 
 UUID = "6f1c3c1e-0000-4000-8000-00000000000a"
@@ -67,7 +68,7 @@ def test_nics_with_anti_spoofing_bandwidth_and_vnc_password_are_rendered():
     interface = root.find("devices/interface")
     assert interface.get("type") == "bridge" and interface.find("source").get("bridge") == "br-pub"
     assert interface.find("mac").get("address") == "52:54:00:aa:bb:cc"
-    assert interface.find("filterref").get("filter") == "clean-traffic"
+    assert interface.find("filterref").get("filter") == ANTI_SPOOFING_FILTER
     assert [p.get("value") for p in interface.findall("filterref/parameter[@name='IP']")] == ["203.0.113.5",
                                                                                               "203.0.113.6"]
     assert interface.find("bandwidth/inbound").get("average") == "12207"
@@ -78,6 +79,54 @@ def test_nics_with_anti_spoofing_bandwidth_and_vnc_password_are_rendered():
 def test_a_nic_without_addresses_or_limit_has_no_filter_or_bandwidth():
     root = ET.fromstring(spec(nics=(nic(ips=(), kbytes=0),)).to_xml())
     assert root.find("devices/interface/filterref") is None and root.find("devices/interface/bandwidth") is None
+
+
+def params(interface: ET.Element, name: str) -> list[str]:
+    return [p.get("value") for p in interface.findall(f"filterref/parameter[@name='{name}']")]
+
+
+def test_ipv6_addresses_are_filtered_as_ipv6_with_the_nics_own_link_local_and_nothing_is_learned():
+    interface = ET.fromstring(nic(ips=("203.0.113.5", "2001:db8::5")).to_xml())
+    assert params(interface, "IP") == ["203.0.113.5"]  # libvirt's IPv4 rules never see an IPv6 value
+    assert params(interface, "IPV6") == ["2001:db8::5", "fe80::5054:ff:feaa:bbcc"]
+    assert params(interface, "CTRL_IP_LEARNING") == ["none"]
+
+
+def test_an_ipv6_only_nic_sends_no_ipv4():
+    interface = ET.fromstring(nic(ips=("2001:db8::5",)).to_xml())
+    assert params(interface, "IP") == [NO_IPV4] and params(interface, "IPV6")[0] == "2001:db8::5"
+
+
+@pytest.mark.parametrize("mac, address", [("52:54:00:aa:bb:cc", "fe80::5054:ff:feaa:bbcc"),
+                                          ("00:00:00:00:00:01", "fe80::200:ff:fe00:1"),
+                                          ("02:00:00:00:00:00", "fe80::ff:fe00:0")])
+def test_link_local_is_the_modified_eui64_of_the_mac(mac, address):
+    assert link_local(mac) == address
+
+
+def test_link_local_refuses_what_is_not_a_mac():
+    with pytest.raises(ValueError):
+        link_local("52:54:00:aa:bb")
+
+
+def test_only_nat_nics_get_an_isolated_port():
+    assert ET.fromstring(nic().to_xml()).find("port") is None
+    isolated = Nic(bridge="br-nat", mac="52:54:00:aa:bb:cc", ips=("10.0.8.10",), isolated=True)
+    assert ET.fromstring(isolated.to_xml()).find("port").get("isolated") == "yes"
+
+
+def test_the_anti_spoofing_filter_covers_mac_ipv4_arp_and_ipv6_and_drops_the_rest():
+    root = ET.fromstring(anti_spoofing_filter_xml())
+    assert root.get("name") == ANTI_SPOOFING_FILTER and root.get("chain") == "root"
+    refs = [r.get("filter") for r in root.findall("filterref")]
+    assert refs == ["no-mac-spoofing", "no-ip-spoofing", "allow-incoming-ipv4", "no-ipv6-spoofing",
+                    "allow-incoming-ipv6", "no-arp-spoofing", "no-other-l2-traffic", "qemu-announce-self"]
+    accepted = {(r.find("mac").get("protocolid"), r.get("direction"), int(r.get("priority")))
+                for r in root.findall("rule")}
+    assert accepted == {("ipv4", "out", -650), ("ipv6", "out", -560), ("arp", "inout", -500)}
+    # each family's accept comes after its spoofing chain (ipv4-ip -710, ipv6-ip -610, arp -520/-510)
+    # and before the catch-all drop (priority 1000 in no-other-l2-traffic)
+    assert anti_spoofing_filter_xml() == anti_spoofing_filter_xml()  # the same definition every time
 
 
 HOSTILE = [
@@ -101,7 +150,8 @@ def test_a_hostile_name_stays_text(hostile):
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_hostile_cmdline_paths_and_passwords_stay_text(hostile):
-    expected = shape(ET.fromstring(spec(vnc_password="p", nics=(nic(ips=("n",)),)).to_xml()))
+    # a value with a colon is taken for IPv6: the NIC then has the IPv4 placeholder as well
+    expected = shape(ET.fromstring(spec(vnc_password="p", nics=(nic(ips=("n:" if ":" in hostile else "n",)),)).to_xml()))
     hostile_spec = spec(
         kernel_boot=KernelBoot(kernel=hostile, initrd=hostile, cmdline=hostile),
         disks=(Disk(path=hostile),), serial_log=hostile, vnc_password=hostile,
@@ -114,7 +164,7 @@ def test_hostile_cmdline_paths_and_passwords_stay_text(hostile):
     assert root.find("devices/disk/source").get("file") == hostile
     assert root.find("devices/graphics").get("passwd") == hostile
     assert root.find("devices/interface/source").get("bridge") == hostile
-    assert root.find("devices/interface/filterref/parameter").get("value") == hostile
+    assert hostile in [p.get("value") for p in root.findall("devices/interface/filterref/parameter")]
     assert read_metadata(hostile_spec.to_xml())["instance"] == hostile
 
 

@@ -8,6 +8,7 @@ pools; each IP version's gateway is given once per NIC, on its first address of 
 from dataclasses import dataclass
 
 from nodes.domain_xml import Nic, mbit_to_kbytes
+from nodes.models import Network
 from panel.ipam.models import IpAddress
 
 
@@ -23,6 +24,8 @@ class ServerNic:
     mac: str
     bridge: str
     addresses: tuple[NicAddress, ...]
+    # On the cluster's shared NAT network: an isolated bridge port (tenants never meet there).
+    isolated: bool = False
 
 
 def server_nics(server) -> tuple[list[ServerNic], list[str]]:
@@ -36,7 +39,8 @@ def server_nics(server) -> tuple[list[ServerNic], list[str]]:
             gateways_given.add(address.version)
             addresses.append(NicAddress(address, gateway))
             dns += [d for d in address.pool.dns_servers() if d not in dns]
-        nics.append(ServerNic(f"eth{index}", nic.mac, nic.network.bridge, tuple(addresses)))
+        nics.append(ServerNic(f"eth{index}", nic.mac, nic.network.bridge, tuple(addresses),
+                              isolated=nic.network.kind == Network.Kind.NAT))
     return nics, dns
 
 
@@ -45,4 +49,4 @@ def domain_nics(server, rate_mbit: int | None = None) -> list[Nic]:
     (the plan's, or `rate_mbit`)."""
     kbytes = mbit_to_kbytes(server.plan.bandwidth_mbit if rate_mbit is None else rate_mbit)
     return [Nic(bridge=nic.bridge, mac=nic.mac, ips=tuple(a.address.address for a in nic.addresses),
-                average_kbytes=kbytes) for nic in server_nics(server)[0]]
+                average_kbytes=kbytes, isolated=nic.isolated) for nic in server_nics(server)[0]]
