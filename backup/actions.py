@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 
 from backup.models import Backup, BackupPlan, BackupTarget
+from panel import limits
 from panel.accounts import audit
 from panel.accounts.tenancy import Actor
 from panel.operations import hand_over, new_operation
@@ -43,6 +44,7 @@ def request_backup(actor: Actor, server_id: int, *, target: BackupTarget | None 
     with transaction.atomic():
         server = actor.get_or_404(VirtualServer.objects.select_for_update().select_related("plan"), pk=server_id)
         _check_allowance(actor, server)
+        limits.check_new_backup(actor, server)
         if target is not None and not actor.is_admin and plan is None:
             raise Refused(_("Only admins choose the backup target."), "permission_denied", 403, field="target")
         target = target or default_target(server)

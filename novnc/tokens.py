@@ -10,6 +10,7 @@ from django.utils.translation import gettext as _
 
 from novnc.models import ConsoleToken
 from panel.accounts import audit
+from panel import limits
 from panel.accounts.tenancy import Actor
 from panel.refusals import Refused
 from panel.vps.models import ServerState, VirtualServer
@@ -36,6 +37,7 @@ def issue(actor: Actor, server_id: int) -> tuple[ConsoleToken, str]:
     why = console_refusal(server)
     if why:
         raise Refused(why, "console_unavailable", 409)
+    limits.check_new_console_token(actor, server)
     raw = secrets.token_urlsafe(32)
     token = ConsoleToken.objects.create(
         key_hash=_hash(raw), server=server, user=actor.user, api_key=actor.api_key, customer_id=server.customer_id,

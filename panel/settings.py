@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
 from panel.env import envbool, envint, envlist, envstr, secret_in_file
@@ -152,6 +153,16 @@ else:
     # falls back to polling the Operation (see panel/progress.py).
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The API's rate limits count here, so every process (web workers, the qcluster worker) sees the
+# same counts: Redis when there is one, else a table of the panel's database, which migrate
+# creates (panel/api/apps.py runs createcachetable after every migrate).
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "panel_cache",
+                          # The default 300 entries would cull live counters under many callers.
+                          "OPTIONS": {"MAX_ENTRIES": 100_000}}}
+
 Q_CLUSTER = {
     "name": "panel",
     "workers": envint("WORKERS", 2),
@@ -184,6 +195,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "panel.api.schema.PanelAutoSchema",
     "EXCEPTION_HANDLER": "panel.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["panel.api.throttling.KeyRateThrottle", "panel.api.throttling.AddressRateThrottle"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Panel API",
@@ -268,11 +280,30 @@ IP_QUARANTINE_MINUTES = envint("IP_QUARANTINE_MINUTES", 24 * 60)
 # A console token must be used (the websocket opened) within this many seconds.
 CONSOLE_TOKEN_SECONDS = envint("CONSOLE_TOKEN_SECONDS", 60)
 # Webhooks: a receiver must answer within this many seconds; a failed delivery is retried after
-# the base delay, doubling each time up to 1 h, for 25 h. Customers' webhooks may reach only
-# public addresses unless WEBHOOKS_ALLOW_PRIVATE (for a panel whose customers are all trusted).
+# the base delay, doubling each time up to 1 h, for 25 h. Webhooks reach only public addresses,
+# whoever made them, except for the scopes WEBHOOKS_ALLOW_PRIVATE names (admin, billing,
+# customer; "1" names all three): a webhook is a request from inside the panel's network.
 WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_RETRY_BASE_SECONDS = envint("WEBHOOK_RETRY_BASE_SECONDS", 30)
-WEBHOOKS_ALLOW_PRIVATE = envbool("WEBHOOKS_ALLOW_PRIVATE", False)
+WEBHOOKS_ALLOW_PRIVATE = (["admin", "billing", "customer"] if envbool("WEBHOOKS_ALLOW_PRIVATE", False) else
+                          [] if envstr("WEBHOOKS_ALLOW_PRIVATE").strip().lower() in ("", "0", "false", "no", "off")
+                          else envlist("WEBHOOKS_ALLOW_PRIVATE", []))
+if set(WEBHOOKS_ALLOW_PRIVATE) - {"admin", "billing", "customer"}:
+    raise ImproperlyConfigured(f"WEBHOOKS_ALLOW_PRIVATE: unknown scope in {WEBHOOKS_ALLOW_PRIVATE}; "
+                               "name admin, billing and/or customer")
+# Rate limits of the API (panel/api/throttling.py), "<count>/<second|minute|hour|day>": requests
+# per API key (or session user), and per client address whoever is calling (failed logins
+# included). Counted in CACHES["default"], shared by every process. docs/security-limits.md.
+API_RATE_PER_KEY = envstr("API_RATE_PER_KEY", "600/minute")
+API_RATE_PER_ADDRESS = envstr("API_RATE_PER_ADDRESS", "1200/minute")
+# Per-customer bounds (panel/limits.py), for every caller but the provider's admins: servers,
+# active API keys and webhooks a customer may have, console URLs per minute and backups started
+# per hour. Billing keys count their (provider-wide) webhooks together as one owner.
+LIMIT_SERVERS_PER_CUSTOMER = envint("LIMIT_SERVERS_PER_CUSTOMER", 100)
+LIMIT_API_KEYS_PER_CUSTOMER = envint("LIMIT_API_KEYS_PER_CUSTOMER", 20)
+LIMIT_WEBHOOKS_PER_CUSTOMER = envint("LIMIT_WEBHOOKS_PER_CUSTOMER", 10)
+LIMIT_CONSOLE_TOKENS_PER_MINUTE = envint("LIMIT_CONSOLE_TOKENS_PER_MINUTE", 10)
+LIMIT_BACKUPS_PER_HOUR = envint("LIMIT_BACKUPS_PER_HOUR", 10)
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)

@@ -123,7 +123,8 @@ def clock(monkeypatch) -> Clock:
 def _knobs(settings):
     settings.WEBHOOK_RETRY_BASE_SECONDS = 30
     settings.WEBHOOK_TIMEOUT_SECONDS = 5
-    settings.WEBHOOKS_ALLOW_PRIVATE = False
+    # The receivers listen on 127.0.0.1: the admin's webhooks may reach it, nobody else's.
+    settings.WEBHOOKS_ALLOW_PRIVATE = ["admin"]
 
 
 def session(user) -> Client:
@@ -388,7 +389,7 @@ def test_concurrent_deliver_of_one_delivery_sends_it_once(receiver, monkeypatch)
         pytest.skip("needs a database with row locks and concurrent writers (make test runs MariaDB)")
     monkeypatch.setattr(wd, "enqueue", lambda _id: None)
     rx = receiver(delay=0.5)
-    hook = Webhook(url=rx.url, events=["*"])
+    hook = Webhook(url=rx.url, events=["*"], scope=Webhook.Scope.ADMIN)
     hook.secret = SECRET
     hook.save()
     emit("node.up", node=1)
@@ -556,10 +557,13 @@ def test_a_customer_cannot_point_a_webhook_at_private_addresses(world, url):
     assert not Webhook.objects.exists()
 
 
-def test_private_addresses_are_allowed_for_admins_and_when_configured(world, settings):
+def test_private_addresses_are_allowed_only_for_the_scopes_configured(world, settings):
     make_hook(world.client(world.admin_key), "http://127.0.0.1:8080/")
-    make_hook(world.client(world.billing_key), "http://10.0.0.5/billing")
-    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    r = world.client(world.billing_key).post("/api/v1/webhooks/", {"url": "http://10.0.0.5/billing", "events": ["*"]},
+                                             format="json")
+    assert r.status_code == 400 and "url" in r.json()["fields"]
+    settings.WEBHOOKS_ALLOW_PRIVATE = ["admin", "billing", "customer"]
+    assert make_hook(world.client(world.billing_key), "http://10.0.0.5/billing")["customer"] is None
     assert make_hook(world.client(world.alice_key), "http://127.0.0.1:8080/")["customer"] == world.alice_customer.id
 
 
@@ -567,9 +571,9 @@ def test_the_address_is_checked_again_when_sending(world, receiver, queued, sett
     """A customer's webhook that points at a private address by the time it is sent (its DNS
     changed; here: the setting changed) is refused for good, and nothing is sent."""
     rx = receiver()
-    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    settings.WEBHOOKS_ALLOW_PRIVATE = ["customer"]
     make_hook(world.client(world.alice_key), rx.url)
-    settings.WEBHOOKS_ALLOW_PRIVATE = False
+    settings.WEBHOOKS_ALLOW_PRIVATE = []
     emit("server.created", customer_id=world.alice_customer.id, server=1)
     row = Delivery.objects.get()
     assert wd.deliver(row.id) == "failed"

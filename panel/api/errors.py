@@ -5,6 +5,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from panel.api import throttling
 from panel.refusals import Refused
 
 
@@ -19,11 +20,18 @@ def _first_message(data) -> str:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)) and context.get("request"):
+        # Not past the key check, so not past the throttles either (DRF checks them after the
+        # permissions): count it against its address here, or key guessing would be unlimited.
+        allowed, wait = throttling.address_allows(context["request"])
+        if not allowed:
+            exc = exceptions.Throttled(wait)
     if isinstance(exc, Refused):
         body = {"detail": exc.message, "code": exc.code}
         if exc.field:
             body["fields"] = {exc.field: [exc.message]}
-        return Response(body, status=exc.status)
+        retry_after = getattr(exc, "retry_after", None)  # panel.limits.RateLimited
+        return Response(body, status=exc.status, headers={"Retry-After": str(retry_after)} if retry_after else None)
     if isinstance(exc, Http404):
         return Response({"detail": "Not found.", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)
     response = drf_exception_handler(exc, context)

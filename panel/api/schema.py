@@ -2,7 +2,7 @@
 
 - the API-key auth (`Authorization: Token <key>`) as a security scheme;
 - the error answers every operation can give, in the one error format of errors.py
-  ({detail, code} plus `fields` for validation errors): 400, 401, 403, 404, 409;
+  ({detail, code} plus `fields` for validation errors): 400, 401, 403, 404, 409, 429;
 - the `Idempotency-Key` header on every POST.
 
 A view's own @extend_schema answers win: only codes it does not document are added.
@@ -29,17 +29,23 @@ class ErrorSerializer(serializers.Serializer):
 
     detail = serializers.CharField()
     code = serializers.CharField(help_text="e.g. invalid, not_authenticated, permission_denied, not_found, "
-                                           "idempotency_conflict, server_suspended, customer_has_servers")
+                                           "idempotency_conflict, server_suspended, customer_has_servers, limit_reached, "
+                                           "throttled, rate_limited")
     fields = serializers.DictField(required=False, child=serializers.JSONField(),
                                    help_text="Validation errors: field name → list of messages")
 
 
 ERROR_CODES = {
-    "400": "Bad input (validation errors in `fields`), bad filter or Idempotency-Key",
+    "400": "Bad input (validation errors in `fields`), a bad filter value or Idempotency-Key, or "
+           "`unknown_filter`: a query parameter the operation does not list (named in `fields`; nothing is listed)",
     "401": "No key, or a wrong or revoked one",
     "403": "The key may not do this",
     "404": "No such object, or not the caller's",
-    "409": "Refused in the object's current state, or an Idempotency-Key used with another body",
+    "409": "Refused in the object's current state, an Idempotency-Key used with another body, or "
+           "`limit_reached`: the customer holds as many servers, API keys or webhooks as its limit allows",
+    "429": "Too many requests, with `Retry-After` (seconds): `throttled` when the key's or the address's rate "
+           "is used up (default 600 a minute per key, 1200 per address), `rate_limited` for a customer's "
+           "console URLs (10 a minute) and backups (10 an hour). Wait, then retry the same request",
 }
 
 IDEMPOTENCY_KEY = OpenApiParameter(

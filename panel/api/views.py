@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from panel import limits
 from panel.accounts import audit
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.api import serializers as s
@@ -318,6 +319,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         if not who.is_admin and (who.is_billing or v["scope"] != ApiKey.Scope.CUSTOMER
                                  or v["customer"].pk != who.customer_id):
             raise Refused("You may only create customer keys for your own account.", "permission_denied", 403)
+        limits.check_new_api_key(who, v.get("customer"))
         key, raw = ApiKey.issue(name=v["name"], scope=v["scope"], customer=v.get("customer"),
                                 created_by=who.user)
         self.audit("api_key.create", key, scope=key.scope)

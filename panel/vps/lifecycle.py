@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy, pgettext_lazy
 from panel.accounts import audit
 from panel.accounts.models import Customer
 from panel.accounts.tenancy import Actor
+from panel import limits
 from panel.events import emit
 from panel.operations import hand_over, new_operation
 from panel.refusals import Refused
@@ -191,6 +192,7 @@ def create_server(actor: Actor, *, customer: Customer, plan: Plan, hostname: str
     choice = check_install(actor, os_template=os_template, disk_gib=plan.disk_gib, recipe=recipe,
                            recipe_params=recipe_params, password=password, ssh_keys=ssh_keys)
     with transaction.atomic():
+        limits.check_new_server(actor, customer)
         server = place_new_server(actor, customer=customer, plan=plan, hostname=hostname, os_template=choice.template,
                                   node=node, cluster=cluster, private_network=private_network)
         op = new_operation(actor, Operation.Kind.CREATE, server=server, params={})

@@ -15,6 +15,7 @@ from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from panel import limits
 from panel.accounts.models import Customer
 from panel.api.models import Event
 from panel.api.permissions import actor
@@ -73,8 +74,8 @@ class WebhookSerializer(serializers.ModelSerializer):
         return value.strip()
 
     def validate(self, attrs):
-        owner = self.context["owner"]  # the customer id the webhook will belong to, or None
-        if owner is not None and not settings.WEBHOOKS_ALLOW_PRIVATE and "url" in attrs:
+        scope = self.context["scope"]  # who makes it: Webhook.Scope
+        if scope not in settings.WEBHOOKS_ALLOW_PRIVATE and "url" in attrs:
             try:
                 destinations.resolve(destinations.parse(attrs["url"]), public_only=True)
             except (destinations.Forbidden, destinations.Unresolvable) as exc:
@@ -128,8 +129,14 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
         who = actor(self.request)
         return None if who.acts_for_all_customers else who.customer_id
 
+    def _scope(self) -> str:
+        who = actor(self.request)
+        if who.is_admin:
+            return Webhook.Scope.ADMIN
+        return Webhook.Scope.BILLING if who.is_billing else Webhook.Scope.CUSTOMER
+
     def get_serializer_context(self):
-        return {**super().get_serializer_context(), "owner": self._owner()}
+        return {**super().get_serializer_context(), "scope": self._scope()}
 
     @extend_schema(responses={201: WebhookCreatedSerializer})
     def create(self, request):
@@ -138,10 +145,11 @@ class WebhookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
             raise Refused(_("Your user belongs to no customer."), "permission_denied", 403)
         data = self.get_serializer(data=request.data)
         data.is_valid(raise_exception=True)
+        limits.check_new_webhook(actor(request), owner)
         values = dict(data.validated_data)
         given = values.pop("secret", None)
         secret = given or secrets.token_urlsafe(32)
-        hook = Webhook(customer_id=owner, **values)
+        hook = Webhook(customer_id=owner, scope=self._scope(), **values)
         hook.secret = secret
         hook.save()
         self.audit("webhook.create", hook, url=hook.url, events=hook.events)

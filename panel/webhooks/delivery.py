@@ -121,8 +121,9 @@ def deliver(delivery_id: int) -> str | None:
             "X-Panel-Delivery": str(delivery.uuid),
             SIGNATURE_HEADER: sign(hook.secret, int(timezone.now().timestamp()), body),
         }
-        public_only = hook.customer_id is not None and not settings.WEBHOOKS_ALLOW_PRIVATE
-        status_code = get_transport().send(Request(url=hook.url, body=body, headers=headers, public_only=public_only))
+        # Checked at every send against what the name resolves to now (transports.py pins it).
+        status_code = get_transport().send(Request(url=hook.url, body=body, headers=headers,
+                                                   public_only=hook.public_only))
     except TransportError as exc:
         error = exc
     except Exception as exc:  # a bug (or an undecryptable secret) must not keep the claim until the lease ends

@@ -61,11 +61,27 @@ def parse(url: str) -> Target:
     return Target(scheme=scheme, host=parts.hostname, port=port or SCHEMES[scheme], path=path)
 
 
+# IPv6 forms that carry an IPv4 address inside them, which a relay, a NAT64 gateway or the
+# host's own stack may turn back into that IPv4 address: 2002:7f00:1:: is 127.0.0.1 by 6to4.
+# Python's is_global passes some of them (6to4 on 3.11), and which ones changes between Python
+# versions, so they are refused whatever IPv4 address they embed; a receiver that has one of
+# these also has the IPv4 address to use instead.
+EMBEDS_IPV4 = tuple(ipaddress.ip_network(net) for net in (
+    "2002::/16",        # 6to4
+    "::ffff:0:0/96",    # IPv4-mapped
+    "64:ff9b::/96",     # NAT64, well-known prefix
+    "64:ff9b:1::/48",   # NAT64, local use
+    "2001::/32",        # Teredo
+    "::/96",            # IPv4-compatible (deprecated), and :: and ::1
+))
+
+
 def is_public(address: str) -> bool:
-    """False for loopback, private, link-local, reserved, multicast and unspecified addresses."""
+    """False for loopback, private, link-local, reserved, multicast and unspecified addresses,
+    and for IPv6 addresses that embed an IPv4 one (EMBEDS_IPV4)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone index
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+    if isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in EMBEDS_IPV4):
+        return False
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback
                                  or ip.is_private or ip.is_unspecified)
 
@@ -81,7 +97,8 @@ def resolve(target: Target, *, public_only: bool) -> list[str]:
     if public_only:
         for address in addresses:
             if not is_public(address):
-                raise Forbidden(_("The host %(host)s resolves to %(address)s, a loopback, private, link-local or "
-                                  "reserved address; customers' webhooks must reach the public internet.")
+                raise Forbidden(_("The host %(host)s resolves to %(address)s, a loopback, private, link-local, "
+                                  "reserved or IPv4-embedding IPv6 address; webhooks must reach the public "
+                                  "internet unless the provider allows private destinations.")
                                 % {"host": target.host, "address": address})
     return addresses

@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -29,9 +30,15 @@ class Webhook(models.Model):
     """A URL that wants some events, signed with its own secret.
 
     `customer` set: made with that customer's key or session; it receives only events about
-    that customer's objects and may only point at public addresses. NULL: made by an admin
-    or a billing key; it receives every event and may point anywhere.
+    that customer's objects. NULL: made by an admin or a billing key; it receives every event.
+    `scope` is who made it (admin, billing, customer): it may point at private addresses only
+    when settings.WEBHOOKS_ALLOW_PRIVATE names that scope.
     """
+
+    class Scope(models.TextChoices):
+        ADMIN = "admin", _("Admin")
+        BILLING = "billing", _("Billing")
+        CUSTOMER = "customer", _("Customer")
 
     customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
 
@@ -40,6 +47,7 @@ class Webhook(models.Model):
     secret_encrypted = models.TextField(editable=False)  # panel.crypto; the API never returns it
     customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.CASCADE, related_name="webhooks")
     active = models.BooleanField(default=True)
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.CUSTOMER, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = WebhookQuerySet.as_manager()
@@ -57,6 +65,11 @@ class Webhook(models.Model):
     @secret.setter
     def secret(self, value: str) -> None:
         self.secret_encrypted = crypto.encrypt(value)
+
+    @property
+    def public_only(self) -> bool:
+        """Only public destinations: the admin allowed private ones for no webhook of this scope."""
+        return self.scope not in settings.WEBHOOKS_ALLOW_PRIVATE
 
     def wants(self, event_name: str) -> bool:
         return ALL_EVENTS in self.events or event_name in self.events

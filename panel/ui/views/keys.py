@@ -8,9 +8,11 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from panel import limits
 from panel.accounts import audit
 from panel.accounts.models import ApiKey
 from panel.ui.forms import ApiKeyForm, CustomerApiKeyForm
+from panel.refusals import Refused
 from panel.ui.views.common import actor, admin_only, paginate
 
 
@@ -31,10 +33,15 @@ def my_keys(request):
         raise Http404
     form = CustomerApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        key, raw = ApiKey.issue(name=form.cleaned_data["name"], scope=ApiKey.Scope.CUSTOMER,
-                                customer=request.user.customer, created_by=request.user)
-        audit.record(act, "apikey.create", key, scope=key.scope)
-        return _issued(request, key, raw, "ui:keys")
+        try:
+            limits.check_new_api_key(act, request.user.customer)
+        except Refused as refused:
+            form.add_error(None, refused.message)
+        else:
+            key, raw = ApiKey.issue(name=form.cleaned_data["name"], scope=ApiKey.Scope.CUSTOMER,
+                                    customer=request.user.customer, created_by=request.user)
+            audit.record(act, "apikey.create", key, scope=key.scope)
+            return _issued(request, key, raw, "ui:keys")
     keys = act.restrict(ApiKey.objects.select_related("created_by")).filter(scope=ApiKey.Scope.CUSTOMER)
     return render(request, "ui/keys.html", {"page": paginate(request, keys.order_by("-id")), "form": form})
 

@@ -1,0 +1,92 @@
+"""The API's rate limits: requests per API key (or session user) and per client address.
+
+Counted in the shared cache (CACHES["default"]: Redis, or a table of the panel's database),
+so every web process and the worker count together; a per-process count would let N
+processes through N times the rate. Over the limit the answer is 429 `throttled` with
+Retry-After, in the API's error format (errors.py); a request with a wrong key counts
+against its address too (errors.py asks `address_allows` before it answers 401).
+
+Fixed windows (the count restarts at each whole minute, hour, …) rather than DRF's sliding
+history: one counter per caller instead of a list of timestamps rewritten on every request.
+A caller may so get up to twice the rate across a window's edge; the limits are against
+floods, not for billing.
+"""
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework.throttling import BaseThrottle
+
+from panel.accounts.models import ApiKey
+from panel.accounts.tenancy import client_address
+
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(name: str) -> tuple[int, int]:
+    """settings.<name>, "<count>/<second|minute|hour|day>", as (count, seconds)."""
+    value = str(getattr(settings, name))
+    count, _, period = value.partition("/")
+    if not count.strip().isdigit() or not period.strip()[:1] in PERIODS:
+        raise ImproperlyConfigured(f"{name}={value!r}: write <count>/<second|minute|hour|day>, e.g. 600/minute")
+    return int(count), PERIODS[period.strip()[0]]
+
+
+class WindowThrottle(BaseThrottle):
+    """At most `rate` requests per window for one caller (`ident`); None: not counted here."""
+
+    setting = ""  # the settings name of the rate
+    scope = ""
+
+    def ident(self, request) -> str | None:
+        raise NotImplementedError
+
+    def allow_request(self, request, view) -> bool:
+        ident = self.ident(request)
+        if ident is None:
+            return True
+        limit, period = parse_rate(self.setting)
+        now = time.time()
+        window = int(now // period)
+        self.retry_after = (window + 1) * period - now
+        key = f"throttle:{self.scope}:{ident}:{period}:{window}"
+        try:
+            used = cache.incr(key)  # atomic in Redis; the database cache reads and writes
+        except ValueError:  # the window's first request
+            cache.add(key, 0, timeout=int(self.retry_after) + 1)
+            used = cache.incr(key)
+        return used <= limit
+
+    def wait(self) -> float:
+        return self.retry_after
+
+
+class KeyRateThrottle(WindowThrottle):
+    """Per API key, or per user for session callers (the UI's own API calls)."""
+
+    setting = "API_RATE_PER_KEY"
+    scope = "key"
+
+    def ident(self, request) -> str | None:
+        if isinstance(request.auth, ApiKey):
+            return f"k{request.auth.pk}"
+        user = request.user
+        return f"u{user.pk}" if user is not None and user.is_authenticated else None
+
+
+class AddressRateThrottle(WindowThrottle):
+    """Per client address (settings.TRUSTED_PROXY decides whose), whoever is calling."""
+
+    setting = "API_RATE_PER_ADDRESS"
+    scope = "address"
+
+    def ident(self, request) -> str | None:
+        return client_address(request)
+
+
+def address_allows(request) -> tuple[bool, float]:
+    """Count a request that did not get past the key check against its address: (allowed, wait)."""
+    throttle = AddressRateThrottle()
+    return throttle.allow_request(request, None), throttle.wait()
