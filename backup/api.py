@@ -65,7 +65,7 @@ class ServerBackupViewSet(PanelViewSet):
         """Back the server up now (a full or incremental backup, as its plan says)."""
         data = BackupRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return accepted(actions.request_backup(actor(request), pk, target=data.validated_data.get("target")))
+        return accepted(request, actions.request_backup(actor(request), pk, target=data.validated_data.get("target")))
 
     @extend_schema(request=RestoreSerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
@@ -73,7 +73,7 @@ class ServerBackupViewSet(PanelViewSet):
         """Overwrite the server's disk with one of its backups."""
         data = RestoreSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return accepted(actions.request_restore(actor(request), pk, data.validated_data["backup"]))
+        return accepted(request, actions.request_restore(actor(request), pk, data.validated_data["backup"]))
 
     @extend_schema(responses={200: BackupSerializer(many=True)}, filters=False)
     @action(detail=True, methods=["get"])
@@ -219,7 +219,8 @@ class BackupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         server, op = actions.restore_as_new_server(actor(request), backup.pk, hostname=v.get("hostname", ""),
                                                    node=v.get("node"))
         op.refresh_from_db()
-        return Response({"server": server.pk, "operation": s.AcceptedSerializer(op).data},
+        operation = s.AcceptedSerializer(op, context={"request": request}).data
+        return Response({"server": server.pk, "operation": operation},
                         status=status.HTTP_202_ACCEPTED)
 
 
@@ -234,4 +235,4 @@ class PanelBackupViewSet(PanelViewSet):
     def create(self, request):
         data = PanelBackupSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return accepted(actions.request_panel_backup(actor(request), data.validated_data["target"]))
+        return accepted(request, actions.request_panel_backup(actor(request), data.validated_data["target"]))

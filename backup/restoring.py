@@ -41,21 +41,25 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
             if link.node_id not in targets:
                 targets[link.node_id] = _source(link)
             source, local = targets[link.node_id], _on_node(targets[link.node_id], server)
-            step(10 + 40 * index // len(chain), f"{'copying' if local else 'fetching'} {link.kind} backup "
-                 f"#{link.id} ({link.size_bytes / 2**20:.1f} MiB) from {backup.target.name}"
-                 f"{' on the node' if local else ''} and checking its checksum")
+            fetched = (f"{'copying' if local else 'fetching'} {link.kind} backup #{link.id} "
+                       f"({link.size_bytes / 2**20:.1f} MiB)")
+            step(10 + 40 * index // len(chain), f"{fetched} from {backup.target.name}"
+                 f"{' on the node' if local else ''} and checking its checksum",
+                 customer=f"{fetched} and checking its checksum")
             if not (local and _copy_on_node(driver, source, link, pool, staged[-1])):
                 _fetch(driver, source, link, pool, staged[-1])
-        step(55, f"all {len(chain)} file(s) match their checksums; the node checks and assembles the image")
+        step(55, f"all {len(chain)} file(s) match their checksums; the node checks and assembles the image",
+             customer=True)
         driver.assemble_disk(pool, staged, assembled)
         if not new_server:
-            step(70, "stopping the server to replace its disk")
+            step(70, "stopping the server to replace its disk", customer=True)
             driver.stop(name, settings.STOP_TIMEOUT_SECONDS, step.heartbeat)
         driver.move_volume(pool, assembled, server.disk_volume)
         # The old disk's bitmaps went with it.
         driver.drop_checkpoints(name, metadata_only=True)
         driver.grow_volume(pool, server.disk_volume, server.disk_gib)
-        step(85, f"disk restored from backup #{backup.id} of {backup.created_at:%Y-%m-%d %H:%M}; booting")
+        step(85, f"disk restored from backup #{backup.id} of {backup.created_at:%Y-%m-%d %H:%M}; booting",
+             customer=True)
         driver.define(domain_spec(server, disk_path(server, driver)))
         driver.start(name)
     except TargetError as exc:

@@ -107,10 +107,10 @@ class _Gone:
 def delete_with_server(step, server) -> None:
     """The backups' part of a server's delete: all of them, unless the request kept them."""
     if step.op.params.get("keep_backups"):
-        step(80, "keeping the server's backups (keep_backups)")
+        step(80, "keeping the server's backups (keep_backups)", customer=True)
     else:
         removed = delete_server_backups(server)
-        step(80, f"removed {len(removed)} backup(s)")
+        step(80, f"removed {len(removed)} backup(s)", customer=True)
 
 
 def delete_server_backups(server) -> list[int]:

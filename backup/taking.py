@@ -100,7 +100,7 @@ class Progress:
             self.said = now
             share = min(done / self.total, 1)
             amount = f"{share:.0%}" if self.percent else f"{done / 2**20:.0f} of {self.total / 2**20:.0f} MiB"
-            self.step(int(self.low + (self.high - self.low) * share), f"{self.what}: {amount}")
+            self.step(int(self.low + (self.high - self.low) * share), f"{self.what}: {amount}", customer=True)
 
 
 def take(step, server: VirtualServer, driver: Driver) -> None:
@@ -110,7 +110,7 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     op = step.op
     target_row = BackupTarget.objects.get(pk=op.params["target"])
     plan = BackupPlan.objects.filter(pk=op.params.get("plan")).first()
-    step(8, f"checking the target {target_row.name}")
+    step(8, f"checking the target {target_row.name}", customer="checking the backup target")
     target = _target(target_row, server, driver)
     direct = target_row.kind == BackupTarget.Kind.NODE
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
@@ -130,23 +130,25 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
         pool, staging = server.storage.pool_name, f"{server.domain_name}-backup-{backup.id}.qcow2"
     try:
         if base and not running:
-            step(10, f"the stopped disk is unchanged since backup #{base.id}: an incremental with no change")
+            step(10, f"the stopped disk is unchanged since backup #{base.id}: an incremental with no change",
+                 customer=True)
             driver.empty_increment(server.storage.pool_name, server.disk_volume, staging, pool)
             made, checkpointed = "incremental", False
         else:
             how = "the running disk through libvirt's backup job" if running else "the stopped disk"
             what = f"changes since backup #{base.id}" if base else "the whole disk"
             where = f" into {target_row.path} on node {server.node.name}" if direct else ""
-            step(10, f"copying {what}: {how}{where}")
+            step(10, f"copying {what}: {how}{where}", customer=f"copying {what}: {how}")
             copied = Progress(step, 10, 85 if direct else 50, 100, "copied", percent=True)
             made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, server.disk_volume,
                                                     staging, f"panel-{backup.id}", base.checkpoint if base else None,
                                                     tick=lambda f: copied(int(f * 100)), staging_pool=pool)
         if made == "full" and base:
-            step(50, f"backup #{base.id}'s checkpoint is gone (the disk was replaced?): a full backup instead")
+            step(50, f"backup #{base.id}'s checkpoint is gone (the disk was replaced?): a full backup instead",
+                 customer=True)
             backup.kind, backup.parent = Backup.Kind.FULL, None
         if running and not checkpointed:
-            step(50, "this disk cannot keep a change bitmap (qcow2 v2 image): full backups only")
+            step(50, "this disk cannot keep a change bitmap (qcow2 v2 image): full backups only", customer=True)
         backup.checkpoint = f"panel-{backup.id}" if checkpointed else ""
         backup.file_name = files.image_name(backup)
         if direct:
@@ -177,10 +179,11 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     backup.status, backup.finished_at = Backup.Status.DONE, timezone.now()
     backup.save()
     driver.drop_checkpoints(server.domain_name, keep=_checkpoints_in_use(server))
-    step(92, f"{backup.kind} backup #{backup.id}: {backup.size_bytes / 2**20:.1f} MiB stored, {backup.checksum[:23]}…")
+    step(92, f"{backup.kind} backup #{backup.id}: {backup.size_bytes / 2**20:.1f} MiB stored, {backup.checksum[:23]}…",
+         customer=True)
     removed = retention.prune(server.uuid, target_row, retention.keep_for(server, plan))
     if removed:
-        step(96, f"retention: removed backup(s) {', '.join(f'#{i}' for i in removed)}")
+        step(96, f"retention: removed backup(s) {', '.join(f'#{i}' for i in removed)}", customer=True)
     emit("backup.finished", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
          backup=backup.id, kind=backup.kind, status="done", size_bytes=backup.size_bytes, target=target_row.name)
 
@@ -188,7 +191,7 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
 def _send(step, backup: Backup, server: VirtualServer, driver: Driver, target, pool: str, staging: str) -> int:
     """Stream the staging image to the target (compressed if asked); returns the image's bytes."""
     step(50, f"sending the image to {backup.target.name} as {backup.file_name}"
-             f"{' (zstd)' if backup.compression == 'zstd' else ''}")
+             f"{' (zstd)' if backup.compression == 'zstd' else ''}", customer="sending the image to the backup target")
     image = {"bytes": 0}
 
     def counted_chunks():
@@ -205,7 +208,7 @@ def _send(step, backup: Backup, server: VirtualServer, driver: Driver, target, p
 
 def _checksum_in_place(step, backup: Backup, driver: Driver, target, staging: str) -> int:
     """The job wrote the image into the node's folder: checksum it there, then give it its name."""
-    step(86, f"checksumming the image on node {target.node.name}")
+    step(86, f"checksumming the image on node {target.node.name}", customer="checksumming the image")
     backup.size_bytes = driver.volume_size(target.pool, staging) or 0
     backup.checksum = driver.checksum_volume(target.pool, staging)
     driver.move_volume(target.pool, staging, target.volume(backup.file_name))

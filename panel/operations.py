@@ -47,5 +47,8 @@ def new_operation(actor, kind: str, *, server=None, node=None, params: dict | No
         message = _("A panel backup is already running.")
     if busy.filter(status__in=Operation.ACTIVE).exists():
         raise Refused(message, "operation_in_progress")
+    # The customer reads who asked only when it was one of their own (their user, their key).
+    theirs = customer_id is not None and actor.customer_id == customer_id
     return Operation.objects.create(kind=kind, server=server, node=node, customer_id=customer_id, target_repr=target,
-                                    params=params or {}, requested_by=str(actor))
+                                    params=params or {}, requested_by=str(actor),
+                                    customer_requested_by=str(actor) if theirs else Operation.PROVIDER)

@@ -18,15 +18,22 @@ def server_group(server_id: int) -> str:
     return f"server-{server_id}"
 
 
+def _last_line(log: str) -> str:
+    return log.splitlines()[-1] if log else ""
+
+
 def operation_payload(op) -> dict:
+    """What every watcher of the server gets: the customer's error and log line, with the
+    admins' under "admin" (the consumer picks by who watches; panel/ui/consumers.py)."""
     return {
         "id": op.id,
         "kind": op.kind,
         "status": op.status,
         "progress": op.progress,
-        "error": op.error,
+        "error": op.customer_error,
         "server": op.server_id,
-        "log_tail": op.log.splitlines()[-1] if op.log else "",
+        "log_tail": _last_line(op.customer_log),
+        "admin": {"error": op.error, "log_tail": _last_line(op.log)},
     }
 
 

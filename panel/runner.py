@@ -16,23 +16,51 @@ from django.db import transaction
 from django.utils import timezone
 
 from panel import progress
+from panel.refusals import Refused
 from panel.vps.models import Operation
 
 log = logging.getLogger(__name__)
 
 
+# What a customer reads when a failure's reason is not written for them (see for_customer).
+NEUTRAL_FAILURE = "the operation failed; the provider has the details"
+
+
+def for_customer(exc: Exception, reason: str | None = None) -> Exception:
+    """Mark `exc` as a failure the customer may read the reason of: `reason`, or its own
+    message when the panel wrote it for them. `raise for_customer(DriverError(...))`."""
+    exc.customer_reason = reason or str(exc)
+    return exc
+
+
+def customer_reason(exc: Exception) -> str:
+    """The customer's reason for a failure: a neutral one unless it was written for them (a
+    driver's message can name the node, its storage or the panel's address)."""
+    if isinstance(exc, Refused):
+        return exc.message  # refusals are written for whoever asked
+    return getattr(exc, "customer_reason", "") or NEUTRAL_FAILURE
+
+
+def log_line(message: str) -> str:
+    return f"{timezone.now():%H:%M:%S} {message}\n"
+
+
 class Step:
-    """Writes an operation's progress, log and heartbeat as the work goes on."""
+    """Writes an operation's progress, log and heartbeat as the work goes on.
+
+    A line is the admins' only unless `customer` says what the customer reads: True for the
+    same words, or their own wording (without node, storage or panel names)."""
 
     def __init__(self, op: Operation):
         self.op = op
 
-    def __call__(self, percent: int, message: str) -> None:
-        now = timezone.now()
+    def __call__(self, percent: int, message: str, customer: bool | str = False) -> None:
         self.op.progress = max(self.op.progress, min(percent, 100))
-        self.op.log += f"{now:%H:%M:%S} {message}\n"
-        self.op.heartbeat_at = now
-        self.op.save(update_fields=["progress", "log", "heartbeat_at"])
+        self.op.log += log_line(message)
+        if customer:
+            self.op.customer_log += log_line(message if customer is True else customer)
+        self.op.heartbeat_at = timezone.now()
+        self.op.save(update_fields=["progress", "log", "customer_log", "heartbeat_at"])
         progress.publish(self.op)
 
     def heartbeat(self, _elapsed: float = 0) -> None:
@@ -91,15 +119,19 @@ def run(operation_id: int, jobs: JobTable) -> str:
         log.warning("operation %s failed: %s", op.id, exc)
         op.status = Operation.Status.FAILED
         op.error = str(exc) or exc.__class__.__name__
-        op.log += f"{timezone.now():%H:%M:%S} failed: {op.error}\n"
+        op.customer_error = customer_reason(exc)
+        op.log += log_line(f"failed: {op.error}")
+        op.customer_log += log_line(f"failed: {op.customer_error}")
         if not isinstance(exc, job.expected):
             op.log += traceback.format_exc()
         job.failed(exc)
     else:
         op.status = Operation.Status.SUCCEEDED
         op.progress = 100
-        op.log += f"{timezone.now():%H:%M:%S} done\n"
+        op.log += log_line("done")
+        op.customer_log += log_line("done")
     op.finished_at = timezone.now()
-    op.save(update_fields=["status", "progress", "error", "log", "finished_at", "params"])
+    op.save(update_fields=["status", "progress", "error", "customer_error", "log", "customer_log", "finished_at",
+                           "params"])
     job.ended()
     return op.status

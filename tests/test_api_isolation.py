@@ -345,7 +345,8 @@ def test_bob_cannot_choose_the_node(world, how):
 def test_bob_cannot_create_a_key_for_alice(world, how):
     body = {"name": "sneaky", "scope": "customer", "customer": world.alice_customer.id}
     r = bob_client(world, how).post("/api/v1/api-keys/", body, format="json")
-    assert r.status_code == 403 and "key" not in r.json()
+    # Alice's customer is not among Bob's: "does not exist", like a missing one (issue 19).
+    assert r.status_code == 400 and "customer" in r.json()["fields"] and "key" not in r.json()
     assert not ApiKey.objects.filter(name="sneaky").exists()
 
 

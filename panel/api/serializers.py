@@ -5,6 +5,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
+from panel.accounts.tenancy import actor
 from panel.vps.models import Operation, Plan, VirtualServer, hostname_validator
 from nodes.models import Cluster, Network, Node, Storage
 from panel.ipam.models import IpAddress, IpPool
@@ -12,20 +13,38 @@ from recipes.models import Recipe, normalize_parameters
 from templates_os.models import Installation, OsTemplate
 
 
-class CustomerSerializer(serializers.ModelSerializer):
+class TenantRelatedField(serializers.PrimaryKeyRelatedField):
+    """A related object named by id, looked up among what the caller may see: another
+    customer's object is "does not exist", like a missing one (no existence oracle)."""
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        model = queryset.model
+        if getattr(model, "customer_path", None) is None and getattr(model, "admins_only", None) is None:
+            return queryset  # no customer's data (plans, nodes, pools)
+        request = self.context.get("request")
+        # Without a request there is no caller to look up for: nothing is found.
+        return actor(request).restrict(queryset) if request is not None else queryset.none()
+
+
+class PanelModelSerializer(serializers.ModelSerializer):
+    serializer_related_field = TenantRelatedField  # the model's foreign keys, as above
+
+
+class CustomerSerializer(PanelModelSerializer):
     class Meta:
         model = Customer
         fields = ["id", "external_id", "email", "name", "language", "created_at"]
 
 
-class PlanSerializer(serializers.ModelSerializer):
+class PlanSerializer(PanelModelSerializer):
     class Meta:
         model = Plan
         fields = ["id", "name", "vcpus", "ram_mib", "disk_gib", "traffic_gib", "bandwidth_mbit",
                   "ipv4_count", "ipv6_count", "backups", "throttled_mbit", "created_at"]
 
 
-class ServerSerializer(serializers.ModelSerializer):
+class ServerSerializer(PanelModelSerializer):
     ipv4 = serializers.SerializerMethodField()
     ipv6 = serializers.SerializerMethodField()
 
@@ -43,7 +62,7 @@ class ServerSerializer(serializers.ModelSerializer):
         return [a.address for a in obj.ip_addresses.all() if a.version == 6]
 
 
-class InstallationSerializer(serializers.ModelSerializer):
+class InstallationSerializer(PanelModelSerializer):
     """The server's latest install: its recipe's outcome and output."""
 
     recipe = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
@@ -89,16 +108,34 @@ class ReinstallSerializer(InstallChoiceSerializer):
 
 
 class ServerCreateSerializer(InstallChoiceSerializer):
-    customer = serializers.PrimaryKeyRelatedField(queryset=Customer.objects.all(), required=False)
-    plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all())
+    customer = TenantRelatedField(queryset=Customer.objects.all(), required=False)
+    plan = TenantRelatedField(queryset=Plan.objects.all())
     hostname = serializers.CharField(max_length=253, validators=[hostname_validator])
-    node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
-    cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.all(), required=False, allow_null=True)
+    node = TenantRelatedField(queryset=Node.objects.all(), required=False, allow_null=True)
+    cluster = TenantRelatedField(queryset=Cluster.objects.all(), required=False, allow_null=True)
     private_network = serializers.BooleanField(default=False, help_text="Also a NIC on the cluster's NAT network")
 
 
-class OperationSerializer(serializers.ModelSerializer):
+def is_admin_caller(context: dict) -> bool:
+    """The serializer's caller is a provider admin; without a request, the safe answer (no)."""
+    request = context.get("request")
+    return request is not None and actor(request).is_admin
+
+
+class OperationSerializer(PanelModelSerializer):
+    """An operation as its caller may see it: admins all of it; everyone else (customers,
+    billing keys) the customer's log and error, and `requested_by` "provider" when it was not
+    one of the customer's own users or keys (panel.vps.models.Operation)."""
+
     params = serializers.SerializerMethodField()
+    requested_by = serializers.CharField(read_only=True, help_text=(
+        "Who asked: for admins the user or key; for anyone else the customer's own user or key, "
+        "or \"provider\" for the provider's admins, billing keys and the panel itself"))
+    error = serializers.CharField(read_only=True, help_text=(
+        "Why it failed, as the caller may read it: a customer's reason names no infrastructure"))
+
+    def to_representation(self, instance):
+        return super().to_representation(instance.seen_by(is_admin_caller(self.context)))
 
     def get_params(self, op) -> dict:
         return {k: v for k, v in op.params.items() if k != "secret"}  # a node credential, even encrypted
@@ -111,6 +148,9 @@ class OperationSerializer(serializers.ModelSerializer):
 
 
 class OperationDetailSerializer(OperationSerializer):
+    log = serializers.CharField(read_only=True, help_text=(
+        "The log as the caller may read it: admins every line, anyone else the customer's lines only"))
+
     class Meta(OperationSerializer.Meta):
         fields = OperationSerializer.Meta.fields + ["log"]
         read_only_fields = fields
@@ -140,14 +180,14 @@ class AcceptedWithPasswordSerializer(AcceptedSerializer):
         read_only_fields = fields
 
 
-class OsTemplateSerializer(serializers.ModelSerializer):
+class OsTemplateSerializer(PanelModelSerializer):
     class Meta:
         model = OsTemplate
         fields = ["id", "slug", "name", "family", "version", "installer", "min_disk_gib"]
         read_only_fields = fields
 
 
-class OsTemplateAdminSerializer(serializers.ModelSerializer):
+class OsTemplateAdminSerializer(PanelModelSerializer):
     class Meta:
         model = OsTemplate
         fields = ["id", "slug", "name", "family", "version", "installer", "min_disk_gib", "install_timeout",
@@ -155,14 +195,14 @@ class OsTemplateAdminSerializer(serializers.ModelSerializer):
         read_only_fields = [f for f in fields if f not in ("enabled", "position")]
 
 
-class RecipeSerializer(serializers.ModelSerializer):
+class RecipeSerializer(PanelModelSerializer):
     class Meta:
         model = Recipe
         fields = ["id", "slug", "name", "description", "os_families", "parameters"]
         read_only_fields = fields
 
 
-class RecipeAdminSerializer(serializers.ModelSerializer):
+class RecipeAdminSerializer(PanelModelSerializer):
     os_families = serializers.ListField(child=serializers.SlugField(max_length=32), min_length=1)
     parameters = serializers.ListField(child=serializers.DictField(), required=False, default=list)
 
@@ -192,7 +232,7 @@ class ConsoleSerializer(serializers.Serializer):
 
 
 class MigrateSerializer(serializers.Serializer):
-    node = serializers.PrimaryKeyRelatedField(queryset=Node.objects.all())
+    node = TenantRelatedField(queryset=Node.objects.all())
     live = serializers.BooleanField(default=True)
 
 
@@ -210,7 +250,7 @@ class EmptySerializer(serializers.Serializer):
     pass
 
 
-class UserSerializer(serializers.ModelSerializer):
+class UserSerializer(PanelModelSerializer):
     password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
 
     class Meta:
@@ -252,7 +292,7 @@ class UserSerializer(serializers.ModelSerializer):
         return instance
 
 
-class ApiKeySerializer(serializers.ModelSerializer):
+class ApiKeySerializer(PanelModelSerializer):
     class Meta:
         model = ApiKey
         fields = ["id", "name", "scope", "customer", "prefix", "created_at", "last_used_at", "last_used_from",
@@ -275,7 +315,7 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         fields = ApiKeySerializer.Meta.fields + ["key"]
 
 
-class AuditEntrySerializer(serializers.ModelSerializer):
+class AuditEntrySerializer(PanelModelSerializer):
     class Meta:
         model = AuditEntry
         fields = ["id", "created_at", "user", "api_key", "actor_repr", "customer", "action", "object_type",
@@ -283,7 +323,7 @@ class AuditEntrySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class NodeSerializer(serializers.ModelSerializer):
+class NodeSerializer(PanelModelSerializer):
     host_key_fingerprint = serializers.CharField(read_only=True)
     offered_host_key_fingerprint = serializers.CharField(read_only=True)
 
@@ -298,7 +338,7 @@ class NodeSerializer(serializers.ModelSerializer):
 
 class NodeCreateSerializer(serializers.Serializer):
     name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", required=False)
-    cluster = serializers.PrimaryKeyRelatedField(queryset=Cluster.objects.all())
+    cluster = TenantRelatedField(queryset=Cluster.objects.all())
     address = serializers.CharField(max_length=253)
     ssh_port = serializers.IntegerField(min_value=1, max_value=65535, default=22)
     ssh_user = serializers.RegexField(r"^[a-z_][a-z0-9_-]{0,31}$", default="root")
@@ -340,13 +380,13 @@ class MaintenanceSerializer(serializers.Serializer):
     enabled = serializers.BooleanField()
 
 
-class ClusterSerializer(serializers.ModelSerializer):
+class ClusterSerializer(PanelModelSerializer):
     class Meta:
         model = Cluster
         fields = ["id", "name", "os_family", "cpu_overcommit", "ram_overcommit", "created_at"]
 
 
-class StorageSerializer(serializers.ModelSerializer):
+class StorageSerializer(PanelModelSerializer):
     class Meta:
         model = Storage
         fields = ["id", "cluster", "name", "kind", "path", "nfs_source", "volume_group", "holds_templates"]
@@ -363,7 +403,7 @@ class StorageSerializer(serializers.ModelSerializer):
         return attrs
 
 
-class NetworkSerializer(serializers.ModelSerializer):
+class NetworkSerializer(PanelModelSerializer):
     class Meta:
         model = Network
         fields = ["id", "cluster", "name", "kind", "bridge", "interface", "vlan", "nat_cidr"]
@@ -385,7 +425,7 @@ def model_clean(model, instance, attrs):
     return attrs
 
 
-class IpPoolSerializer(serializers.ModelSerializer):
+class IpPoolSerializer(PanelModelSerializer):
     version = serializers.IntegerField(read_only=True)
     usage = serializers.SerializerMethodField()
 
@@ -403,7 +443,7 @@ class IpPoolSerializer(serializers.ModelSerializer):
         return model_clean(IpPool, self.instance, attrs)
 
 
-class IpAddressSerializer(serializers.ModelSerializer):
+class IpAddressSerializer(PanelModelSerializer):
     prefix_len = serializers.SerializerMethodField()
     network = serializers.SerializerMethodField()
 
@@ -420,21 +460,21 @@ class IpAddressSerializer(serializers.ModelSerializer):
 
 
 class IpAddressCreateSerializer(serializers.Serializer):
-    server = serializers.PrimaryKeyRelatedField(queryset=VirtualServer.objects.all())
-    pool = serializers.PrimaryKeyRelatedField(queryset=IpPool.objects.all())
+    server = TenantRelatedField(queryset=VirtualServer.objects.all())
+    pool = TenantRelatedField(queryset=IpPool.objects.all())
     address = serializers.CharField(required=False, allow_blank=True, default="",
                                     help_text="A specific address of the pool; else the next free one")
 
 
 class IpAddressUpdateSerializer(serializers.Serializer):
-    server = serializers.PrimaryKeyRelatedField(queryset=VirtualServer.objects.all(), required=False,
+    server = TenantRelatedField(queryset=VirtualServer.objects.all(), required=False,
                                                 help_text="Move the address to this server (admins)")
     ptr = serializers.CharField(max_length=253, required=False, allow_blank=True,
                                 validators=[hostname_validator], help_text="Reverse DNS name")
 
 
 class ChangePlanSerializer(serializers.Serializer):
-    plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all(), help_text="The new plan; disks only grow")
+    plan = TenantRelatedField(queryset=Plan.objects.all(), help_text="The new plan; disks only grow")
 
 
 class ResetPasswordSerializer(serializers.Serializer):

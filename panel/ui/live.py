@@ -22,9 +22,11 @@ def status_label(status: str) -> str:
 
 
 
-def operation_data(op: Operation | None) -> dict | None:
+def operation_data(op: Operation | None, admin: bool = False) -> dict | None:
+    """The operation for the page: its customer's log line and error unless `admin` watches."""
     if op is None:
         return None
+    op = op.seen_by(admin)
     return {
         "id": op.id,
         "kind": op.kind,
@@ -50,21 +52,21 @@ def snapshot(server: VirtualServer, actor: Actor, op: Operation | None = None) -
         "state": server.state,
         "state_label": str(server.get_state_display()),
         "suspend_reason": server.suspend_reason if server.state == ServerState.SUSPENDED else "",
-        "operation": operation_data(op),
+        "operation": operation_data(op, actor.is_admin),
         "actions": lifecycle.allowed_actions(server, actor),
         # While an operation runs every request is refused; the page disables its buttons.
         "busy": bool(op and op.is_active),
     }
 
 
-def deleted_snapshot(op: Operation | None) -> dict:
+def deleted_snapshot(op: Operation | None, actor: Actor | None = None) -> dict:
     from django.utils.translation import gettext as _
 
     return {
         "state": "deleted",
         "state_label": _("Deleted"),
         "suspend_reason": "",
-        "operation": operation_data(op),
+        "operation": operation_data(op, actor is not None and actor.is_admin),
         "actions": [],
         "busy": False,
     }

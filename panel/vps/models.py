@@ -1,5 +1,6 @@
 """Plans, virtual servers and the operations that change them."""
 
+import copy
 import uuid
 
 from django.core.exceptions import ValidationError
@@ -151,9 +152,17 @@ class ServerNic(models.Model):
 
 
 class Operation(models.Model):
-    """One slow action, run by the worker: status, progress, log and error live here."""
+    """One slow action, run by the worker: status, progress, log and error live here.
+
+    Two audiences: `log`, `error` and `requested_by` are the provider's (node names, storage,
+    the panel's URLs, admin names); `customer_log`, `customer_error` and
+    `customer_requested_by` are what the server's customer may read. Every log line goes to
+    `log`; only lines written for the customer also go to `customer_log` (panel/runner.py), so
+    a line nobody thought about stays the admins'. `seen_by()` gives the one view to show.
+    """
 
     customer_path = "customer"  # how a row reaches its customer (panel.accounts.tenancy)
+    PROVIDER = "provider"  # the customer's requested_by for an admin, a billing key or the system
 
     class Kind(models.TextChoices):
         CREATE = "create", _("Create")
@@ -193,6 +202,9 @@ class Operation(models.Model):
     customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
     target_repr = models.CharField(max_length=253, blank=True)
     requested_by = models.CharField(max_length=200, blank=True)
+    customer_log = models.TextField(blank=True)
+    customer_error = models.TextField(blank=True)
+    customer_requested_by = models.CharField(max_length=200, blank=True, default=PROVIDER)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -210,6 +222,21 @@ class Operation(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+    def seen_by(self, admin: bool) -> "Operation":
+        """This operation as an admin (all of it) or anyone else (the customer's part) sees it:
+        a copy whose log, error and requested_by are that audience's. The copy is not saved."""
+        if admin:
+            return self
+        view = copy.copy(self)
+        view.log, view.error, view.requested_by = self.customer_log, self.customer_error, self.customer_requested_by
+        view._customer_view = True
+        return view
+
+    def save(self, *args, **kwargs):
+        if getattr(self, "_customer_view", False):
+            raise RuntimeError("the customer's view of an operation is not saved")
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         if not 0 <= self.progress <= 100:

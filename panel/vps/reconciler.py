@@ -18,6 +18,7 @@ from django.utils import timezone
 from nodes.connection import driver_for
 from nodes.driver import DomainState, DriverError
 from nodes.models import Drift, Node
+from panel.runner import log_line
 from panel.vps.models import Operation, ServerState, VirtualServer
 from panel.vps.server_jobs import delete_record
 
@@ -49,9 +50,11 @@ def settle_stale_operations() -> int:
                 continue
             op.status = Operation.Status.FAILED
             op.error = f"the worker stopped during the operation (last heartbeat {op.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
-            op.log += f"{timezone.now():%H:%M:%S} reconciler: {op.error}\n"
+            op.customer_error = "the operation was interrupted; request it again"
+            op.log += log_line(f"reconciler: {op.error}")
+            op.customer_log += log_line(f"failed: {op.customer_error}")
             op.finished_at = timezone.now()
-            op.save(update_fields=["status", "error", "log", "finished_at"])
+            op.save(update_fields=["status", "error", "customer_error", "log", "customer_log", "finished_at"])
             server = op.server
             if server is not None and server.node_id:
                 _drift(server.node, Drift.Kind.STALE_OPERATION, f"operation {op.id} ({op.kind}): {op.error}",
@@ -96,8 +99,9 @@ def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
     if dom is None:
         if server.state != ServerState.ERROR:
             detail = f"{server}: domain {name} is missing (was {server.state})"
-            VirtualServer.objects.filter(pk=server.pk).update(state=ServerState.ERROR,
-                                                              error=f"domain {name} is missing on {node}")
+            # The server's customer reads its error: the node's name stays in the drift record.
+            VirtualServer.objects.filter(pk=server.pk).update(
+                state=ServerState.ERROR, error="the server's virtual machine is missing on its node")
             _drift(node, Drift.Kind.MISSING_DOMAIN, detail, server=server, domain=name)
         return
     running = dom.state == DomainState.RUNNING

@@ -21,7 +21,7 @@ from panel.crypto import decrypt
 from panel.events import emit
 from panel.ipam.allocation import release
 from panel.ipam.models import IpAddress
-from panel.runner import Job, Step
+from panel.runner import Job, Step, for_customer
 from panel.usage.collector import collect_server
 from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
@@ -68,14 +68,14 @@ class ServerJob(Job):
 
     def run(self, step: Step) -> None:
         if self.server is None:
-            raise DriverError("the server no longer exists")
+            raise for_customer(DriverError("the server no longer exists"))
         driver = driver_for(self.server.node.uri)
-        step(5, f"{self.op.kind} on node {self.server.node.name}")
+        step(5, f"{self.op.kind} on node {self.server.node.name}", customer=f"{self.op.kind}: started")
         self.work(step, self.server, driver)
 
     def failed(self, exc: Exception) -> None:
         if self.exists:
-            self.server.error = self.op.error
+            self.server.error = self.op.customer_error  # the server's customer reads it; the log has the rest
             self.server.save(update_fields=["error"])
             self.settle(self.op, self.server, driver_for(self.server.node.uri))
 
@@ -96,15 +96,16 @@ def tell(op: Operation, server: VirtualServer | None, state_before: str | None) 
         emit(EVENT_OF_SUCCESS[op.kind], customer_id=op.customer_id, **about,
              **({"reason": server.suspend_reason} if op.kind == Kind.SUSPEND and server else {}))
     if op.status == Operation.Status.FAILED and op.kind in (Kind.CREATE, Kind.REINSTALL):
-        emit("server.failed", customer_id=op.customer_id, **about, error=op.error)
+        emit("server.failed", customer_id=op.customer_id, **about, error=op.customer_error)
     if server is not None and server.state != state_before:
         emit("server.state_changed", customer_id=op.customer_id, **about, state=server.state, previous=state_before)
-    emit("operation.finished", customer_id=op.customer_id, **about, kind=op.kind, status=op.status, error=op.error)
+    emit("operation.finished", customer_id=op.customer_id, **about, kind=op.kind, status=op.status,
+         error=op.customer_error)
 
 
 # -- power ---------------------------------------------------------------------------------------
 def start(step: Step, server: VirtualServer, driver: Driver) -> None:
-    step(30, "starting")
+    step(30, "starting", customer=True)
     driver.start(server.domain_name)
     server.set_state(ServerState.RUNNING, error="")
 
@@ -112,14 +113,14 @@ def start(step: Step, server: VirtualServer, driver: Driver) -> None:
 def _power_off(step: Step, server: VirtualServer, driver: Driver, force: bool) -> None:
     collect_server(server, driver)  # the usage since the last sample; never raises
     timeout = 0 if force else step.op.params.get("timeout", settings.STOP_TIMEOUT_SECONDS)
-    step(20, "forcing power off" if force else f"asking the guest to shut down (up to {timeout} s)")
+    step(20, "forcing power off" if force else f"asking the guest to shut down (up to {timeout} s)", customer=True)
 
     def tick(elapsed: float) -> None:
         step.op.progress = 20 + int(50 * elapsed / max(timeout, 1))
         step.heartbeat()
 
     if driver.stop(server.domain_name, timeout, tick) and not force:
-        step(75, f"the guest did not shut down within {timeout} s; forced off")
+        step(75, f"the guest did not shut down within {timeout} s; forced off", customer=True)
 
 
 def stop(step: Step, server: VirtualServer, driver: Driver) -> None:
@@ -130,11 +131,12 @@ def stop(step: Step, server: VirtualServer, driver: Driver) -> None:
 def reboot(step: Step, server: VirtualServer, driver: Driver) -> None:
     before = driver.info(server.domain_name)
     _power_off(step, server, driver, bool(step.op.params.get("force")))
-    step(80, "starting again")
+    step(80, "starting again", customer=True)
     driver.start(server.domain_name)
     after = driver.info(server.domain_name)
     if after is None or after.state != DomainState.RUNNING or (before and after.boot_id == before.boot_id):
-        raise DriverError("the domain did not come back after the reboot")
+        raise for_customer(DriverError("the domain did not come back after the reboot"),
+                           "the server did not come back after the reboot")
     server.set_state(ServerState.RUNNING, error="")
 
 
@@ -145,7 +147,7 @@ def suspend(step: Step, server: VirtualServer, driver: Driver) -> None:
 
 def unsuspend(step: Step, server: VirtualServer, driver: Driver) -> None:
     if server.state_before_suspend == ServerState.RUNNING:
-        step(40, "starting (it was running when suspended)")
+        step(40, "starting (it was running when suspended)", customer=True)
         driver.start(server.domain_name)
         target = ServerState.RUNNING
     else:
@@ -156,9 +158,9 @@ def unsuspend(step: Step, server: VirtualServer, driver: Driver) -> None:
 # -- delete --------------------------------------------------------------------------------------
 def remove_domain(step: Step, server: VirtualServer, driver: Driver) -> None:
     """The first part of a delete: the domain and its disks leave the node."""
-    step(20, "removing the domain")
+    step(20, "removing the domain", customer="removing the server")
     driver.undefine(server.domain_name)
-    step(60, "removing the disk")
+    step(60, "removing the disk", customer=True)
     driver.delete_volume(server.storage.pool_name, server.disk_volume)
     driver.delete_volume(server.storage.pool_name, server.seed_volume)
 
@@ -174,13 +176,13 @@ def delete_record(server: VirtualServer) -> None:
 # -- configuration -------------------------------------------------------------------------------
 def network_update(step: Step, server: VirtualServer, driver: Driver) -> None:
     """Addresses changed: redefine the domain (next boot) and update its NICs' filters live."""
-    step(30, "updating the domain's network settings")
+    step(30, "updating the domain's network settings", customer="updating the server's network settings")
     spec = domain_spec(server, disk_path(server, driver))
     driver.define(spec)
     if driver.state(server.domain_name) == DomainState.RUNNING:
         for nic in spec.nics:
             driver.update_nic(server.domain_name, nic)
-        step(70, "anti-spoofing filters updated live; the guest configures new addresses itself")
+        step(70, "anti-spoofing filters updated live; the guest configures new addresses itself", customer=True)
 
 
 def migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
@@ -195,13 +197,14 @@ def migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
         if driver.checkpoints(server.domain_name):
             # Backup checkpoints stay with the source's libvirt: the next backup is a full one.
             driver.drop_checkpoints(server.domain_name)
-            step(25, "backup checkpoints dropped: the next backup after the move is a full one")
+            step(25, "backup checkpoints dropped: the next backup after the move is a full one", customer=True)
         if live:
-            step(30, f"live migration to {dest}")
+            step(30, f"live migration to {dest}", customer="live migration to another node")
             driver.migrate(server.domain_name, dest_driver, dest.address or "127.0.0.1", spec.to_xml(),
                            unsafe=server.storage.kind == Storage.Kind.DIR)
         else:
-            step(30, f"moving the stopped server's definition to {dest}")
+            step(30, f"moving the stopped server's definition to {dest}",
+                 customer="moving the stopped server to another node")
             dest_driver.define(spec)
             driver.undefine(server.domain_name)
     except Exception:
@@ -213,7 +216,7 @@ def migrate(step: Step, server: VirtualServer, driver: Driver) -> None:
     server.state = ServerState.RUNNING if live else ServerState.STOPPED
     server.save(update_fields=["node", "state", "updated_at"])
     placement.release(source, server.vcpus, server.ram_mib, server.disk_gib)
-    step(95, f"now on {dest}")
+    step(95, f"now on {dest}", customer="moved")
 
 
 def change_plan(step: Step, server: VirtualServer, driver: Driver) -> None:
@@ -229,7 +232,7 @@ def change_plan(step: Step, server: VirtualServer, driver: Driver) -> None:
     disk_done = resources_done = False
     try:
         if delta["disk_gib"] > 0:
-            step(20, f"growing the disk from {before['disk_gib']} to {after['disk_gib']} GiB")
+            step(20, f"growing the disk from {before['disk_gib']} to {after['disk_gib']} GiB", customer=True)
             live_disk = driver.grow_volume(server.storage.pool_name, server.disk_volume, after["disk_gib"],
                                            domain_name=server.domain_name if running else None)
             disk_done = True
@@ -238,11 +241,11 @@ def change_plan(step: Step, server: VirtualServer, driver: Driver) -> None:
             applies["disk_gib"] = "now" if live_disk else "next_boot"
             step(40, "the running guest sees the larger disk now; its partition and file system are grown "
                      "inside the guest (cloud-init's growpart does it at boot)" if live_disk else
-                     "the disk is larger; the guest sees it at its next boot")
+                     "the disk is larger; the guest sees it at its next boot", customer=True)
         old_bandwidth = server.plan.bandwidth_mbit
         server.plan = Plan.objects.get(pk=params["plan"])
         server.vcpus, server.ram_mib = after["vcpus"], after["ram_mib"]
-        step(50, f"redefining the domain with {after['vcpus']} vCPUs and {after['ram_mib']} MiB RAM")
+        step(50, f"redefining the domain with {after['vcpus']} vCPUs and {after['ram_mib']} MiB RAM", customer=True)
         spec = domain_spec(server, disk_path(server, driver))
         driver.define(spec)
         resources_done = True
@@ -257,16 +260,16 @@ def change_plan(step: Step, server: VirtualServer, driver: Driver) -> None:
             if delta[k]:
                 applies[k] = "now" if live else "next_boot"
         if live:
-            step(80, "vCPUs and RAM applied live")
+            step(80, "vCPUs and RAM applied live", customer=True)
         elif running:
             step(80, "vCPUs and RAM: the running domain's maximum does not allow the change live; "
-                     "it applies at the next boot (a reboot from the panel, not from inside the guest)")
+                     "it applies at the next boot (a reboot from the panel, not from inside the guest)", customer=True)
         else:
-            step(80, "vCPUs and RAM apply at the next boot")
+            step(80, "vCPUs and RAM apply at the next boot", customer=True)
     if running and server.plan.bandwidth_mbit != old_bandwidth:
         for nic in spec.nics:
             driver.update_nic(server.domain_name, nic)
-        step(90, "the bandwidth limit is updated live")
+        step(90, "the bandwidth limit is updated live", customer=True)
 
 
 def reset_password(step: Step, server: VirtualServer, driver: Driver) -> None:
@@ -277,12 +280,13 @@ def reset_password(step: Step, server: VirtualServer, driver: Driver) -> None:
     Operation.objects.filter(pk=step.op.pk).update(params=params)
     if not password:
         params["applies"] = "agent_required"
-        raise DriverError("the new password is no longer available (the operation was interrupted); request it again")
+        raise for_customer(DriverError("the new password is no longer available (the operation was interrupted); "
+                                       "request it again"))
     user = params.get("user", "root")
-    step(30, "asking the guest agent to set the password")
+    step(30, "asking the guest agent to set the password", customer=True)
     if not driver.set_user_password(server.domain_name, user, password):
         params["applies"] = "agent_required"
-        raise DriverError("the guest agent is not running in this server; reinstall or use the console to change "
-                          "the password")
+        raise for_customer(DriverError("the guest agent is not running in this server; reinstall or use the console "
+                                       "to change the password"))
     params["applies"] = "now"
-    step(90, f"the guest agent set {user}'s password")
+    step(90, f"the guest agent set {user}'s password", customer=True)
