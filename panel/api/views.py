@@ -85,9 +85,10 @@ def refuse_delete(instance) -> None:
         raise refused
 
 
-def accepted(op: Operation) -> Response:
+def accepted(request, op: Operation) -> Response:
+    """The 202 answer: the operation as the caller may see it (admins all of it)."""
     op.refresh_from_db()  # the worker may already have moved it on
-    return Response(s.AcceptedSerializer(op).data, status=status.HTTP_202_ACCEPTED)
+    return Response(s.AcceptedSerializer(op, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
 
 class CustomerViewSet(AuditedModelViewSet):
@@ -110,9 +111,10 @@ class PlanViewSet(AuditedModelViewSet):
         self.audit("plan.delete", None, name=instance.name)
 
 
-def accepted_with_password(op: Operation, password: str) -> Response:
+def accepted_with_password(request, op: Operation, password: str) -> Response:
     op.refresh_from_db()
-    return Response({**s.AcceptedSerializer(op).data, "password": password}, status=status.HTTP_202_ACCEPTED)
+    return Response({**s.AcceptedSerializer(op, context={"request": request}).data, "password": password},
+                    status=status.HTTP_202_ACCEPTED)
 
 
 def install_args(v: dict) -> dict:
@@ -123,14 +125,16 @@ def install_args(v: dict) -> dict:
 class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet):
     queryset = VirtualServer.objects.prefetch_related("ip_addresses")
     filterset_class = ServerFilter
-    secret_response_fields = ("password",)  # a replayed create or reinstall does not show it again
+    # A replayed create or reinstall does not show the password again, nor a replayed console
+    # request its one-time URL (a bearer credential when a key asked for it).
+    secret_response_fields = ("password", "url")
 
     def get_serializer_class(self):
         return s.ServerDetailSerializer if self.action == "retrieve" else s.ServerSerializer
 
     @extend_schema(request=s.ServerCreateSerializer, responses={202: s.AcceptedWithPasswordSerializer})
     def create(self, request):
-        data = s.ServerCreateSerializer(data=request.data)
+        data = s.ServerCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         v = data.validated_data
         who = actor(request)
@@ -142,7 +146,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         _server, op, password = lifecycle.create_server(
             who, customer=customer, plan=v["plan"], hostname=v["hostname"], os_template=v["os_template"],
             node=v.get("node"), cluster=v.get("cluster"), private_network=v["private_network"], **install_args(v))
-        return accepted_with_password(op, password)
+        return accepted_with_password(request, op, password)
 
     @extend_schema(request=s.ReinstallSerializer, responses={202: s.AcceptedWithPasswordSerializer})
     @action(detail=True, methods=["post"])
@@ -153,14 +157,14 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         v = data.validated_data
         op, password = lifecycle.request_reinstall(actor(request), pk, os_template=v.get("os_template"),
                                                    **install_args(v))
-        return accepted_with_password(op, password)
+        return accepted_with_password(request, op, password)
 
     @extend_schema(responses={202: s.AcceptedSerializer}, parameters=[OpenApiParameter(
         "keep_backups", bool, description="Keep the server's backups (restorable as a new server); default: "
                                           "they are deleted with it")])
     def destroy(self, request, pk=None):
         keep_backups = request.query_params.get("keep_backups", "").lower() in ("1", "true")
-        return accepted(lifecycle.request_action(actor(request), pk, lifecycle.ACTIONS["delete"].kind,
+        return accepted(request, lifecycle.request_action(actor(request), pk, lifecycle.ACTIONS["delete"].kind,
                                                  {"keep_backups": keep_backups}))
 
     def _act(self, request, pk, name, serializer_class=s.EmptySerializer):
@@ -168,7 +172,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         body = serializer_class(data=request.data)
         body.is_valid(raise_exception=True)
         action = lifecycle.ACTIONS[name]
-        return accepted(lifecycle.request_action(actor(request), pk, action.kind,
+        return accepted(request, lifecycle.request_action(actor(request), pk, action.kind,
                                                  {**action.params, **body.validated_data}))
 
     @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
@@ -202,7 +206,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         data = s.MigrateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        return accepted(lifecycle.request_migration(actor(request), pk, v["node"], v["live"]))
+        return accepted(request, lifecycle.request_migration(actor(request), pk, v["node"], v["live"]))
 
     @extend_schema(request=s.ChangePlanSerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"], url_path="change-plan")
@@ -211,7 +215,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         `applies` which sizes took effect now and which at the next boot."""
         data = s.ChangePlanSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return accepted(lifecycle.request_plan_change(actor(request), pk, data.validated_data["plan"]))
+        return accepted(request, lifecycle.request_plan_change(actor(request), pk, data.validated_data["plan"]))
 
     @extend_schema(request=s.ResetPasswordSerializer, responses={202: s.PasswordResetAcceptedSerializer})
     @action(detail=True, methods=["post"], url_path="reset-password")
@@ -221,7 +225,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
         data = s.ResetPasswordSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         op, password = lifecycle.request_password_reset(actor(request), pk, data.validated_data.get("password", ""))
-        response = accepted_with_password(op, password)
+        response = accepted_with_password(request, op, password)
         finished = op.status in (Operation.Status.SUCCEEDED, Operation.Status.FAILED)
         response.data["applies"] = op.params.get("applies", "failed") if finished else "pending"
         return response
@@ -313,7 +317,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
     @extend_schema(responses={201: s.ApiKeyCreatedSerializer})
     def create(self, request):
         who = actor(request)
-        data = s.ApiKeySerializer(data=request.data)
+        data = s.ApiKeySerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         v = data.validated_data
         if not who.is_admin and (who.is_billing or v["scope"] != ApiKey.Scope.CUSTOMER
@@ -364,13 +368,13 @@ class NodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewSet
         data = s.NodeCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         _node, op = node_actions.add_node(actor(request), **data.validated_data)
-        return accepted(op)
+        return accepted(request, op)
 
     @extend_schema(request=s.EmptySerializer, responses={202: s.AcceptedSerializer})
     @action(detail=True, methods=["post"])
     def install(self, request, pk=None):
         """Run the installer again (idempotent: an installed node is left as it is)."""
-        return accepted(node_actions.reinstall_node(actor(request), self.get_object().pk))
+        return accepted(request, node_actions.reinstall_node(actor(request), self.get_object().pk))
 
     @extend_schema(request=s.AcceptHostKeySerializer, responses={200: s.NodeSerializer})
     @action(detail=True, methods=["post"], url_path="accept-host-key")
@@ -448,7 +452,7 @@ class IpAddressViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelVi
     @extend_schema(request=s.IpAddressCreateSerializer, responses={201: s.IpAddressSerializer})
     def create(self, request):
         self._admin_only()
-        data = s.IpAddressCreateSerializer(data=request.data)
+        data = s.IpAddressCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         v = data.validated_data
         row = ipam_actions.add_address(actor(request), v["server"].pk, v["pool"], v["address"])
@@ -457,7 +461,7 @@ class IpAddressViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelVi
     @extend_schema(request=s.IpAddressUpdateSerializer, responses={200: s.IpAddressSerializer})
     def partial_update(self, request, pk=None):
         row = self.get_object()
-        data = s.IpAddressUpdateSerializer(data=request.data)
+        data = s.IpAddressUpdateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         v = data.validated_data
         if "server" in v:

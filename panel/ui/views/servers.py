@@ -88,7 +88,8 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
     reinstallable = server.state in lifecycle.REINSTALLABLE
     if reinstall_form is None and reinstallable:
         reinstall_form = ReinstallForm(server=server)
-    operations = list(Operation.objects.filter(server=server).order_by("-id")[:10])
+    # Each as its viewer may see it: a customer gets the customer's log, error and requested_by.
+    operations = [op.seen_by(act.is_admin) for op in Operation.objects.filter(server=server).order_by("-id")[:10]]
     snap = live.snapshot(server, act, operations[0] if operations else None)
     buttons = {
         name: {"action": action, "enabled": action.kind in snap["actions"] and not snap["busy"]}
@@ -143,7 +144,7 @@ def server_action(request, server_id: int, action: str):
             current = VirtualServer.objects.filter(pk=server.pk).first()
             return JsonResponse({
                 "ok": True, "message": chosen.requested,
-                "snapshot": live.snapshot(current, act) if current else live.deleted_snapshot(op),
+                "snapshot": live.snapshot(current, act) if current else live.deleted_snapshot(op, act),
             })
         messages.success(request, chosen.requested)
     if kind == "delete" and not VirtualServer.objects.filter(pk=server.pk).exists():
@@ -176,7 +177,7 @@ def server_reinstall(request, server_id: int):
 def operation_detail(request, operation_id: int):
     act = actor(request)
     op = act.get_or_404(Operation.objects.select_related("server", "customer", "node"), pk=operation_id)
-    return render(request, "ui/operation_detail.html", {"op": op, "is_admin": act.is_admin})
+    return render(request, "ui/operation_detail.html", {"op": op.seen_by(act.is_admin), "is_admin": act.is_admin})
 
 
 @require_POST
