@@ -5,6 +5,7 @@ A customer may back up and restore their own servers when their plan includes ba
 panel's own backup are Operations the worker carries out (backup/taking.py, restoring.py).
 """
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.translation import gettext as _
 
@@ -15,7 +16,7 @@ from panel.accounts.tenancy import Actor
 from panel.operations import hand_over, new_operation
 from panel.refusals import Refused
 from panel.vps import lifecycle
-from panel.vps.models import Operation, ServerState, VirtualServer
+from panel.vps.models import Operation, ServerState, VirtualServer, hostname_validator
 
 
 # A backup copies a running server live (consistently) or a stopped one as it lies.
@@ -108,13 +109,20 @@ def restore_as_new_server(actor: Actor, backup_id, *, hostname: str = "", node=N
     if not actor.is_admin:
         raise Refused(_("Only admins restore a backup as a new server."), "permission_denied", 403)
     backup = restorable_backup(actor, backup_id)
+    hostname = hostname or backup.hostname
+    try:
+        # Checked here, for the UI and the API alike: the name reaches the cloud-init meta-data
+        # of the server's next install.
+        hostname_validator(hostname)
+    except ValidationError as exc:
+        raise Refused(str(exc.messages[0]), "invalid", 400, field="hostname") from None
     described = backup.manifest.get("server", {})
     plan = Plan.objects.filter(pk=described.get("plan_id")).first() or (backup.server.plan if backup.server else None)
     if plan is None or backup.customer is None:
         raise Refused(_("The backup's plan or customer no longer exists."), "invalid", 400, field="backup")
     with transaction.atomic():
         server = lifecycle.place_new_server(
-            actor, customer=backup.customer, plan=plan, hostname=hostname or backup.hostname,
+            actor, customer=backup.customer, plan=plan, hostname=hostname,
             os_template=OsTemplate.objects.filter(slug=described.get("os_template", "")).first(), node=node,
             disk_gib=described.get("disk_gib"))
         op = new_operation(actor, Operation.Kind.RESTORE, server=server,

@@ -1,10 +1,13 @@
 import django_filters
+from django.utils.translation import gettext as _
+from rest_framework.settings import api_settings
 from django import forms
 from django.db import models
 from django_filters.rest_framework import DjangoFilterBackend
 
 from panel.accounts.models import ApiKey, AuditEntry, Customer
 from panel.vps.models import Operation, VirtualServer
+from panel.refusals import Refused
 
 
 # Related ids are filtered as plain numbers: a choice filter would check the id against all
@@ -66,3 +69,35 @@ class AuditFilter(PanelFilterSet):
         model = AuditEntry
         fields = ["action", "object_type", "object_id", "user", "customer"]
 
+
+# -- query parameters a list does not know ---------------------------------------------------
+# A misspelt filter (`?adress=`) was ignored, so the list answered with every row: a billing
+# script that acts on the answer acted on everything. Every GET of the API names only query
+# parameters its view knows (panel.api.views.PanelViewSet.filter_queryset).
+
+def known_parameters(view, queryset) -> tuple[set[str], set[str]]:
+    """(the view's filters, the other query parameters it takes: pagination, `format`, and
+    search or ordering where a view has those backends)."""
+    filters, others = set(), {api_settings.URL_FORMAT_OVERRIDE}
+    for backend_class in view.filter_backends:
+        backend = backend_class()
+        if hasattr(backend, "get_filterset_class"):
+            filterset = backend.get_filterset_class(view, queryset)
+            filters |= set(filterset.base_filters) if filterset is not None else set()
+        others |= {getattr(backend, name) for name in ("search_param", "ordering_param") if hasattr(backend, name)}
+    if getattr(view, "paginator", None) is not None:
+        others |= {getattr(view.paginator, name, None) for name in (
+            "page_query_param", "page_size_query_param", "limit_query_param", "offset_query_param",
+            "cursor_query_param")}
+    return filters, others - {None}
+
+
+def refuse_unknown_parameters(request, view, queryset) -> None:
+    """Refused (400 `unknown_filter`, naming the parameter) for a query parameter the view does
+    not know; nothing is listed or changed."""
+    filters, others = known_parameters(view, queryset)
+    unknown = sorted(set(request.query_params) - filters - others)
+    if unknown:
+        known = ", ".join(sorted(filters)) or _("nothing")
+        raise Refused(_("Unknown filter %(name)s: this list filters by %(known)s.")
+                      % {"name": unknown[0], "known": known}, "unknown_filter", 400, field=unknown[0])

@@ -9,6 +9,7 @@ from panel.accounts.tenancy import actor
 from panel.vps.models import Operation, Plan, VirtualServer, hostname_validator
 from nodes.models import Cluster, Network, Node, Storage
 from panel.ipam.models import IpAddress, IpPool
+from recipes import sealing
 from recipes.models import Recipe, normalize_parameters
 from templates_os.models import Installation, OsTemplate
 
@@ -67,12 +68,21 @@ class InstallationSerializer(PanelModelSerializer):
 
     recipe = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     os_template = serializers.SlugRelatedField(source="template", slug_field="slug", read_only=True, allow_null=True)
+    recipe_params = serializers.SerializerMethodField(help_text="The values of the parameters not declared secret")
+    recipe_secrets = serializers.SerializerMethodField(
+        help_text="The parameters declared secret: whether each was given (their values are never shown)")
 
     class Meta:
         model = Installation
-        fields = ["id", "status", "os_template", "recipe", "recipe_params", "config_served_at", "finished_at",
-                  "recipe_exit_code", "recipe_output", "created_at"]
+        fields = ["id", "status", "os_template", "recipe", "recipe_params", "recipe_secrets", "config_served_at",
+                  "finished_at", "recipe_exit_code", "recipe_output", "created_at"]
         read_only_fields = fields
+
+    def get_recipe_params(self, obj) -> dict[str, str]:
+        return sealing.shown(obj.recipe_params, obj.recipe)[0]
+
+    def get_recipe_secrets(self, obj) -> dict[str, bool]:
+        return sealing.shown(obj.recipe_params, obj.recipe)[1]
 
 
 class ServerDetailSerializer(ServerSerializer):

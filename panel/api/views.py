@@ -14,7 +14,8 @@ from panel import limits
 from panel.accounts import audit
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.api import serializers as s
-from panel.api.filters import ApiKeyFilter, AuditFilter, CustomerFilter, OperationFilter, ServerFilter
+from panel.api.filters import (ApiKeyFilter, AuditFilter, CustomerFilter, OperationFilter, ServerFilter,
+                               refuse_unknown_parameters)
 from panel.api.idempotency import IdempotentViewMixin
 from panel.api.permissions import IsAdmin, IsAdminOrReadOnly, IsProviderOrReadOnly, actor
 from panel.vps import lifecycle
@@ -39,6 +40,11 @@ class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
 
     def get_queryset(self):
         return actor(self.request).restrict(self.queryset.all())
+
+    def filter_queryset(self, queryset):
+        if self.request.method in ("GET", "HEAD"):
+            refuse_unknown_parameters(self.request, self, queryset)  # a misspelt filter must not list everything
+        return super().filter_queryset(queryset)
 
     def audit(self, action_name: str, obj, **detail) -> None:
         audit.record(actor(self.request), action_name, obj, **detail)
