@@ -461,3 +461,17 @@ def test_a_console_token_of_a_revoked_key_does_not_connect(ui_world):
         assert await _closed_within(communicator, 3) == 4401
 
     async_to_sync(run)()
+
+
+def test_the_sessions_page_in_russian(ui_world):
+    from django.core.management import call_command
+    from django.utils.translation import trans_real
+
+    call_command("compilemessages", locale=["ru"], ignore_patterns=[".venv", ".cache", "data"], verbosity=0)
+    trans_real._translations = {}
+    client = at("10.0.0.96")
+    login(client, ALICE, ALICE_PW)
+    client.post("/language/", {"language": "ru"})
+    page = client.get("/account/sessions/").content.decode()
+    assert "Ваши сеансы" in page and "Выйти везде" in page and "30 мин. бездействия" in page
+    assert "Этот сеанс" in page
