@@ -357,3 +357,24 @@ def test_the_name_is_resolved_again_at_send_time_dns_rebinding(world, queued, mo
         assert "127.0.0.1" in row.last_error and rx.requests == []
     finally:
         rx.stop()
+
+
+def test_a_name_that_does_not_resolve_yet_is_accepted_and_checked_at_each_send(world, queued, monkeypatch):
+    """E.g. a billing system's endpoint whose DNS is still being set up: the send decides."""
+    real = socket.getaddrinfo
+
+    def dns(host, *args, **kwargs):
+        if host == "later.example.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    for key in (world.alice_key, world.billing_key):
+        r = world.client(key).post("/api/v1/webhooks/", {"url": "https://later.example.test/hook", "events": ["*"]},
+                                   format="json")
+        assert r.status_code == 201, r.json()
+    emit("server.created", customer_id=world.alice_customer.id, server=1)
+    for row in Delivery.objects.all():
+        assert wd.deliver(row.id) == "pending"  # retried later, as any failure to resolve
+        row.refresh_from_db()
+        assert "does not resolve" in row.last_error

@@ -76,10 +76,14 @@ class WebhookSerializer(serializers.ModelSerializer):
     def validate(self, attrs):
         scope = self.context["scope"]  # who makes it: Webhook.Scope
         if scope not in settings.WEBHOOKS_ALLOW_PRIVATE and "url" in attrs:
+            # A name that resolves to a private address is refused now; one that does not resolve
+            # yet (its DNS still being set up) is not: every send checks what it resolves to then.
             try:
                 destinations.resolve(destinations.parse(attrs["url"]), public_only=True)
-            except (destinations.Forbidden, destinations.Unresolvable) as exc:
+            except destinations.Forbidden as exc:
                 raise serializers.ValidationError({"url": [str(exc)]})
+            except destinations.Unresolvable:
+                pass
         probe = Webhook(url=attrs.get("url", ""), events=attrs.get("events", []))
         try:
             probe.clean()  # the model's invariants, the same for the UI and the API
