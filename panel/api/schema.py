@@ -52,7 +52,8 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="Any string up to 255 characters (e.g. the billing system's order or service id): the same "
                 "key with the same body within 24 h returns the first answer and does nothing again; with a "
-                "different body, 409 `idempotency_conflict`. Keys are per caller.",
+                "different body, 409 `idempotency_conflict`. Keys are per caller. Secrets shown once (a "
+                "root password, an API key, a webhook secret, a console URL) are neither kept nor replayed.",
 )
 
 
