@@ -224,7 +224,7 @@ def test_an_image_install_gets_a_seed_iso_that_includes_the_one_time_url(world, 
     host = driver_for(world.node.uri).host
     seed = read_seed(host.uploads[server.seed_volume])
     assert seed["user-data"].startswith("#include\nhttp://panel.test/provision/")
-    assert f"local-hostname: web1" in seed["meta-data"] and str(server.uuid) in seed["meta-data"]
+    assert 'local-hostname: "web1"' in seed["meta-data"] and str(server.uuid) in seed["meta-data"]
     address = server.ip_addresses.get().address
     assert f'addresses: ["{address}/24"]' in seed["network-config"] and server.nics.get().mac in seed["network-config"]
     assert host.backing[server.disk_volume].endswith("/cloudy/base.qcow2")  # a thin overlay

@@ -321,3 +321,26 @@ def test_the_integration_guides_list_calls_use_known_filters(world):
     for path, name in calls:
         r = c.get(f"/api/v1{path}?{name}=")
         assert r.status_code == 200, (path, name, r.content[:200])
+
+
+@pytest.mark.django_db
+def test_the_recipe_form_declares_and_keeps_a_secret_parameter(world):
+    from recipes.models import Recipe
+
+    ui = Client()
+    ui.force_login(world.admin)
+    form = {"name": "Db", "slug": "db", "description": "", "os_families": "tiny", "script": "#!/bin/sh\ntrue\n",
+            "enabled": "on", "parameters": "db_password | Password | yes | | secret\ndb_name | Name | no | app"}
+    assert ui.post("/admin/recipes/new/", form).status_code == 302
+    recipe = Recipe.objects.get(slug="db")
+    assert recipe.secret_names == {"db_password"}
+    page = ui.get(f"/admin/recipes/{recipe.pk}/edit/").content.decode()
+    assert "db_password | Password | yes |  | secret" in page
+    # Saved again as the edit form shows it: still secret.
+    assert ui.post(f"/admin/recipes/{recipe.pk}/edit/", {**form, "parameters": "db_password | Password | yes |  | secret\n"
+                                                                                "db_name | Name | no | app"}).status_code == 302
+    recipe.refresh_from_db()
+    assert recipe.secret_names == {"db_password"}
+    r = ui.post("/admin/recipes/new/", {**form, "slug": "db2", "parameters": "db_password | P | yes | x | secret"})
+    assert r.status_code == 200 and "no default" in " ".join(r.context["form"].errors["parameters"])
+    assert not Recipe.objects.filter(slug="db2").exists()

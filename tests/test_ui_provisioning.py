@@ -138,8 +138,9 @@ def test_admin_creates_edits_and_deletes_a_recipe(ui_world):
     assert r.status_code == 302 and r["Location"] == "/admin/recipes/"
     recipe = Recipe.objects.get(slug="hello")
     assert recipe.os_families == ["tiny", "debian"] and recipe.enabled
-    assert recipe.parameters == [{"name": "greeting", "label": "The greeting", "required": True, "default": "hi"},
-                                 {"name": "shout", "label": "Upper case", "required": False, "default": ""}]
+    assert recipe.parameters == [
+        {"name": "greeting", "label": "The greeting", "required": True, "default": "hi", "secret": False},
+        {"name": "shout", "label": "Upper case", "required": False, "default": "", "secret": False}]
     assert AuditEntry.objects.filter(action="recipe.create", object_id=str(recipe.pk)).exists()
     assert "hello" in admin.get("/admin/recipes/").content.decode()
     form = admin.get(f"/admin/recipes/{recipe.pk}/edit/").content.decode()

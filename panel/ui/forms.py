@@ -471,9 +471,10 @@ NO = {"no", "n", "false", "0", "нет", "н", ""}
 
 
 def parameters_text(parameters: list[dict]) -> str:
-    """A recipe's parameters as the form's lines: name | label | yes/no | default."""
+    """A recipe's parameters as the form's lines: name | label | yes/no | default, and `| secret`
+    for a secret one (an edit in the form keeps it secret)."""
     return "\n".join(" | ".join([p["name"], p.get("label", ""), "yes" if p.get("required") else "no",
-                                 p.get("default", "")]) for p in parameters)
+                                 p.get("default", ""), *(["secret"] if p.get("secret") else [])]) for p in parameters)
 
 
 class RecipeForm(forms.ModelForm):
@@ -486,8 +487,9 @@ class RecipeForm(forms.ModelForm):
         label=_("Parameters"), required=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono",
                                      "placeholder": "db_name | Database name | no | app"}),
-        help_text=_("One per line: name | label | required (yes/no) | default. The script gets each as an "
-                    "upper-case environment variable."))
+        help_text=_("One per line: name | label | required (yes/no) | default, and | secret for a value that is "
+                    "kept encrypted and never shown (no default). The script gets each as an upper-case "
+                    "environment variable."))
 
     class Meta:
         model = Recipe
@@ -518,11 +520,16 @@ class RecipeForm(forms.ModelForm):
         for number, line in enumerate(self.cleaned_data["parameters"].splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            name, label, required, default = ([part.strip() for part in line.split("|", 3)] + [""] * 3)[:4]
+            name, label, required, default, secret = ([part.strip() for part in line.split("|", 4)] + [""] * 4)[:5]
             if required.lower() not in YES | NO:
                 errors.append(_("Line %(n)s: required is yes or no, not “%(value)s”.") % {"n": number, "value": required})
                 continue
-            item = {"name": name, "label": label or name, "required": required.lower() in YES, "default": default}
+            if secret.lower() not in YES | NO | {"secret"}:
+                errors.append(_("Line %(n)s: the fifth column is secret or empty, not “%(value)s”.")
+                              % {"n": number, "value": secret})
+                continue
+            item = {"name": name, "label": label or name, "required": required.lower() in YES, "default": default,
+                    "secret": secret.lower() in YES | {"secret"}}
             try:  # one line at a time, so that the error names its line
                 parameters = normalize_parameters([*parameters, item])
             except ValidationError as exc:
