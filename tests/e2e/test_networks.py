@@ -66,7 +66,14 @@ def net(live_panel, test_cluster):
            "alice": make_tenant(panel, "nets-alice"), "bob": make_tenant(panel, "nets-bob")}
     for node_id in nodes.values():
         for server in panel.call(admin, "GET", f"/api/v1/servers/?node={node_id}").json()["results"]:
-            panel.wait_operation(admin, panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/").json()["id"])
+            # a server still being made (a test failed before waiting for it) is busy: ask again
+            def delete(server=server):
+                r = panel.call(admin, "DELETE", f"/api/v1/servers/{server['id']}/")
+                return None if r.status_code == 409 else [r]
+
+            (r,) = wait_for(delete, 180, "the server to be deletable", 2)
+            assert r.status_code == 202, r.text
+            panel.wait_operation(admin, r.json()["id"])
         assert panel.call(admin, "DELETE", f"/api/v1/nodes/{node_id}/").status_code == 204
     for pool in pools:
         panel.call(admin, "DELETE", f"/api/v1/ip-pools/{pool}/")
