@@ -344,3 +344,16 @@ def test_the_recipe_form_declares_and_keeps_a_secret_parameter(world):
     r = ui.post("/admin/recipes/new/", {**form, "slug": "db2", "parameters": "db_password | P | yes | x | secret"})
     assert r.status_code == 200 and "no default" in " ".join(r.context["form"].errors["parameters"])
     assert not Recipe.objects.filter(slug="db2").exists()
+
+
+@pytest.mark.django_db
+def test_a_write_takes_only_the_query_parameters_its_action_reads(world, alice_server):
+    c = world.client(world.admin_key)
+    r = c.delete(f"/api/v1/servers/{alice_server.id}/?keep_backup=1")  # misspelt: the backups would go too
+    assert r.status_code == 400 and r.json()["code"] == "unknown_filter" and list(r.json()["fields"]) == ["keep_backup"]
+    r = c.post(f"/api/v1/servers/{alice_server.id}/stop/?force=1", {}, format="json")
+    assert r.status_code == 400 and list(r.json()["fields"]) == ["force"]
+    assert not Operation.objects.filter(kind__in=["delete", "stop"]).exists()
+    r = c.delete(f"/api/v1/servers/{alice_server.id}/?keep_backups=1&format=json")
+    assert r.status_code == 202, r.json()
+    assert Operation.objects.get(kind="delete").params["keep_backups"] is True

@@ -101,3 +101,13 @@ def refuse_unknown_parameters(request, view, queryset) -> None:
         known = ", ".join(sorted(filters)) or _("nothing")
         raise Refused(_("Unknown filter %(name)s: this list filters by %(known)s.")
                       % {"name": unknown[0], "known": known}, "unknown_filter", 400, field=unknown[0])
+
+
+def refuse_unknown_write_parameters(request, known: frozenset[str]) -> None:
+    """The same for a write: it takes only the query parameters its action reads (`known`) and
+    `format`; `DELETE /servers/{id}/?keep_backup=1` (misspelt) deleted the backups too."""
+    unknown = sorted(set(request.query_params) - known - {api_settings.URL_FORMAT_OVERRIDE})
+    if unknown:
+        raise Refused(_("Unknown query parameter %(name)s: this operation takes %(known)s.")
+                      % {"name": unknown[0], "known": ", ".join(sorted(known)) or _("none")},
+                      "unknown_filter", 400, field=unknown[0])

@@ -15,7 +15,7 @@ from panel.accounts import audit
 from panel.accounts.models import ApiKey, AuditEntry, Customer, User
 from panel.api import serializers as s
 from panel.api.filters import (ApiKeyFilter, AuditFilter, CustomerFilter, OperationFilter, ServerFilter,
-                               refuse_unknown_parameters)
+                               refuse_unknown_parameters, refuse_unknown_write_parameters)
 from panel.api.idempotency import IdempotentViewMixin
 from panel.api.permissions import IsAdmin, IsAdminOrReadOnly, IsProviderOrReadOnly, actor
 from panel.vps import lifecycle
@@ -40,6 +40,15 @@ class PanelViewSet(IdempotentViewMixin, viewsets.GenericViewSet):
 
     def get_queryset(self):
         return actor(self.request).restrict(self.queryset.all())
+
+    # Query parameters a write reads, by action (ServerViewSet's destroy: keep_backups); a write
+    # with any other one is refused, as a GET with an unknown filter is.
+    action_parameters: dict[str, frozenset[str]] = {}
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            refuse_unknown_write_parameters(request, self.action_parameters.get(self.action, frozenset()))
 
     def filter_queryset(self, queryset):
         if self.request.method in ("GET", "HEAD"):
@@ -134,6 +143,7 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PanelViewS
     # A replayed create or reinstall does not show the password again, nor a replayed console
     # request its one-time URL (a bearer credential when a key asked for it).
     secret_response_fields = ("password", "url")
+    action_parameters = {"destroy": frozenset({"keep_backups"})}
 
     def get_serializer_class(self):
         return s.ServerDetailSerializer if self.action == "retrieve" else s.ServerSerializer
