@@ -166,6 +166,8 @@ class UserSession(models.Model):
     when it was last seen, from where. One row per Django session key; a row whose session is
     gone (signed out, expired, key cycled) is pruned when the list is read."""
 
+    customer_path = "user__customer"  # how a row reaches its customer (panel.accounts.tenancy)
+
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="browser_sessions")
     session_key = models.CharField(max_length=40, unique=True)
     created_at = models.DateTimeField()
