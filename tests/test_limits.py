@@ -378,3 +378,54 @@ def test_a_name_that_does_not_resolve_yet_is_accepted_and_checked_at_each_send(w
         assert wd.deliver(row.id) == "pending"  # retried later, as any failure to resolve
         row.refresh_from_db()
         assert "does not resolve" in row.last_error
+
+
+def test_a_count_outlives_quiet_minutes_in_the_database_cache(world, settings, monkeypatch):
+    """The database cache's incr() would reset the counter's expiry to its default 5 minutes: an
+    hour's or a day's count would start again after a pause."""
+    from datetime import timedelta
+
+    from django.core.cache.backends import db
+
+    settings.API_RATE_PER_KEY = "3/day"
+    alice = world.client(world.alice_key)
+    assert [alice.get("/api/v1/plans/").status_code for _ in range(3)] == [200, 200, 200]
+    later = db.tz_now() + timedelta(minutes=10)
+    monkeypatch.setattr(db, "tz_now", lambda: later)  # the cache's clock; still the same day
+    assert_429(alice.get("/api/v1/plans/"), "throttled")
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.1).close()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_with_redis_the_counts_live_there(world, settings, redis_url):
+    import redis
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    settings.API_RATE_PER_KEY = "2/day"
+    alice = world.client(world.alice_key)
+    assert [alice.get("/api/v1/plans/").status_code for _ in range(2)] == [200, 200]
+    assert_429(alice.get("/api/v1/plans/"), "throttled")
+    direct = redis.Redis.from_url(redis_url)
+    keys = [k for k in direct.keys("*") if b"throttle:key:" in k]
+    assert len(keys) == 1 and 0 < direct.ttl(keys[0]) <= 86401

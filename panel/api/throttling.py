@@ -15,7 +15,8 @@ floods, not for billing.
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.throttling import BaseThrottle
 
@@ -52,11 +53,16 @@ class WindowThrottle(BaseThrottle):
         window = int(now // period)
         self.retry_after = (window + 1) * period - now
         key = f"throttle:{self.scope}:{ident}:{period}:{window}"
-        try:
-            used = cache.incr(key)  # atomic in Redis; the database cache reads and writes
-        except ValueError:  # the window's first request
-            cache.add(key, 0, timeout=int(self.retry_after) + 1)
-            used = cache.incr(key)
+        timeout = int(self.retry_after) + 1  # the counter lasts as long as its window
+        store = caches["default"]
+        if isinstance(store, RedisCache):
+            store.add(key, 0, timeout=timeout)
+            used = store.incr(key)  # atomic, and it keeps the expiry
+        else:
+            # The database cache's incr() is a read and a write too, and it would reset the
+            # expiry to the default 5 minutes: an hour's count would restart after 5 quiet minutes.
+            used = store.get(key, 0) + 1
+            store.set(key, used, timeout=timeout)
         return used <= limit
 
     def wait(self) -> float:
