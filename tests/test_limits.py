@@ -429,3 +429,23 @@ def test_with_redis_the_counts_live_there(world, settings, redis_url):
     direct = redis.Redis.from_url(redis_url)
     keys = [k for k in direct.keys("*") if b"throttle:key:" in k]
     assert len(keys) == 1 and 0 < direct.ttl(keys[0]) <= 86401
+
+
+@pytest.mark.parametrize("value, scopes", [("", []), ("0", []), ("1", ["admin", "billing", "customer"]),
+                                           ("true", ["admin", "billing", "customer"]),
+                                           ("billing", ["billing"]), ("admin, customer", ["admin", "customer"])])
+def test_the_private_destinations_setting_names_scopes(monkeypatch, value, scopes):
+    import runpy
+
+    monkeypatch.setenv("WEBHOOKS_ALLOW_PRIVATE", value)
+    assert runpy.run_path(str(ROOT / "panel" / "settings.py"))["WEBHOOKS_ALLOW_PRIVATE"] == scopes
+
+
+def test_an_unknown_scope_in_the_setting_stops_the_panel(monkeypatch):
+    import runpy
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.setenv("WEBHOOKS_ALLOW_PRIVATE", "admins")
+    with pytest.raises(ImproperlyConfigured, match="WEBHOOKS_ALLOW_PRIVATE"):
+        runpy.run_path(str(ROOT / "panel" / "settings.py"))
