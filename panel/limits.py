@@ -3,7 +3,7 @@
 What one customer (or one billing key, for the provider's webhooks) may hold or start, so one
 credential cannot exhaust the panel for everybody: servers, active API keys, webhooks (each one
 multiplies every event into requests retried for 25 h), console URLs a minute, backups an hour.
-The numbers are settings (LIMIT_*, docs/security-limits.md). The provider's admins are not
+The numbers are settings (LIMIT_*, docs/security.md). The provider's admins are not
 bounded: they are who raises a customer's needs.
 
 A bound on what exists is a 409 `limit_reached`; a rate (per minute, per hour) is a 429

@@ -153,15 +153,10 @@ else:
     # falls back to polling the Operation (see panel/progress.py).
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# The API's rate limits count here, so every process (web workers, the qcluster worker) sees the
-# same counts: Redis when there is one, else a table of the panel's database, which migrate
-# creates (panel/api/apps.py runs createcachetable after every migrate).
+# The API's rate limits count in Redis when there is one, so every process (web workers, the
+# qcluster worker) sees the same counts; without it they count in the database (RateCount).
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "panel_cache",
-                          # The default 300 entries would cull live counters under many callers.
-                          "OPTIONS": {"MAX_ENTRIES": 100_000}}}
 
 Q_CLUSTER = {
     "name": "panel",
@@ -293,7 +288,7 @@ if set(WEBHOOKS_ALLOW_PRIVATE) - {"admin", "billing", "customer"}:
                                "name admin, billing and/or customer")
 # Rate limits of the API (panel/api/throttling.py), "<count>/<second|minute|hour|day>": requests
 # per API key (or session user), and per client address whoever is calling (failed logins
-# included). Counted in CACHES["default"], shared by every process. docs/security-limits.md.
+# included). Counted in Redis or the database, shared by every process. docs/security.md.
 API_RATE_PER_KEY = envstr("API_RATE_PER_KEY", "600/minute")
 API_RATE_PER_ADDRESS = envstr("API_RATE_PER_ADDRESS", "1200/minute")
 # Per-customer bounds (panel/limits.py), for every caller but the provider's admins: servers,

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
@@ -33,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _fresh_counts(settings):
-    cache.clear()  # inside the test's transaction: undone with it
     settings.WEBHOOK_TIMEOUT_SECONDS = 5
     settings.WEBHOOKS_ALLOW_PRIVATE = []
 
@@ -93,27 +91,35 @@ def test_wrong_keys_count_against_the_address(world, settings):
     assert world.client(world.alice_key).get("/api/v1/servers/", REMOTE_ADDR="198.51.100.8").status_code == 200
 
 
-def test_the_counts_live_in_the_database_cache_that_migrate_creates(world, settings):
+def test_the_counts_live_in_the_database_one_statement_a_limit(world, settings):
     from django.conf import settings as live
+    from django.test.utils import CaptureQueriesContext
 
-    assert live.CACHES["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache"
+    from panel.api.models import RateCount
+
+    assert "default" not in getattr(live, "CACHES", {}) or "redis" not in live.CACHES["default"]["BACKEND"]
     settings.API_RATE_PER_KEY = "5/day"
-    world.client(world.alice_key).get("/api/v1/servers/")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT cache_key FROM panel_cache")
-        keys = [row[0] for row in cursor.fetchall()]
-    assert any("throttle:key:" in k for k in keys) and any("throttle:address:" in k for k in keys), keys
+    alice = world.client(world.alice_key)
+    alice.get("/api/v1/plans/")
+    callers = list(RateCount.objects.values_list("caller", "used"))
+    assert sorted(c.split(":")[1] for c, _ in callers) == ["address", "key"] and {u for _, u in callers} == {1}
+    with CaptureQueriesContext(connection) as queries:
+        alice.get("/api/v1/plans/")
+    counting = [q["sql"] for q in queries.captured_queries if RateCount._meta.db_table in q["sql"]]
+    assert len(counting) == 2, counting
+    assert set(RateCount.objects.values_list("used", flat=True)) == {2}
 
 
-@pytest.mark.django_db(transaction=True)
-def test_migrate_creates_the_cache_table(settings):
-    from django.core.management import call_command
+def test_a_new_window_forgets_ended_ones_only(world, settings):
+    from panel.api.models import RateCount
 
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE panel_cache")
-    assert "panel_cache" not in connection.introspection.table_names()
-    call_command("migrate", verbosity=0)
-    assert "panel_cache" in connection.introspection.table_names()
+    settings.API_RATE_PER_KEY = "2/minute"
+    alice, bob = world.client(world.alice_key), world.client(world.bob_key)
+    assert [alice.get("/api/v1/plans/").status_code for _ in range(2)] == [200, 200]
+    RateCount.objects.create(caller="throttle:key:gone:60:1", used=9, expires=1)  # a window long over
+    bob.get("/api/v1/plans/", REMOTE_ADDR="198.51.100.9")  # bob's first request: a new row
+    assert not RateCount.objects.filter(caller="throttle:key:gone:60:1").exists()
+    assert_429(alice.get("/api/v1/plans/"), "throttled")  # alice's window still counts
 
 
 @pytest.mark.django_db(transaction=True)
@@ -141,7 +147,9 @@ def test_another_process_sees_the_same_counts():
         with override_settings(API_RATE_PER_KEY="2/day"):
             assert_429(client.get("/api/v1/plans/"), "throttled")
     finally:
-        cache.clear()  # committed rows: the next tests must not inherit them
+        from panel.api.models import RateCount
+
+        RateCount.objects.all().delete()  # committed rows: the next tests must not inherit them
         key_row.delete()
 
 
@@ -378,21 +386,6 @@ def test_a_name_that_does_not_resolve_yet_is_accepted_and_checked_at_each_send(w
         assert wd.deliver(row.id) == "pending"  # retried later, as any failure to resolve
         row.refresh_from_db()
         assert "does not resolve" in row.last_error
-
-
-def test_a_count_outlives_quiet_minutes_in_the_database_cache(world, settings, monkeypatch):
-    """The database cache's incr() would reset the counter's expiry to its default 5 minutes: an
-    hour's or a day's count would start again after a pause."""
-    from datetime import timedelta
-
-    from django.core.cache.backends import db
-
-    settings.API_RATE_PER_KEY = "3/day"
-    alice = world.client(world.alice_key)
-    assert [alice.get("/api/v1/plans/").status_code for _ in range(3)] == [200, 200, 200]
-    later = db.tz_now() + timedelta(minutes=10)
-    monkeypatch.setattr(db, "tz_now", lambda: later)  # the cache's clock; still the same day
-    assert_429(alice.get("/api/v1/plans/"), "throttled")
 
 
 @pytest.fixture

@@ -44,3 +44,12 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} #{self.id}"
+
+
+class RateCount(models.Model):
+    """One caller's requests in one window of a rate limit (panel/api/throttling.py), when there
+    is no Redis: the window is part of `caller`, so a new window is a new row."""
+
+    caller = models.CharField(max_length=190, primary_key=True)  # 190: utf8mb4's index limit
+    used = models.PositiveIntegerField(default=0)
+    expires = models.PositiveBigIntegerField(db_index=True)  # epoch seconds: old windows go then

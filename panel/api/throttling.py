@@ -1,8 +1,8 @@
 """The API's rate limits: requests per API key (or session user) and per client address.
 
-Counted in the shared cache (CACHES["default"]: Redis, or a table of the panel's database),
-so every web process and the worker count together; a per-process count would let N
-processes through N times the rate. Over the limit the answer is 429 `throttled` with
+Counted where every web process and the worker see the same counts (a per-process count
+would let N processes through N times the rate): Redis when there is one (CACHES["default"]),
+else the database's RateCount table, one statement a request and limit. Over the limit the answer is 429 `throttled` with
 Retry-After, in the API's error format (errors.py); a request with a wrong key counts
 against its address too (errors.py asks `address_allows` before it answers 401).
 
@@ -18,10 +18,13 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.db.models import F
 from rest_framework.throttling import BaseThrottle
 
 from panel.accounts.models import ApiKey
 from panel.accounts.tenancy import client_address
+from panel.api.models import RateCount
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -59,14 +62,36 @@ class WindowThrottle(BaseThrottle):
             store.add(key, 0, timeout=timeout)
             used = store.incr(key)  # atomic, and it keeps the expiry
         else:
-            # The database cache's incr() is a read and a write too, and it would reset the
-            # expiry to the default 5 minutes: an hour's count would restart after 5 quiet minutes.
-            used = store.get(key, 0) + 1
-            store.set(key, used, timeout=timeout)
+            used = count_in_database(key, int(now) + timeout)
         return used <= limit
 
     def wait(self) -> float:
         return self.retry_after
+
+
+def count_in_database(caller: str, expires: int) -> int:
+    """One more request for `caller` in the RateCount table; returns its count. One atomic
+    statement on MariaDB/MySQL and SQLite (Django's database cache took six, and a read then a
+    write, so concurrent requests could count once)."""
+    table = connection.ops.quote_name(RateCount._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            # LAST_INSERT_ID(expr) hands the updated count back as the insert id; a new row (no
+            # auto-increment column) gives 0.
+            cursor.execute(f"INSERT INTO {table} (caller, used, expires) VALUES (%s, 1, %s) "
+                           "ON DUPLICATE KEY UPDATE used = LAST_INSERT_ID(used + 1)", [caller, expires])
+            used = cursor.lastrowid or 1
+        elif connection.vendor == "sqlite":
+            cursor.execute(f"INSERT INTO {table} (caller, used, expires) VALUES (%s, 1, %s) "
+                           "ON CONFLICT (caller) DO UPDATE SET used = used + 1 RETURNING used", [caller, expires])
+            used = cursor.fetchone()[0]
+        else:
+            RateCount.objects.get_or_create(caller=caller, defaults={"used": 0, "expires": expires})
+            RateCount.objects.filter(caller=caller).update(used=F("used") + 1)
+            used = RateCount.objects.get(caller=caller).used
+    if used == 1:  # a caller's new window: the time to forget ended ones
+        RateCount.objects.filter(expires__lt=int(time.time())).delete()
+    return used
 
 
 class KeyRateThrottle(WindowThrottle):
