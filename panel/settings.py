@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "panel.ipam",
     "panel.webhooks",
     "panel.usage",
+    "panel.images",
     "panel.ui",
     "nodes",
     "novnc",

@@ -42,7 +42,8 @@ class PlanSerializer(PanelModelSerializer):
     class Meta:
         model = Plan
         fields = ["id", "name", "vcpus", "ram_mib", "disk_gib", "traffic_gib", "bandwidth_mbit",
-                  "ipv4_count", "ipv6_count", "backups", "throttled_mbit", "created_at"]
+                  "ipv4_count", "ipv6_count", "backups", "throttled_mbit", "snapshots", "snapshot_memory",
+                  "data_disks", "data_disk_gib", "clones", "created_at"]
 
 
 class ServerSerializer(PanelModelSerializer):

@@ -90,16 +90,33 @@ class PlanForm(forms.ModelForm):
                                         label=_("Bandwidth after the traffic quota (Mbit/s)"),
                                         help_text=_("0 = unchanged"))
 
+    # The image allowances are optional too: a form posted without them gives none.
+    snapshots = forms.IntegerField(min_value=0, max_value=100, required=False, initial=0, label=_("Snapshots"))
+    data_disks = forms.IntegerField(min_value=0, max_value=16, required=False, initial=0, label=_("Data disks"))
+    data_disk_gib = forms.IntegerField(min_value=0, max_value=65536, required=False, initial=0,
+                                       label=_("Data disks in all (GiB)"))
+
     def clean_throttled_mbit(self):
         return self.cleaned_data.get("throttled_mbit") or 0
+
+    def clean_snapshots(self):
+        return self.cleaned_data.get("snapshots") or 0
+
+    def clean_data_disks(self):
+        return self.cleaned_data.get("data_disks") or 0
+
+    def clean_data_disk_gib(self):
+        return self.cleaned_data.get("data_disk_gib") or 0
 
     class Meta:
         model = Plan
         fields = ["name", "vcpus", "ram_mib", "disk_gib", "traffic_gib", "bandwidth_mbit", "ipv4_count",
-                  "ipv6_count", "backups", "throttled_mbit"]
+                  "ipv6_count", "backups", "throttled_mbit", "snapshots", "snapshot_memory", "data_disks",
+                  "data_disk_gib", "clones"]
         labels = {"name": _("Name"), "vcpus": _("vCPUs"), "ram_mib": _("RAM (MiB)"), "disk_gib": _("Disk (GiB)"),
                   "traffic_gib": _("Traffic (GiB per month)"), "bandwidth_mbit": _("Bandwidth (Mbit/s)"),
-                  "ipv4_count": _("IPv4 addresses"), "ipv6_count": _("IPv6 addresses"), "backups": _("Backups")}
+                  "ipv4_count": _("IPv4 addresses"), "ipv6_count": _("IPv6 addresses"), "backups": _("Backups"),
+                  "snapshot_memory": _("Snapshots with memory"), "clones": _("Customers may clone")}
 
 
 # --- What an install installs: template, recipe, root password, SSH keys ----------------------

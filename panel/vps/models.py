@@ -34,6 +34,11 @@ class Plan(models.Model):
     backups = models.PositiveSmallIntegerField(default=0, help_text=_("How many backups are kept"))
     throttled_mbit = models.PositiveIntegerField(
         default=0, help_text=_("bandwidth after the traffic quota is used up; 0 = unchanged"))
+    snapshots = models.PositiveSmallIntegerField(default=0, help_text=_("How many snapshots a server may keep"))
+    snapshot_memory = models.BooleanField(default=False, help_text=_("Snapshots may include the memory"))
+    data_disks = models.PositiveSmallIntegerField(default=0, help_text=_("How many data disks may be added"))
+    data_disk_gib = models.PositiveIntegerField(default=0, help_text=_("Total size of the data disks; 0 = none"))
+    clones = models.BooleanField(default=False, help_text=_("Customers may clone their stopped servers"))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,0 +1,3 @@
+"""The image side of a server: snapshots, data disks, clones and golden templates, the ISO
+library and OVF/OVA transfers. Each lives in its own module of this package; this module
+gathers their models for Django."""
