@@ -8,28 +8,17 @@ customer lines, never the infrastructure), and no secret kept in clear for idemp
 import json
 
 import pytest
-from rest_framework.test import APIClient
 
 from panel.accounts.models import ApiKey
 from panel.api.models import IdempotentRequest
 from panel.vps.models import VirtualServer
+from tests.test_api_isolation import BOB, bob_client, session
 
 pytestmark = pytest.mark.django_db
 
 MISSING = 987654321
 
 
-def session(user) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
-
-
-def bob_client(world, how: str) -> APIClient:
-    return world.client(world.bob_key) if how == "key" else session(world.bob)
-
-
-BOB = ["key", "session"]
 
 
 def same_answer(theirs, nothing, their_id) -> None:
