@@ -1,3 +1,4 @@
 """The image side of a server: snapshots, data disks, clones and golden templates, the ISO
 library and OVF/OVA transfers. Each lives in its own module of this package; this module
 gathers their models for Django."""
+from panel.images.disks import DataDisk  # noqa: F401,E402
