@@ -2,3 +2,4 @@
 library and OVF/OVA transfers. Each lives in its own module of this package; this module
 gathers their models for Django."""
 from panel.images.disks import DataDisk  # noqa: F401,E402
+from panel.images.golden import CloneBase, CloneOrigin, GoldenTemplate  # noqa: F401
