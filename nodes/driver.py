@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Callable, Collection, Iterable, Iterator
 
-from nodes.domain_xml import DomainSpec, Nic, anti_spoofing_filter_xml, dir_pool_xml, read_metadata, volume_xml
+from nodes.domain_xml import Disk, DomainSpec, Nic, anti_spoofing_filter_xml, dir_pool_xml, read_metadata, volume_xml
 from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
 from nodes.libvirt_backups import LibvirtBackups
+from nodes.libvirt_disks import LibvirtDisks
 
 
 class DomainState(StrEnum):
@@ -124,6 +125,12 @@ class Driver(abc.ABC):
     def list_domains(self) -> list[DomainInfo]: ...
     @abc.abstractmethod
     def stats(self, name: str) -> DomainStats | None: ...
+    # Data disks (nodes/libvirt_disks.py states the contract).
+    @abc.abstractmethod
+    def attach_disk(self, name: str, disk: "Disk") -> bool: ...
+    @abc.abstractmethod
+    def detach_disk(self, name: str, disk: "Disk", timeout: float,
+                    tick: Callable[[float], None] | None = None) -> None: ...
     # Backups (nodes/libvirt_backups.py states the contract).
     @abc.abstractmethod
     def backup_disk(self, name: str, pool: str, disk_volume: str, staging: str, checkpoint: str,
@@ -180,7 +187,7 @@ class Driver(abc.ABC):
         return True
 
 
-class LibvirtDriver(LibvirtBackups, Driver):
+class LibvirtDriver(LibvirtDisks, LibvirtBackups, Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
     def __init__(self, uri: str):

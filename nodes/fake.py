@@ -9,7 +9,7 @@ process. Inject failures by subclassing and overriding, or on the node's driver:
 """
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 
 import blake3
@@ -31,6 +31,8 @@ class _Host:
     passwords: dict[tuple[str, str], str] = field(default_factory=dict)  # (domain, user) -> password
     checkpoints: dict[str, list[str]] = field(default_factory=dict)  # domain -> its checkpoints, oldest first
     writes: dict[str, int] = field(default_factory=dict)  # volume -> times written, for disk_stamp
+    # Guests that never release a hot-plugged disk (no PCI hot-unplug): detach_disk times out.
+    holds_disks: set[str] = field(default_factory=set)
 
 
 class FakeWorld:
@@ -246,7 +248,7 @@ class FakeDriver(Driver):
                     raise DriverError(f"domain {other} already exists with uuid {spec.uuid}")
             self.host.domains[spec.name] = {
                 # What the running domain booted with stays until its next boot.
-                **{k: existing[k] for k in ("max", "live") if existing and k in existing},
+                **{k: existing[k] for k in ("max", "live", "live_disks") if existing and k in existing},
                 "spec": spec,
                 "state": existing["state"] if existing else DomainState.SHUTOFF,
                 "boot_id": existing["boot_id"] if existing else -1,
@@ -268,6 +270,7 @@ class FakeDriver(Driver):
                 # What the domain booted with: its maximums, and what it runs with now.
                 spec = dom["spec"]
                 dom["max"] = dom["live"] = (spec.vcpus, spec.ram_mib)
+                dom.pop("live_disks", None)  # a boot brings up what the definition has
                 dom["counters"] = {}  # a new QEMU process counts from zero
                 for disk in spec.disks:  # a boot writes to its disks
                     self._written(disk.path.rsplit("/", 1)[-1])
@@ -382,3 +385,40 @@ class FakeDriver(Driver):
         with self.world.lock:
             names = list(self.host.domains)
         return [info for name in names if (info := self.info(name))]
+
+    # -- data disks: the definition is the spec's disks; the live guest's are dom["live_disks"] ---
+    def live_disks(self, name: str) -> set[str]:
+        """Tests: the targets the running guest has now."""
+        with self.world.lock:
+            dom = self._get(name)
+            if dom["state"] != DomainState.RUNNING:
+                return set()
+            return set(dom.get("live_disks", {d.target for d in dom["spec"].disks}))
+
+    def attach_disk(self, name: str, disk) -> bool:
+        self._enter("attach_disk", name)
+        with self.world.lock:
+            dom = self._get(name)
+            spec: DomainSpec = dom["spec"]
+            live = self.live_disks(name)
+            if all(d.target != disk.target for d in spec.disks):
+                dom["spec"] = replace(spec, disks=(*spec.disks, disk))
+            running = dom["state"] == DomainState.RUNNING
+            if running:
+                dom["live_disks"] = live | {disk.target}
+            return running
+
+    def detach_disk(self, name: str, disk, timeout: float, tick=None) -> None:
+        self._enter("detach_disk", name)
+        with self.world.lock:
+            dom = self.host.domains.get(name)
+            if dom is None:
+                return
+            live = self.live_disks(name)
+            if disk.target in live:
+                if name in self.host.holds_disks:
+                    raise DriverError(f"the guest did not release {disk.target} within {timeout:.0f} s; "
+                                      "the disk stays attached")
+                dom["live_disks"] = live - {disk.target}
+            spec: DomainSpec = dom["spec"]
+            dom["spec"] = replace(spec, disks=tuple(d for d in spec.disks if d.target != disk.target))

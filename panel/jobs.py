@@ -8,6 +8,7 @@ them imports it. The queue reaches it by the dotted path `panel.jobs.run_operati
 from backup import restoring, retention, taking
 from nodes.installer import NodeInstallJob
 from panel import runner
+from panel.images import disk_jobs
 from panel.vps import installing, server_jobs
 from panel.vps.models import Operation
 from panel.vps.server_jobs import ServerJob
@@ -19,6 +20,7 @@ def delete(step, server, driver) -> None:
     """A server's delete: its domain and disks leave the node, then its backups (unless the
     request kept them), then its record, capacity and addresses."""
     server_jobs.remove_domain(step, server, driver)
+    disk_jobs.remove_with_server(step, server, driver)
     retention.delete_with_server(step, server)
     server_jobs.delete_record(server)
 
@@ -40,6 +42,9 @@ JOBS: runner.JobTable = {
     Kind.RESTORE: ServerJob.of(restoring.restore),
     Kind.NODE_INSTALL: NodeInstallJob,
     Kind.PANEL_BACKUP: taking.PanelBackupJob,
+    disk_jobs.ADD: ServerJob.of(disk_jobs.add, settle=disk_jobs.add_failed),
+    disk_jobs.GROW: ServerJob.of(disk_jobs.grow, settle=disk_jobs.grow_failed),
+    disk_jobs.DELETE: ServerJob.of(disk_jobs.delete, settle=disk_jobs.delete_failed),
 }
 
 

@@ -236,6 +236,8 @@ OTP_MAX_FAILURES = envint("OTP_MAX_FAILURES", 5)
 OTP_FAILURE_WINDOW_SECONDS = envint("OTP_FAILURE_WINDOW_SECONDS", 86400)
 # Graceful stop waits this long for the guest to power off before forcing it.
 STOP_TIMEOUT_SECONDS = envint("STOP_TIMEOUT_SECONDS", 60)
+# How long a running guest has to release a data disk being deleted (panel/images/disk_jobs.py).
+DISK_DETACH_TIMEOUT_SECONDS = envint("DISK_DETACH_TIMEOUT_SECONDS", 30)
 # A running operation whose heartbeat is older than this lost its worker.
 OPERATION_STALE_SECONDS = envint("OPERATION_STALE_SECONDS", 120)
 RECONCILE_INTERVAL_MINUTES = envint("RECONCILE_INTERVAL_MINUTES", 1)

@@ -3,6 +3,7 @@ from rest_framework.routers import DefaultRouter
 
 from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
 from panel.api import views
+from panel.api.disks import ServerDiskViewSet
 from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
 
@@ -25,6 +26,8 @@ router.register("ip-addresses", views.IpAddressViewSet)
 router.register("webhooks", WebhookViewSet)
 # /servers/{id}/backup/, restore/, backups/: detail actions only, beside ServerViewSet's.
 router.register("servers", ServerBackupViewSet, basename="server-backup")
+# /servers/{id}/disks/: the data disks (panel/api/disks.py).
+router.register("servers", ServerDiskViewSet, basename="server-disks")
 router.register("backup-targets", BackupTargetViewSet)
 router.register("backup-plans", BackupPlanViewSet)
 router.register("backups", BackupViewSet)

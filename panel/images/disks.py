@@ -2,8 +2,8 @@
 
 A row is made by the request that adds the disk (state "creating") and becomes "attached" once
 the node has the volume and the domain has the device; a failed add removes both. The list of
-a server's disks as its domain uses them is `domain_disks()`: every place that rebuilds a
-domain definition (panel/vps/domain.py) reads it, so a disk is never lost by a redefine.
+a server's disks as its domain carries them is panel.vps.domain.data_disks(): every place that
+rebuilds a domain definition goes through domain_spec(), so a redefine never drops a disk.
 """
 
 from django.db import models
@@ -47,8 +47,3 @@ class DataDisk(models.Model):
         """The volume's name in the storage's pool: the domain's name and the target."""
         return f"{self.server.domain_name}-{self.target}.qcow2"
 
-
-def domain_disks(server: VirtualServer):
-    """The data disks a definition of `server`'s domain carries, in target order: the attached
-    ones and those being added or removed (a redefine mid-way keeps what the node has)."""
-    return DataDisk.objects.filter(server=server).select_related("storage").order_by("target")

@@ -35,6 +35,21 @@ def disk_path(server: VirtualServer, driver: Driver) -> str:
                                 backing=str(template.file_path(image)) if image else None)
 
 
+def volume_path(storage, volume: str) -> str:
+    """Where a volume of `storage`'s pool lies on every node (its pool's folder, or LVM's device)."""
+    if storage.kind == storage.Kind.LVM:
+        return f"/dev/{storage.volume_group}/{volume}"
+    return f"{storage.path.rstrip('/')}/{volume}"
+
+
+def data_disks(server: VirtualServer) -> list[Disk]:
+    """The server's data disks (panel/images/disks.py) as its domain carries them: vdb, vdc, …"""
+    if server.pk is None:
+        return []
+    return [Disk(path=volume_path(d.storage, d.volume), target=d.target)
+            for d in server.data_disks.select_related("storage").order_by("target")]
+
+
 def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoot | None = None) -> DomainSpec:
     """The server's domain as `node` (default: its own) would run it from the disk at `disk`:
     booting its installed system, or (with `install`) its template's installer."""
@@ -43,7 +58,7 @@ def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoo
     if template is None:
         raise DriverError("the server has no OS template")
     boot = template.boot
-    disks = [Disk(path=disk)]
+    disks = [Disk(path=disk), *data_disks(server)]
     if install and install.seed_path:
         disks.append(Disk(path=install.seed_path, target="hdc", format="raw", device="cdrom"))
     kernel_boot = None
