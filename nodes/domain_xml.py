@@ -142,6 +142,8 @@ class DomainSpec:
     virt_type: str  # "kvm" or "qemu"
     disks: tuple[Disk, ...] = ()
     kernel_boot: KernelBoot | None = None
+    # Without kernel boot: the devices the firmware boots from, in order (default: the disk).
+    boot_order: tuple[str, ...] = ()
     serial_log: str | None = None
     vnc_listen: str = "127.0.0.1"
     vnc_password: str | None = None
@@ -185,7 +187,8 @@ class DomainSpec:
             ET.SubElement(os_el, "initrd").text = self.kernel_boot.initrd
             ET.SubElement(os_el, "cmdline").text = self.kernel_boot.cmdline
         else:
-            ET.SubElement(os_el, "boot", dev="hd")
+            for dev in self.boot_order or ("hd",):
+                ET.SubElement(os_el, "boot", dev=dev)
         features = ET.SubElement(dom, "features")
         ET.SubElement(features, "acpi")
         ET.SubElement(features, "apic")

@@ -302,6 +302,11 @@ LIMIT_API_KEYS_PER_CUSTOMER = envint("LIMIT_API_KEYS_PER_CUSTOMER", 20)
 LIMIT_WEBHOOKS_PER_CUSTOMER = envint("LIMIT_WEBHOOKS_PER_CUSTOMER", 10)
 LIMIT_CONSOLE_TOKENS_PER_MINUTE = envint("LIMIT_CONSOLE_TOKENS_PER_MINUTE", 10)
 LIMIT_BACKUPS_PER_HOUR = envint("LIMIT_BACKUPS_PER_HOUR", 10)
+# The GiB of ISOs a customer may upload (panel/images/isos.py); the rescue kernel and initrd
+# (empty: the tiny demo OS's on the template share).
+LIMIT_ISO_GIB_PER_CUSTOMER = envint("LIMIT_ISO_GIB_PER_CUSTOMER", 5)
+RESCUE_KERNEL = envstr("RESCUE_KERNEL", "")
+RESCUE_INITRD = envstr("RESCUE_INITRD", "")
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)

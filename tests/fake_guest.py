@@ -20,7 +20,8 @@ def config_url_of(spec, uploads: dict) -> str | None:
         if found:
             return found.group(1)
     for disk in spec.disks:
-        if disk.device == "cdrom":
+        # A seed is a volume the panel uploaded; an ISO of the library is not one.
+        if disk.device == "cdrom" and disk.path.rsplit("/", 1)[1] in uploads:
             user_data = read_seed(uploads[disk.path.rsplit("/", 1)[1]])["user-data"]
             return user_data.split("\n")[1]
     return None

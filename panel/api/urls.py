@@ -3,6 +3,7 @@ from rest_framework.routers import DefaultRouter
 
 from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
 from panel.api import views
+from panel.images.api import IsoViewSet, ServerMediaViewSet
 from panel.api.disks import ServerDiskViewSet
 from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
@@ -32,5 +33,8 @@ router.register("backup-targets", BackupTargetViewSet)
 router.register("backup-plans", BackupPlanViewSet)
 router.register("backups", BackupViewSet)
 router.register("panel-backup", PanelBackupViewSet, basename="panel-backup")
+router.register("isos", IsoViewSet)
+# /servers/{id}/attach-iso/, detach-iso/, rescue/, unrescue/: the boot media (panel/images/isos.py).
+router.register("servers", ServerMediaViewSet, basename="server-media")
 
 urlpatterns = [path("servers/<int:pk>/usage/", ServerUsageView.as_view(), name="server-usage"), *router.urls]

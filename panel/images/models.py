@@ -3,3 +3,4 @@ library and OVF/OVA transfers. Each lives in its own module of this package; thi
 gathers their models for Django."""
 from panel.images.disks import DataDisk  # noqa: F401,E402
 from panel.images.golden import CloneBase, CloneOrigin, GoldenTemplate  # noqa: F401
+from panel.images.isos import Iso, ServerMedia  # noqa: F401  (the ISO library and boot media)

@@ -5,8 +5,10 @@ names is made apart, by `disk_path()`, so building a definition never changes a 
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 
 from nodes.domain_xml import Disk, DomainSpec, KernelBoot
 from nodes.driver import Driver, DriverError
@@ -50,6 +52,35 @@ def data_disks(server: VirtualServer) -> list[Disk]:
             for d in server.data_disks.select_related("storage").order_by("target")]
 
 
+# Rescue mode's cmdline: the rescue system (and a test) can tell it was booted as one.
+RESCUE_CMDLINE = "console=ttyS0 panel.rescue=1"
+
+
+def rescue_image() -> tuple[str, str]:
+    """The rescue kernel and initrd: settings RESCUE_KERNEL/RESCUE_INITRD, by default the tiny
+    demo OS's on the share (a busybox system in RAM)."""
+    tiny = Path(settings.TEMPLATE_SHARE) / "tiny"
+    return settings.RESCUE_KERNEL or str(tiny / "vmlinuz"), settings.RESCUE_INITRD or str(tiny / "initrd.img")
+
+
+def boot_media(server: VirtualServer, disks: list, kernel_boot):
+    """(disks, kernel boot, boot order) with the server's boot media (panel/images/isos.py,
+    read through its relation so this room does not import that one): an ISO as a CD-ROM booted
+    first, its disks after it; or the rescue kernel and initrd with the server's disks attached.
+    As given when it boots normally."""
+    try:
+        media = server.media if server.pk else None
+    except ObjectDoesNotExist:
+        media = None
+    if media is None or media.boot == "normal":
+        return disks, kernel_boot, ()
+    if media.boot == "rescue":
+        kernel, initrd = rescue_image()
+        return disks, KernelBoot(kernel, initrd, RESCUE_CMDLINE), ()
+    cdrom = Disk(path=str(media.iso.path), target="hdc", format="raw", device="cdrom")
+    return [*disks, cdrom], None, ("cdrom", "hd")
+
+
 def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoot | None = None) -> DomainSpec:
     """The server's domain as `node` (default: its own) would run it from the disk at `disk`:
     booting its installed system, or (with `install`) its template's installer."""
@@ -67,6 +98,9 @@ def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoo
         context = provisioning.boot_context(server, install.config_url if install else "")
         kernel_boot = KernelBoot(str(template.file_path(boot["kernel"])), str(template.file_path(boot["initrd"])),
                                  provisioning.render_cmdline(template, key, context))
+    boot_order = ()
+    if not install:  # an attached ISO or rescue mode (panel/images/isos.py) changes the boot
+        disks, kernel_boot, boot_order = boot_media(server, disks, kernel_boot)
     return DomainSpec(
         name=server.domain_name,
         uuid=str(server.uuid),
@@ -75,6 +109,7 @@ def domain_spec(server: VirtualServer, disk: str, node=None, install: InstallBoo
         virt_type=node.virt_type or "qemu",
         disks=tuple(disks),
         kernel_boot=kernel_boot,
+        boot_order=boot_order,
         nics=tuple(domain_nics(server)),
         serial_log=server.serial_log,
         # VNC listens only where the panel reaches it: the node's management address (or

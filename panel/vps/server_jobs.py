@@ -105,6 +105,9 @@ def tell(op: Operation, server: VirtualServer | None, state_before: str | None) 
 
 # -- power ---------------------------------------------------------------------------------------
 def start(step: Step, server: VirtualServer, driver: Driver) -> None:
+    if step.op.params.get("define"):  # the boot media changed (panel/images/isos.py)
+        step(15, f"defining the domain to boot {step.op.params.get('boot', 'normal')}", customer=True)
+        driver.define(domain_spec(server, disk_path(server, driver)))
     step(30, "starting", customer=True)
     driver.start(server.domain_name)
     server.set_state(ServerState.RUNNING, error="")
