@@ -8,12 +8,21 @@ them imports it. The queue reaches it by the dotted path `panel.jobs.run_operati
 from backup import restoring, retention, taking
 from nodes.installer import NodeInstallJob
 from panel import runner
+from panel.images import clone_jobs
 from panel.images import disk_jobs
 from panel.vps import installing, server_jobs
 from panel.vps.models import Operation
 from panel.vps.server_jobs import ServerJob
 
 Kind = Operation.Kind
+
+
+def create(step, server, driver) -> None:
+    """A server's create: an install, or for a clone (panel/images) a copy of its source's disk."""
+    if "clone_of" in step.op.params:
+        clone_jobs.clone(step, server, driver)
+    else:
+        installing.create(step, server, driver)
 
 
 def delete(step, server, driver) -> None:
@@ -26,7 +35,7 @@ def delete(step, server, driver) -> None:
 
 
 JOBS: runner.JobTable = {
-    Kind.CREATE: ServerJob.of(installing.create, settle=installing.fail_install),
+    Kind.CREATE: ServerJob.of(create, settle=installing.fail_install),
     Kind.REINSTALL: ServerJob.of(installing.reinstall, settle=installing.fail_install),
     Kind.START: ServerJob.of(server_jobs.start),
     Kind.STOP: ServerJob.of(server_jobs.stop),

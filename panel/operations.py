@@ -47,6 +47,9 @@ def new_operation(actor, kind: str, *, server=None, node=None, params: dict | No
         message = _("A panel backup is already running.")
     if busy.filter(status__in=Operation.ACTIVE).exists():
         raise Refused(message, "operation_in_progress")
+    # A clone's create (panel/images) reads this server's disk: the server waits for it to end.
+    if server is not None and Operation.objects.filter(status__in=Operation.ACTIVE, params__clone_of=server.pk).exists():
+        raise Refused(_("A clone of this server is being made; wait for it to finish."), "operation_in_progress")
     # The customer reads who asked only when it was one of their own (their user, their key).
     theirs = customer_id is not None and actor.customer_id == customer_id
     return Operation.objects.create(kind=kind, server=server, node=node, customer_id=customer_id, target_repr=target,

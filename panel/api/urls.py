@@ -3,6 +3,7 @@ from rest_framework.routers import DefaultRouter
 
 from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
 from panel.api import views
+from panel.api.clones import GoldenTemplateViewSet, ServerCloneViewSet
 from panel.images.api import IsoViewSet, ServerMediaViewSet
 from panel.api.disks import ServerDiskViewSet
 from panel.usage.api import ServerUsageView
@@ -33,6 +34,9 @@ router.register("backup-targets", BackupTargetViewSet)
 router.register("backup-plans", BackupPlanViewSet)
 router.register("backups", BackupViewSet)
 router.register("panel-backup", PanelBackupViewSet, basename="panel-backup")
+# /servers/{id}/clone/, make-template/ and the golden templates (panel/images/cloning.py).
+router.register("servers", ServerCloneViewSet, basename="server-clone")
+router.register("golden-templates", GoldenTemplateViewSet)
 router.register("isos", IsoViewSet)
 # /servers/{id}/attach-iso/, detach-iso/, rescue/, unrescue/: the boot media (panel/images/isos.py).
 router.register("servers", ServerMediaViewSet, basename="server-media")

@@ -81,6 +81,15 @@ ACTIONS = {action.name: action for action in (
 REINSTALLABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED, ServerState.ERROR})
 
 
+def refuse_golden_template(server: VirtualServer) -> None:
+    """A golden template's server (panel/images/golden.py) is locked until the template is edited:
+    starting or changing it would change what new servers are cloned from."""
+    template = getattr(server, "golden_template", None)  # the reverse one-to-one; None when it is not one
+    if template is not None and not template.editing:
+        raise Refused(_("This server is the golden template %(name)s: it cannot be started or changed; edit the "
+                        "template first.") % {"name": template.name}, "golden_template")
+
+
 def allowed_actions(server: VirtualServer, actor: Actor) -> list[str]:
     """The actions `actor` may start on `server` now (for buttons; the request re-checks)."""
     return [
@@ -102,6 +111,7 @@ def request_action(actor: Actor, server_id: int, kind: str, params: dict | None 
         server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
         if rule.provider_only and not actor.acts_for_all_customers:
             raise Refused(_("Only the provider can do this."), "permission_denied", 403)
+        refuse_golden_template(server)
         if kind == Operation.Kind.START and server.state == ServerState.SUSPENDED:
             raise Refused(
                 _("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or _("no reason given")},
@@ -237,6 +247,7 @@ def request_reinstall(actor: Actor, server_id: int, *, os_template=None, recipe=
 
     with transaction.atomic():
         server = actor.get_or_404(VirtualServer.objects.select_for_update(), pk=server_id)
+        refuse_golden_template(server)
         if server.state == ServerState.SUSPENDED:
             raise Refused(_("The server is suspended: %(reason)s") % {"reason": server.suspend_reason or
                           _("no reason given")}, "server_suspended")
@@ -263,6 +274,7 @@ def request_migration(actor: Actor, server_id: int, node: Node, live: bool = Tru
         raise Refused(_("Only admins migrate servers."), "permission_denied", 403)
     with transaction.atomic():
         server = actor.get_or_404(VirtualServer.objects.select_for_update().select_related("node"), pk=server_id)
+        refuse_golden_template(server)
         if node.pk == server.node_id:
             raise Refused(_("The server is already on that node."), "invalid", 400, field="node")
         if node.cluster_id != server.node.cluster_id:
@@ -300,6 +312,7 @@ def request_plan_change(actor: Actor, server_id: int, plan: Plan) -> Operation:
         server = actor.get_or_404(VirtualServer.objects.select_for_update().select_related("plan"), pk=server_id)
         if not actor.acts_for_all_customers:
             raise Refused(_("Only the provider can do this."), "permission_denied", 403)
+        refuse_golden_template(server)
         if server.state not in PLAN_CHANGEABLE:
             raise Refused(_("Cannot change the plan of a server that is %(state)s.") %
                           {"state": server.get_state_display().lower()}, "invalid_state")
