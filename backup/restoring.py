@@ -13,6 +13,7 @@ from backup import files
 from backup.models import Backup
 from backup.taking import BackupFailed
 from nodes.driver import Driver, DriverError
+from panel.images.models import Snapshot
 from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import ServerState, VirtualServer
 
@@ -54,6 +55,9 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
         if not new_server:
             step(70, "stopping the server to replace its disk", customer=True)
             driver.stop(name, settings.STOP_TIMEOUT_SECONDS, step.heartbeat)
+        if Snapshot.discard_all(server, driver):
+            # Their overlays sit on the disk being replaced: they would undo the restore.
+            step(72, "the server's snapshots were of the replaced disk: deleted", customer=True)
         driver.move_volume(pool, assembled, server.disk_volume)
         # The old disk's bitmaps went with it.
         driver.drop_checkpoints(name, metadata_only=True)

@@ -23,6 +23,7 @@ from backup import files, retention
 from backup.models import Backup, BackupPlan, BackupTarget
 from nodes.driver import DomainState, Driver, DriverError
 from panel.events import emit
+from panel.images.models import Snapshot
 from panel.runner import Job
 from panel.vps.models import VirtualServer
 
@@ -115,8 +116,10 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     direct = target_row.kind == BackupTarget.Kind.NODE
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
     running = driver.state(server.domain_name) == DomainState.RUNNING
+    # The file the domain writes: after a snapshot its overlay, read through the whole chain.
+    disk = Snapshot.top_volume(server)
     # Taken before the copy: should the copy itself touch the file, the next backup is full.
-    stamp = "" if running else driver.disk_stamp(server.storage.pool_name, server.disk_volume)
+    stamp = "" if running else driver.disk_stamp(server.storage.pool_name, disk)
     base = _chain_start(server, target_row, full_every, driver, running, stamp)
     backup = Backup.objects.create(
         server=server, server_uuid=server.uuid, hostname=server.hostname, customer_id=server.customer_id,
@@ -132,7 +135,7 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
         if base and not running:
             step(10, f"the stopped disk is unchanged since backup #{base.id}: an incremental with no change",
                  customer=True)
-            driver.empty_increment(server.storage.pool_name, server.disk_volume, staging, pool)
+            driver.empty_increment(server.storage.pool_name, disk, staging, pool)
             made, checkpointed = "incremental", False
         else:
             how = "the running disk through libvirt's backup job" if running else "the stopped disk"
@@ -140,7 +143,7 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
             where = f" into {target_row.path} on node {server.node.name}" if direct else ""
             step(10, f"copying {what}: {how}{where}", customer=f"copying {what}: {how}")
             copied = Progress(step, 10, 85 if direct else 50, 100, "copied", percent=True)
-            made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, server.disk_volume,
+            made, checkpointed = driver.backup_disk(server.domain_name, server.storage.pool_name, disk,
                                                     staging, f"panel-{backup.id}", base.checkpoint if base else None,
                                                     tick=lambda f: copied(int(f * 100)), staging_pool=pool)
         if made == "full" and base:

@@ -30,6 +30,7 @@ from typing import Callable, Collection, Iterable, Iterator
 from nodes.domain_xml import Disk, DomainSpec, Nic, anti_spoofing_filter_xml, dir_pool_xml, read_metadata, volume_xml
 from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
 from nodes.libvirt_backups import LibvirtBackups
+from nodes.libvirt_snapshots import LibvirtSnapshots
 from nodes.libvirt_disks import LibvirtDisks
 
 
@@ -160,6 +161,17 @@ class Driver(abc.ABC):
     def copy_volume(self, source_pool: str, source: str, pool: str, dest: str) -> None: ...
     @abc.abstractmethod
     def move_volume(self, pool: str, source: str, dest: str) -> None: ...
+    # Snapshots (nodes/libvirt_snapshots.py states the contract).
+    @abc.abstractmethod
+    def snapshot_disk(self, name: str, pool: str, top: str, overlay: str, memory: str | None = None,
+                      quiesce: bool = True) -> bool: ...
+    @abc.abstractmethod
+    def revert_disk(self, pool: str, image: str, overlay: str) -> None: ...
+    @abc.abstractmethod
+    def restore_memory(self, name: str, pool: str, memory: str, xml: str) -> None: ...
+    @abc.abstractmethod
+    def merge_snapshot(self, name: str, pool: str, image: str, overlay: str, above: str | None,
+                       tick: Callable[[float], None] | None = None) -> None: ...
 
     def state(self, name: str) -> DomainState | None:
         """The domain's state, or None when no such domain is defined."""
@@ -187,7 +199,7 @@ class Driver(abc.ABC):
         return True
 
 
-class LibvirtDriver(LibvirtDisks, LibvirtBackups, Driver):
+class LibvirtDriver(LibvirtDisks, LibvirtSnapshots, LibvirtBackups, Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
     def __init__(self, uri: str):

@@ -31,6 +31,7 @@ class _Host:
     passwords: dict[tuple[str, str], str] = field(default_factory=dict)  # (domain, user) -> password
     checkpoints: dict[str, list[str]] = field(default_factory=dict)  # domain -> its checkpoints, oldest first
     writes: dict[str, int] = field(default_factory=dict)  # volume -> times written, for disk_stamp
+    saved_boot: dict[str, int] = field(default_factory=dict)  # memory snapshot volume -> the boot it saved
     # Guests that never release a hot-plugged disk (no PCI hot-unplug): detach_disk times out.
     holds_disks: set[str] = field(default_factory=set)
 
@@ -234,6 +235,64 @@ class FakeDriver(Driver):
             volumes[dest] = max(volumes.pop(source), volumes.get(dest, 0))
             self.host.uploads[dest] = self.host.uploads.pop(source, b"")
             self._written(dest)
+
+    # -- snapshots: an overlay starts as its image's bytes (the guest's view of the chain) ------
+    def snapshot_disk(self, name: str, pool: str, top: str, overlay: str, memory: str | None = None,
+                      quiesce: bool = True) -> bool:
+        self._enter("snapshot_disk", name)
+        with self.world.lock:
+            dom = self._get(name)
+            volumes = self._pool(pool)
+            if top not in volumes:
+                raise DriverError(f"volume {top} does not exist")
+            running = dom["state"] == DomainState.RUNNING
+            if memory and not running:
+                raise DriverError("a snapshot with memory needs a running domain")
+            volumes[overlay] = volumes[top]
+            self.host.backing[overlay] = top
+            self.host.uploads[overlay] = self.content(top)
+            if memory:
+                volumes[memory] = 1
+                self.host.uploads[memory] = f"memory of boot {dom['boot_id']}".encode()
+                self.host.saved_boot[memory] = dom["boot_id"]
+            return bool(quiesce and not memory and running and name in self.host.agent)
+
+    def revert_disk(self, pool: str, image: str, overlay: str) -> None:
+        self._enter("revert_disk", overlay)
+        with self.world.lock:
+            volumes = self._pool(pool)
+            if image not in volumes:
+                raise DriverError(f"volume {image} does not exist")
+            volumes[overlay] = volumes[image]
+            self.host.backing[overlay] = image
+            self.host.uploads[overlay] = self.content(image)
+            self._written(overlay)
+
+    def restore_memory(self, name: str, pool: str, memory: str, xml: str) -> None:
+        self._enter("restore_memory", name)
+        with self.world.lock:
+            dom = self._get(name)
+            if memory not in self._pool(pool):
+                raise DriverError(f"volume {memory} does not exist")
+            if dom["state"] == DomainState.RUNNING:
+                raise DriverError(f"domain {name} is already running")
+            # The guest resumes: the same boot as when the memory was saved.
+            dom["state"], dom["boot_id"] = DomainState.RUNNING, self.host.saved_boot[memory]
+
+    def merge_snapshot(self, name: str, pool: str, image: str, overlay: str, above: str | None,
+                       tick=None) -> None:
+        self._enter("merge_snapshot", overlay)
+        with self.world.lock:
+            volumes = self._pool(pool)
+            for volume in (image, overlay):
+                if volume not in volumes:
+                    raise DriverError(f"volume {volume} does not exist")
+            self.host.uploads[image] = self.content(overlay)
+            volumes[image] = max(volumes[image], volumes.pop(overlay))
+            self.host.uploads.pop(overlay, None)
+            self._written(image)
+            if above:
+                self.host.backing[above] = image
 
     def define(self, spec: DomainSpec) -> None:
         self._enter("define", spec.name)

@@ -10,6 +10,7 @@ from nodes.installer import NodeInstallJob
 from panel import runner
 from panel.images import clone_jobs
 from panel.images import disk_jobs
+from panel.images import snapshot_actions, snapshot_jobs
 from panel.vps import installing, server_jobs
 from panel.vps.models import Operation
 from panel.vps.server_jobs import ServerJob
@@ -51,6 +52,9 @@ JOBS: runner.JobTable = {
     Kind.RESTORE: ServerJob.of(restoring.restore),
     Kind.NODE_INSTALL: NodeInstallJob,
     Kind.PANEL_BACKUP: taking.PanelBackupJob,
+    snapshot_actions.CREATE: ServerJob.of(snapshot_jobs.create, settle=snapshot_jobs.forget_failed_create),
+    snapshot_actions.REVERT: ServerJob.of(snapshot_jobs.revert),
+    snapshot_actions.DELETE: ServerJob.of(snapshot_jobs.delete),
     disk_jobs.ADD: ServerJob.of(disk_jobs.add, settle=disk_jobs.add_failed),
     disk_jobs.GROW: ServerJob.of(disk_jobs.grow, settle=disk_jobs.grow_failed),
     disk_jobs.DELETE: ServerJob.of(disk_jobs.delete, settle=disk_jobs.delete_failed),

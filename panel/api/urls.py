@@ -3,6 +3,7 @@ from rest_framework.routers import DefaultRouter
 
 from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
 from panel.api import views
+from panel.api.snapshots import ServerSnapshotViewSet
 from panel.api.clones import GoldenTemplateViewSet, ServerCloneViewSet
 from panel.images.api import IsoViewSet, ServerMediaViewSet
 from panel.api.disks import ServerDiskViewSet
@@ -34,6 +35,8 @@ router.register("backup-targets", BackupTargetViewSet)
 router.register("backup-plans", BackupPlanViewSet)
 router.register("backups", BackupViewSet)
 router.register("panel-backup", PanelBackupViewSet, basename="panel-backup")
+# /servers/{id}/snapshots/ (panel/images/snapshot_actions.py).
+router.register("servers", ServerSnapshotViewSet, basename="server-snapshot")
 # /servers/{id}/clone/, make-template/ and the golden templates (panel/images/cloning.py).
 router.register("servers", ServerCloneViewSet, basename="server-clone")
 router.register("golden-templates", GoldenTemplateViewSet)

@@ -4,3 +4,4 @@ gathers their models for Django."""
 from panel.images.disks import DataDisk  # noqa: F401,E402
 from panel.images.golden import CloneBase, CloneOrigin, GoldenTemplate  # noqa: F401
 from panel.images.isos import Iso, ServerMedia  # noqa: F401  (the ISO library and boot media)
+from panel.images.snapshots import Snapshot  # noqa: F401  (external snapshots of the system disk)

@@ -13,6 +13,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from nodes.domain_xml import Disk, DomainSpec, KernelBoot
 from nodes.driver import Driver, DriverError
 from panel.crypto import decrypt
+from panel.images.models import Snapshot
 from panel.ipam.addressing import domain_nics
 from panel.vps.models import VirtualServer
 from templates_os import provisioning
@@ -32,6 +33,13 @@ def disk_path(server: VirtualServer, driver: Driver) -> str:
     template = server.os_template
     if template is None:
         raise DriverError("the server has no OS template")
+    top = Snapshot.top_volume(server)
+    if top != server.disk_volume:
+        # After a snapshot the domain writes its overlay: every definition must name that file.
+        # It is never made here (an empty one would hide the guest's data).
+        if not driver.volume_exists(server.storage.pool_name, top):
+            raise DriverError(f"the server's snapshot overlay {top} is missing")
+        return driver.create_volume(server.storage.pool_name, top, server.disk_gib)
     image = template.boot.get("image")
     return driver.create_volume(server.storage.pool_name, server.disk_volume, server.disk_gib,
                                 backing=str(template.file_path(image)) if image else None)

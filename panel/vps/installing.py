@@ -11,6 +11,7 @@ from django.conf import settings
 
 from nodes.driver import DomainState, Driver, DriverError
 from panel.events import emit
+from panel.images.models import Snapshot
 from panel.runner import Step, for_customer
 from panel.vps.domain import InstallBoot, disk_path, domain_spec
 from panel.vps.models import Operation, ServerState, VirtualServer
@@ -30,6 +31,7 @@ def reinstall(step: Step, server: VirtualServer, driver: Driver) -> None:
     driver.destroy(server.domain_name)
     driver.delete_volume(server.storage.pool_name, server.disk_volume)
     driver.delete_volume(server.storage.pool_name, server.seed_volume)
+    Snapshot.discard_all(server, driver)  # overlays of the old disk
     driver.drop_checkpoints(server.domain_name, metadata_only=True)  # their bitmaps were on that disk
     driver.ensure_pool(server.storage.pool_name, server.storage.path)
     install(step, server, driver)

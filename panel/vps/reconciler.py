@@ -18,6 +18,7 @@ from django.utils import timezone
 from nodes.connection import driver_for
 from nodes.driver import DomainState, DriverError
 from nodes.models import Drift, Node
+from panel.images.models import Snapshot
 from panel.runner import log_line
 from panel.vps.models import Operation, ServerState, VirtualServer
 from panel.vps.server_jobs import delete_record
@@ -93,6 +94,7 @@ def _reconcile_server(node: Node, server: VirtualServer, dom) -> None:
         driver = driver_for(node.uri)
         driver.undefine(name)
         driver.delete_volume(server.storage.pool_name, server.disk_volume)
+        Snapshot.discard_all(server, driver)
         _drift(node, Drift.Kind.STATE_MISMATCH, f"{server}: finished an interrupted delete", domain=name, repaired=True)
         delete_record(server)
         return

@@ -19,6 +19,7 @@ from nodes.models import Node, Storage
 from panel import progress
 from panel.crypto import decrypt
 from panel.events import emit
+from panel.images.models import Snapshot
 from panel.ipam.allocation import release
 from panel.ipam.models import IpAddress
 from panel.runner import Job, Step, for_customer
@@ -166,6 +167,7 @@ def remove_domain(step: Step, server: VirtualServer, driver: Driver) -> None:
     step(60, "removing the disk", customer=True)
     driver.delete_volume(server.storage.pool_name, server.disk_volume)
     driver.delete_volume(server.storage.pool_name, server.seed_volume)
+    Snapshot.discard_all(server, driver)  # their overlays and memory files
 
 
 def delete_record(server: VirtualServer) -> None:
@@ -236,7 +238,7 @@ def change_plan(step: Step, server: VirtualServer, driver: Driver) -> None:
     try:
         if delta["disk_gib"] > 0:
             step(20, f"growing the disk from {before['disk_gib']} to {after['disk_gib']} GiB", customer=True)
-            live_disk = driver.grow_volume(server.storage.pool_name, server.disk_volume, after["disk_gib"],
+            live_disk = driver.grow_volume(server.storage.pool_name, Snapshot.top_volume(server), after["disk_gib"],
                                            domain_name=server.domain_name if running else None)
             disk_done = True
             server.disk_gib = after["disk_gib"]
