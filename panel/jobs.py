@@ -32,7 +32,9 @@ def delete(step, server, driver) -> None:
     server_jobs.remove_domain(step, server, driver)
     disk_jobs.remove_with_server(step, server, driver)
     retention.delete_with_server(step, server)
+    bases = clone_jobs.bases_of(server)
     server_jobs.delete_record(server)
+    clone_jobs.drop_unused(step, driver, bases)
 
 
 JOBS: runner.JobTable = {

@@ -218,3 +218,15 @@ def test_customers_see_and_use_only_offered_templates(world, stopped):
 def test_only_admins_manage_templates(world, stopped):
     r = world.client(world.alice_key).post(f"/api/v1/servers/{stopped.pk}/make-template/", {"name": "mine"})
     assert r.status_code == 403 and not GoldenTemplate.objects.exists()
+
+
+def test_a_base_leaves_the_node_with_its_last_user_and_not_before(world, stopped):
+    driver = driver_for(world.node.uri)
+    copy = made(clone(world, stopped))
+    base = CloneOrigin.objects.get(server=copy).base
+    admin = world.client(world.admin_key)
+    # The source goes first: its clone still runs on the base.
+    assert Operation.objects.get(pk=admin.delete(f"/api/v1/servers/{stopped.pk}/").json()["id"]).status == "succeeded"
+    assert CloneBase.objects.filter(pk=base.pk).exists() and driver.volume_exists(base.storage.pool_name, base.volume)
+    assert Operation.objects.get(pk=admin.delete(f"/api/v1/servers/{copy.pk}/").json()["id"]).status == "succeeded"
+    assert not CloneBase.objects.exists() and not driver.volume_exists(base.storage.pool_name, base.volume)

@@ -12,6 +12,8 @@ Safe to run twice: an existing base or disk is kept.
 import dataclasses
 import secrets
 
+from django.db.models import Q
+
 from nodes.domain_xml import Disk
 from nodes.driver import DomainState, Driver, DriverError
 from panel.events import emit
@@ -98,3 +100,16 @@ def clone(step: Step, server: VirtualServer, driver: Driver) -> None:
     step(95, f"running, cloned from {source.hostname}", customer=True)
     emit("server.active", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
          os_template=server.os_template.slug if server.os_template else None, recipe=None, recipe_exit_code=None)
+
+
+def bases_of(server: VirtualServer) -> list[int]:
+    """The bases `server` uses or was the source of: those its delete may leave unused."""
+    return list(CloneBase.objects.filter(Q(users__server=server) | Q(source=server)).values_list("pk", flat=True))
+
+
+def drop_unused(step: Step, driver: Driver, base_ids: list[int]) -> None:
+    """After a delete: bases no server uses any more leave the node (a later clone freezes a new copy)."""
+    for base in CloneBase.objects.filter(pk__in=base_ids, users__isnull=True).select_related("storage"):
+        driver.delete_volume(base.storage.pool_name, base.volume)
+        base.delete()
+        step(80, f"removed the clone base {base.volume}: no server uses it any more")
