@@ -118,58 +118,89 @@ def quota_left(customer: Customer) -> int:
     return settings.LIMIT_ISO_GIB_PER_CUSTOMER * GIB - used
 
 
+class IsoWriter:
+    """One upload on its way to the share: `write()` the chunks as they arrive (hashed, counted
+    against the quota, into a temporary file beside the final one), then `finish()` (checks,
+    rename, the row) or `abort()` (nothing left). The API's raw body and the UI's multipart
+    upload handler both feed one."""
+
+    def __init__(self, actor: Actor, name: str, *, length: int | None = None, public: bool = False,
+                 customer: Customer | None = None):
+        self.actor, self.name, self.length = actor, _check_name(name), length
+        if not actor.acts_for_all_customers:
+            customer, public = Customer.objects.get(pk=actor.customer_id), False
+        elif customer is not None:
+            public = False  # a customer's ISO is theirs alone
+        self.customer, self.public = customer, public
+        self.limit = quota_left(customer) if customer is not None else None
+        if self.limit is not None and length is not None and length > self.limit:
+            self._over()
+        folder = iso_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file_name = f"{uuid.uuid4().hex}.iso"
+        self.partial = folder / f".{self.file_name}.part"
+        self.digest, self.size, self.head = hashlib.sha256(), 0, b""
+        self.out = open(self.partial, "xb")
+
+    def _over(self):
+        raise Refused(_("The upload is over the ISO quota (%(limit)s GiB a customer).")
+                      % {"limit": settings.LIMIT_ISO_GIB_PER_CUSTOMER}, "limit_reached", 409)
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.size += len(chunk)
+            if self.limit is not None and self.size > self.limit:
+                self._over()
+            if len(self.head) < SIGNATURE_OFFSET + len(SIGNATURE):
+                self.head += chunk[:SIGNATURE_OFFSET + len(SIGNATURE) - len(self.head)]
+            self.digest.update(chunk)
+            self.out.write(chunk)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self.out.close()
+        self.partial.unlink(missing_ok=True)
+
+    def finish(self) -> Iso:
+        final = iso_dir() / self.file_name
+        try:
+            self.out.flush()
+            os.fsync(self.out.fileno())
+            self.out.close()
+            if self.length is not None and self.size != self.length:
+                raise Refused(_("The upload was truncated: %(got)s of %(want)s bytes arrived.")
+                              % {"got": self.size, "want": self.length}, "invalid", 400)
+            if self.head[SIGNATURE_OFFSET:SIGNATURE_OFFSET + len(SIGNATURE)] != SIGNATURE:
+                raise Refused(_("This is not an ISO image (no ISO 9660 volume descriptor)."), "invalid", 400)
+            os.chmod(self.partial, 0o644)  # QEMU, a user of its own, reads it on the nodes
+            os.rename(self.partial, final)
+            with transaction.atomic():
+                iso = Iso.objects.create(name=self.name, customer=self.customer, public=self.public,
+                                         size_bytes=self.size, sha256=self.digest.hexdigest(),
+                                         file_name=self.file_name)
+                audit.record(self.actor, "iso.upload", iso, size=self.size, sha256=iso.sha256)
+            return iso
+        except BaseException:
+            final.unlink(missing_ok=True)
+            self.abort()
+            raise
+
+
 def store_upload(actor: Actor, chunks, name: str, *, length: int | None = None, public: bool = False,
                  customer: Customer | None = None) -> Iso:
     """Stream `chunks` (an iterable of bytes) into a new Iso. A customer's own ISO counts
     against LIMIT_ISO_GIB_PER_CUSTOMER: refused before writing beyond it. `length`, when the
     client declared one, must be what arrives (a shorter body is a truncated upload)."""
-    name = _check_name(name)
-    if not actor.acts_for_all_customers:
-        customer, public = Customer.objects.get(pk=actor.customer_id), False
-    elif customer is not None:
-        public = False  # a customer's ISO is theirs alone
-    limit = quota_left(customer) if customer is not None else None
-    over = _("The upload is over the ISO quota (%(limit)s GiB a customer).") % {
-        "limit": settings.LIMIT_ISO_GIB_PER_CUSTOMER}
-    if limit is not None and length is not None and length > limit:
-        raise Refused(over, "limit_reached", 409)
-    folder = iso_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    file_name = f"{uuid.uuid4().hex}.iso"
-    partial = folder / f".{file_name}.part"
-    digest, size, head = hashlib.sha256(), 0, b""
+    writer = IsoWriter(actor, name, length=length, public=public, customer=customer)
     try:
-        with open(partial, "xb") as out:
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    raise Refused(over, "limit_reached", 409)
-                if len(head) < SIGNATURE_OFFSET + len(SIGNATURE):
-                    head += chunk[:SIGNATURE_OFFSET + len(SIGNATURE) - len(head)]
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if length is not None and size != length:
-            raise Refused(_("The upload was truncated: %(got)s of %(want)s bytes arrived.")
-                          % {"got": size, "want": length}, "invalid", 400)
-        if head[SIGNATURE_OFFSET:SIGNATURE_OFFSET + len(SIGNATURE)] != SIGNATURE:
-            raise Refused(_("This is not an ISO image (no ISO 9660 volume descriptor)."), "invalid", 400)
-        os.chmod(partial, 0o644)  # QEMU, a user of its own, reads it on the nodes
-        os.rename(partial, folder / file_name)
-        try:
-            with transaction.atomic():
-                iso = Iso.objects.create(name=name, customer=customer, public=public, size_bytes=size,
-                                         sha256=digest.hexdigest(), file_name=file_name)
-                audit.record(actor, "iso.upload", iso, size=size, sha256=iso.sha256)
-        except BaseException:
-            (folder / file_name).unlink(missing_ok=True)
-            raise
-        return iso
-    finally:
-        partial.unlink(missing_ok=True)
+        for chunk in chunks:
+            writer.write(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
 
 
 def delete_iso(actor: Actor, iso_id: int) -> None:
