@@ -230,3 +230,54 @@ def test_a_base_leaves_the_node_with_its_last_user_and_not_before(world, stopped
     assert CloneBase.objects.filter(pk=base.pk).exists() and driver.volume_exists(base.storage.pool_name, base.volume)
     assert Operation.objects.get(pk=admin.delete(f"/api/v1/servers/{copy.pk}/").json()["id"]).status == "succeeded"
     assert not CloneBase.objects.exists() and not driver.volume_exists(base.storage.pool_name, base.volume)
+
+
+# -- the UI --------------------------------------------------------------------------------------
+
+def ui(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_server_page_offers_clone_on_a_stopped_server_and_the_ui_clones(world, stopped):
+    admin, alice = ui(world.admin), ui(world.alice)
+    page = admin.get(f"/servers/{stopped.pk}/").content.decode()
+    assert 'id="clone-form"' in page and 'id="make-template-form"' in page
+    assert 'id="clone"' not in alice.get(f"/servers/{stopped.pk}/").content.decode()  # the plan has no clones
+    r = alice.post(f"/servers/{stopped.pk}/clone/", {"hostname": "ui-copy"})
+    assert VirtualServer.objects.count() == 1  # refused: the plan has no clones
+    world.plan.clones = True
+    world.plan.save()
+    page = alice.get(f"/servers/{stopped.pk}/").content.decode()
+    assert 'id="clone-form"' in page and 'id="make-template-form"' not in page
+    r = alice.post(f"/servers/{stopped.pk}/clone/", {"hostname": "bad host"})
+    assert r.status_code == 302 and VirtualServer.objects.count() == 1
+    r = alice.post(f"/servers/{stopped.pk}/clone/", {"hostname": "ui-copy", "mode": "full"})
+    copy = VirtualServer.objects.get(hostname="ui-copy")
+    assert r.status_code == 302 and r.url == f"/servers/{copy.pk}/" and copy.state == "running"
+    assert CloneOrigin.objects.get(server=copy).mode == "full"
+    assert alice.post(f"/servers/{stopped.pk}/make-template/", {"name": "x"}).status_code == 404
+
+
+def test_the_admin_templates_page_edits_publishes_and_creates(world, stopped):
+    admin = ui(world.admin)
+    r = admin.post(f"/servers/{stopped.pk}/make-template/", {"name": "ui-golden", "offered": "on"})
+    template = GoldenTemplate.objects.get(name="ui-golden")
+    assert r.status_code == 302 and template.offered
+    page = admin.get(f"/servers/{stopped.pk}/").content.decode()
+    assert 'id="golden-template-note"' in page and "ui-golden" in page and 'id="clone-form"' not in page
+    page = admin.get("/admin/golden-templates/").content.decode()
+    assert f'data-template="{template.pk}"' in page
+    admin.post(f"/admin/golden-templates/{template.pk}/servers/",
+               {"customer": world.bob_customer.pk, "plan": world.plan.pk, "hostname": "ui-made"})
+    assert VirtualServer.objects.get(hostname="ui-made").customer_id == world.bob_customer.pk
+    admin.post(f"/admin/golden-templates/{template.pk}/edit/")
+    admin.post(f"/admin/golden-templates/{template.pk}/publish/")
+    template.refresh_from_db()
+    assert template.version == 2 and not template.editing
+    assert ui(world.alice).get("/admin/golden-templates/").status_code == 404
+    admin.post(f"/admin/golden-templates/{template.pk}/delete/")
+    assert not GoldenTemplate.objects.exists()

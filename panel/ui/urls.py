@@ -1,6 +1,8 @@
 from django.urls import path
 
 from panel.ui.views import admin, auth, backups, ipam, keys, nodes, provisioning, servers, webhooks
+from panel.ui.views import isos
+from panel.ui.views import clones
 
 app_name = "ui"
 
@@ -23,6 +25,12 @@ urlpatterns = [
     path("servers/<int:server_id>/addresses/<int:address_id>/ptr/", ipam.address_ptr, name="server-address-ptr"),
     path("servers/<int:server_id>/backups/backup/", backups.server_backup, name="server-backup"),
     path("servers/<int:server_id>/backups/restore/", backups.server_restore, name="server-restore"),
+    path("servers/<int:server_id>/boot/<slug:action>/", isos.server_boot, name="server-boot"),
+    path("isos/", isos.iso_list, name="isos"),
+    path("isos/upload/", isos.iso_upload, name="iso-upload"),
+    path("isos/<int:iso_id>/delete/", isos.iso_delete, name="iso-delete"),
+    path("servers/<int:server_id>/clone/", clones.server_clone, name="server-clone"),
+    path("servers/<int:server_id>/make-template/", clones.server_make_template, name="server-make-template"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
     path("api-keys/<int:key_id>/revoke/", keys.revoke_key, name="key-revoke"),
@@ -78,6 +86,14 @@ urlpatterns = [
     path("admin/api-keys/", keys.admin_keys, name="admin-keys"),
     path("admin/api-keys/new/", keys.admin_key_create, name="admin-key-create"),
     path("admin/webhooks/", webhooks.webhook_list, name="admin-webhooks"),
+    path("admin/golden-templates/", clones.template_list, name="admin-golden-templates"),
+    path("admin/golden-templates/<int:template_id>/edit/", clones.template_edit, name="admin-golden-template-edit"),
+    path("admin/golden-templates/<int:template_id>/publish/", clones.template_publish,
+         name="admin-golden-template-publish"),
+    path("admin/golden-templates/<int:template_id>/delete/", clones.template_delete,
+         name="admin-golden-template-delete"),
+    path("admin/golden-templates/<int:template_id>/servers/", clones.template_create_server,
+         name="admin-golden-template-server"),
     path("admin/backups/", backups.backup_list, name="admin-backups"),
     path("admin/backups/panel/", backups.panel_backup, name="admin-backup-panel"),
     path("admin/backups/<int:backup_id>/restore-as-new/", backups.restore_as_new, name="admin-backup-restore-as-new"),
