@@ -32,6 +32,7 @@ from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, r
 from nodes.libvirt_backups import LibvirtBackups
 from nodes.libvirt_snapshots import LibvirtSnapshots
 from nodes.libvirt_disks import LibvirtDisks
+from nodes.libvirt_ovf import LibvirtOvf
 
 
 class DomainState(StrEnum):
@@ -161,6 +162,8 @@ class Driver(abc.ABC):
     def copy_volume(self, source_pool: str, source: str, pool: str, dest: str) -> None: ...
     @abc.abstractmethod
     def move_volume(self, pool: str, source: str, dest: str) -> None: ...
+    @abc.abstractmethod
+    def export_disk(self, pool: str, source: str, dest: str, fmt: str) -> None: ...
     # Snapshots (nodes/libvirt_snapshots.py states the contract).
     @abc.abstractmethod
     def snapshot_disk(self, name: str, pool: str, top: str, overlay: str, memory: str | None = None,
@@ -199,7 +202,7 @@ class Driver(abc.ABC):
         return True
 
 
-class LibvirtDriver(LibvirtDisks, LibvirtSnapshots, LibvirtBackups, Driver):
+class LibvirtDriver(LibvirtDisks, LibvirtSnapshots, LibvirtBackups, LibvirtOvf, Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
     def __init__(self, uri: str):

@@ -226,6 +226,33 @@ class FakeDriver(Driver):
             self.host.uploads[dest] = self.content(source)
             self._written(dest)
 
+    def export_disk(self, pool: str, source: str, dest: str, fmt: str) -> None:
+        """A real image of the volume's bytes (qemu-img here), so an export can be re-imported."""
+        import subprocess
+        import tempfile
+
+        from nodes.libvirt_ovf import EXPORT_FORMATS
+
+        self._enter("export_disk", dest)
+        if fmt not in EXPORT_FORMATS:
+            raise DriverError(f"unknown export format {fmt!r}")
+        with self.world.lock:
+            if source not in self._pool(pool):
+                raise DriverError(f"volume {source} does not exist")
+            data = self.content(source)
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(f"{tmp}/src", "wb") as f:
+                f.write(data)
+            given = "qcow2" if data.startswith(b"QFI\xfb") else "raw"
+            subprocess.run(["qemu-img", "convert", "-q", "-f", given, f"{tmp}/src", *EXPORT_FORMATS[fmt],
+                            f"{tmp}/out"], check=True)
+            with open(f"{tmp}/out", "rb") as f:
+                image = f.read()
+        with self.world.lock:
+            self._pool(pool)[dest] = 1
+            self.host.uploads[dest] = image
+            self._written(dest)
+
     def move_volume(self, pool: str, source: str, dest: str) -> None:
         self._enter("move_volume", dest)
         with self.world.lock:

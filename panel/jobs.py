@@ -8,6 +8,7 @@ them imports it. The queue reaches it by the dotted path `panel.jobs.run_operati
 from backup import restoring, retention, taking
 from nodes.installer import NodeInstallJob
 from panel import runner
+from panel.images import ovf_jobs
 from panel.images import clone_jobs
 from panel.images import disk_jobs
 from panel.images import snapshot_actions, snapshot_jobs
@@ -54,6 +55,8 @@ JOBS: runner.JobTable = {
     Kind.RESTORE: ServerJob.of(restoring.restore),
     Kind.NODE_INSTALL: NodeInstallJob,
     Kind.PANEL_BACKUP: taking.PanelBackupJob,
+    Kind.OVA_EXPORT: ServerJob.of(ovf_jobs.export),
+    Kind.OVA_IMPORT: ServerJob.of(ovf_jobs.import_server, settle=ovf_jobs.fail_import),
     snapshot_actions.CREATE: ServerJob.of(snapshot_jobs.create, settle=snapshot_jobs.forget_failed_create),
     snapshot_actions.REVERT: ServerJob.of(snapshot_jobs.revert),
     snapshot_actions.DELETE: ServerJob.of(snapshot_jobs.delete),

@@ -26,7 +26,8 @@ PACKAGES = ("panel", "nodes", "templates_os", "recipes", "novnc", "backup")
 # Modules that exist for a dotted path stored in the queue or in schedules by older versions.
 STORED_PATHS = {"panel.vps.tasks": "panel.vps.tasks.run_operation"}
 DRIVER_ROOM = {"nodes.driver", "nodes.fake", "nodes.keepalive", "nodes.libvirt_backups", "nodes.libvirt_disks", "nodes.libvirt_errors",
-               "nodes.libvirt_snapshots"}
+               "nodes.libvirt_snapshots",
+               "nodes.libvirt_ovf"}
 ENTRY_POINTS = {"panel.urls", "panel.asgi", "panel.settings", "panel.jobs", *STORED_PATHS}
 
 

@@ -7,6 +7,7 @@ from panel.api.snapshots import ServerSnapshotViewSet
 from panel.api.clones import GoldenTemplateViewSet, ServerCloneViewSet
 from panel.images.api import IsoViewSet, ServerMediaViewSet
 from panel.api.disks import ServerDiskViewSet
+from panel.api.ovf import OvaViewSet, ServerOvaViewSet
 from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
 
@@ -43,5 +44,8 @@ router.register("golden-templates", GoldenTemplateViewSet)
 router.register("isos", IsoViewSet)
 # /servers/{id}/attach-iso/, detach-iso/, rescue/, unrescue/: the boot media (panel/images/isos.py).
 router.register("servers", ServerMediaViewSet, basename="server-media")
+# /servers/{id}/export-ova/, /ova/import/, /ova/{operation}/download/ (panel/images/ovf_jobs.py).
+router.register("servers", ServerOvaViewSet, basename="server-ova")
+router.register("ova", OvaViewSet, basename="ova")
 
 urlpatterns = [path("servers/<int:pk>/usage/", ServerUsageView.as_view(), name="server-usage"), *router.urls]

@@ -186,6 +186,8 @@ class Operation(models.Model):
         BACKUP = "backup", _("Back up")
         RESTORE = "restore", _("Restore from a backup")
         PANEL_BACKUP = "panel_backup", _("Back up the panel")
+        OVA_EXPORT = "ova_export", _("Export as an OVA")
+        OVA_IMPORT = "ova_import", _("Import from an OVA")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
