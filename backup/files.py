@@ -23,6 +23,17 @@ def image_name(backup: Backup) -> str:
     return f"{backup.server_uuid}/{backup.id:06d}-{backup.kind}.qcow2{suffix}"
 
 
+def disk_image_name(backup: Backup, target: str) -> str:
+    """A data disk's image (backup/disks.py): the system disk's name with the disk's target."""
+    suffix = ".zst" if backup.compression == "zstd" else ""
+    return f"{backup.server_uuid}/{backup.id:06d}-{backup.kind}-{target}.qcow2{suffix}"
+
+
+def data_files(backup: Backup) -> list[str]:
+    """The files of a backup's data disks (none in a backup of a server without them)."""
+    return [entry["file"] for entry in (backup.manifest or {}).get("disks", [])]
+
+
 def manifest_name(backup: Backup) -> str:
     return f"{backup.server_uuid}/{backup.id:06d}-{backup.kind}.manifest.json"
 

@@ -9,7 +9,7 @@ are streamed through the panel, which checks them on the way.
 
 from django.conf import settings
 
-from backup import files
+from backup import disks, files
 from backup.models import Backup
 from backup.taking import BackupFailed
 from nodes.driver import Driver, DriverError
@@ -34,6 +34,12 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
     staged, assembled = [], f"{name}-restored.qcow2"
     new_server = op.params.get("new_server", False)
     targets = {}
+    data_plan = disks.restore_plan(backup, chain)  # every data disk's files, checked up front
+    for entry, links in data_plan:
+        if None in links:
+            raise BackupFailed(f"backup #{chain[links.index(None)].id} lacks the data disk {entry['target']}: "
+                               "nothing was overwritten")
+    data_assembled, data_staged = [], []
     try:
         if new_server:
             driver.ensure_pool(pool, server.storage.path)
@@ -49,6 +55,18 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
                  customer=f"{fetched} and checking its checksum")
             if not (local and _copy_on_node(driver, source, link, pool, staged[-1])):
                 _fetch(driver, source, link, pool, staged[-1])
+        for entry, links in data_plan:
+            data_chain = []
+            for index, (link, disk_file) in enumerate(zip(chain, links)):
+                data_chain.append(f"{name}-restore-{entry['target']}-{index}.qcow2")
+                data_staged.append(data_chain[-1])
+                source, local = targets[link.node_id], _on_node(targets[link.node_id], server)
+                step(50, f"{'copying' if local else 'fetching'} the image of {entry['target']} of backup #{link.id} "
+                     "and checking its checksum", customer=True)
+                if not (local and _copy_on_node(driver, source, disk_file, pool, data_chain[-1])):
+                    _fetch(driver, source, disk_file, pool, data_chain[-1])
+            data_assembled.append((entry, f"{name}-restored-{entry['target']}.qcow2"))
+            driver.assemble_disk(pool, data_chain, data_assembled[-1][1])
         step(55, f"all {len(chain)} file(s) match their checksums; the node checks and assembles the image",
              customer=True)
         driver.assemble_disk(pool, staged, assembled)
@@ -59,6 +77,12 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
             # Their overlays sit on the disk being replaced: they would undo the restore.
             step(72, "the server's snapshots were of the replaced disk: deleted", customer=True)
         driver.move_volume(pool, assembled, server.disk_volume)
+        for entry, image in data_assembled:
+            disk = disks.disk_for(server, entry)
+            driver.move_volume(pool, image, disk.volume)
+            driver.grow_volume(pool, disk.volume, disk.size_gib)
+        if data_assembled:
+            step(80, f"data disk(s) {', '.join(e['target'] for e, _i in data_assembled)} restored", customer=True)
         # The old disk's bitmaps went with it.
         driver.drop_checkpoints(name, metadata_only=True)
         driver.grow_volume(pool, server.disk_volume, server.disk_gib)
@@ -70,7 +94,7 @@ def restore(step, server: VirtualServer, driver: Driver) -> None:
         made_anew = server.state == ServerState.CREATING
         raise BackupFailed(str(exc) if made_anew else f"{exc}; nothing was overwritten") from exc
     finally:
-        for volume in [*staged, assembled]:
+        for volume in [*staged, assembled, *data_staged, *(image for _e, image in data_assembled)]:
             driver.delete_volume(pool, volume)
         for target in targets.values():
             target.close()

@@ -81,7 +81,8 @@ def delete_backups(backups: list[Backup]) -> list[int]:
                 if backup.children.exists():
                     continue  # a kept incremental still needs it
                 try:
-                    for name in (backup.file_name, files.manifest_name(backup) if backup.kind != Backup.Kind.PANEL else ""):
+                    for name in (backup.file_name, *files.data_files(backup),
+                                 files.manifest_name(backup) if backup.kind != Backup.Kind.PANEL else ""):
                         if name:
                             target.delete(name)
                 except TargetError as exc:

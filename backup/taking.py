@@ -19,7 +19,7 @@ import time
 
 from django.utils import timezone
 
-from backup import files, retention
+from backup import disks, files, retention
 from backup.models import Backup, BackupPlan, BackupTarget
 from nodes.driver import DomainState, Driver, DriverError
 from panel.events import emit
@@ -116,6 +116,9 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     direct = target_row.kind == BackupTarget.Kind.NODE
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
     running = driver.state(server.domain_name) == DomainState.RUNNING
+    extra = disks.data_disks(server)
+    if extra:  # every data disk goes with the system disk, in the same job (backup/disks.py)
+        driver = disks.WithDataDisks(driver, extra)
     # The file the domain writes: after a snapshot its overlay, read through the whole chain.
     disk = Snapshot.top_volume(server)
     # Taken before the copy: should the copy itself touch the file, the next backup is full.
@@ -167,11 +170,16 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
                      "checksum": backup.checksum},
             "server": describe(server),
         }
+        if extra:
+            driver.store(step, backup, target, direct)
+            backup.manifest["disks"] = driver.stored
         if stamp:  # a stopped disk: the next backup is an empty incremental while this stays the same
             backup.manifest["disk_stamp"] = stamp
         with target.writer(files.manifest_name(backup)) as out:
             out.write(files.manifest_bytes(backup))
     except (DriverError, TargetError, OSError) as exc:
+        if extra:
+            driver.forget(target)
         _failed(backup, target, exc)
         emit("backup.finished", customer_id=server.customer_id, server=server.id, hostname=server.hostname,
              backup=backup.id, status="failed", error=backup.error)

@@ -31,7 +31,7 @@ from nodes.domain_xml import Disk, DomainSpec, Nic, anti_spoofing_filter_xml, di
 from nodes.libvirt_errors import DriverError, is_connection_error, is_missing, reconnecting
 from nodes.libvirt_backups import LibvirtBackups
 from nodes.libvirt_snapshots import LibvirtSnapshots
-from nodes.libvirt_disks import LibvirtDisks
+from nodes.libvirt_disks import LibvirtDiskBackups, LibvirtDisks
 from nodes.libvirt_ovf import LibvirtOvf
 
 
@@ -133,6 +133,10 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def detach_disk(self, name: str, disk: "Disk", timeout: float,
                     tick: Callable[[float], None] | None = None) -> None: ...
+    @abc.abstractmethod
+    def backup_disks(self, name: str, pool: str, disks: list[tuple[str, str, str]], checkpoint: str,
+                     since: str | None = None, tick: Callable[[float], None] | None = None,
+                     staging_pool: str | None = None) -> tuple[str, bool]: ...
     # Backups (nodes/libvirt_backups.py states the contract).
     @abc.abstractmethod
     def backup_disk(self, name: str, pool: str, disk_volume: str, staging: str, checkpoint: str,
@@ -202,7 +206,7 @@ class Driver(abc.ABC):
         return True
 
 
-class LibvirtDriver(LibvirtDisks, LibvirtSnapshots, LibvirtBackups, LibvirtOvf, Driver):
+class LibvirtDriver(LibvirtDisks, LibvirtDiskBackups, LibvirtSnapshots, LibvirtBackups, LibvirtOvf, Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
     def __init__(self, uri: str):

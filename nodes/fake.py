@@ -472,6 +472,26 @@ class FakeDriver(Driver):
             names = list(self.host.domains)
         return [info for name in names if (info := self.info(name))]
 
+    def backup_disks(self, name, pool, disks, checkpoint, since=None, tick=None, staging_pool=None):
+        self._enter("backup_disks", name)
+        with self.world.lock:
+            dom = self._get(name)
+            for _target, volume, staging in disks:
+                self._pool(staging_pool or pool)[staging] = 1
+                self.host.uploads[staging] = self.content(volume)
+            if dom["state"] != DomainState.RUNNING:
+                return "full", False
+            known = self.host.checkpoints.setdefault(name, [])
+            # Like QEMU: an incremental needs the checkpoint's bitmap on every disk.
+            covered = dom.setdefault("bitmaps", {}).get(since, set())
+            whole = since in known and all(target in covered for target, _v, _s in disks)
+            kind = "incremental" if since and whole else "full"
+            known.append(checkpoint)
+            dom["bitmaps"][checkpoint] = {target for target, _v, _s in disks}
+        if tick:
+            tick(1.0)
+        return kind, True
+
     # -- data disks: the definition is the spec's disks; the live guest's are dom["live_disks"] ---
     def live_disks(self, name: str) -> set[str]:
         """Tests: the targets the running guest has now."""

@@ -182,3 +182,147 @@ def test_deleting_the_server_deletes_its_data_disks(world, server):
     driver = driver_for(server.node.uri)
     assert not driver.volume_exists(pool, volume) and not DataDisk.objects.exists()
     assert node_gib(server) == before - 4 - server.disk_gib
+
+
+# -- backups: every disk of the server (backup/disks.py) -----------------------------------------
+from tests.backup_fixtures import target  # noqa: E402,F401 (a fixture)
+
+
+def back_up(server, target):
+    from backup import actions
+    from backup.models import Backup
+    from panel.accounts.tenancy import SYSTEM
+
+    op = actions.request_backup(SYSTEM, server.id, target=target)
+    op.refresh_from_db()
+    assert op.status == "succeeded", op.error
+    return Backup.objects.get(operation=op)
+
+
+def restore(server, backup):
+    from backup import actions
+    from panel.accounts.tenancy import SYSTEM
+
+    op = actions.request_restore(SYSTEM, server.id, backup.id)
+    op.refresh_from_db()
+    return op
+
+
+@pytest.fixture
+def with_disk(world, server):
+    server.plan.backups = 5
+    server.plan.save()
+    assert add(world, server, "data", 2).status_code == 202
+    return server, DataDisk.objects.get(server=server)
+
+
+def test_a_backup_holds_every_disk_and_restores_both(with_disk, target):
+    from pathlib import Path
+
+    server, disk = with_disk
+    driver = driver_for(server.node.uri)
+    driver.set_content(server.disk_volume, b"system one" * 100)
+    driver.set_content(disk.volume, b"data one" * 100)
+    full = back_up(server, target)
+    assert full.kind == "full"
+    (entry,) = full.manifest["disks"]
+    assert (entry["target"], entry["name"], entry["size_gib"]) == ("vdb", "data", 2)
+    stored = Path(target.path) / entry["file"]
+    assert stored.exists() and entry["file"].endswith("-full-vdb.qcow2.zst")
+    import blake3
+    assert entry["checksum"] == f"blake3:{blake3.blake3(stored.read_bytes()).hexdigest()}"
+
+    driver.set_content(server.disk_volume, b"system two" * 100)
+    driver.set_content(disk.volume, b"data two" * 100)
+    second = back_up(server, target)
+    assert (second.kind, second.parent_id) == ("incremental", full.id)  # one chain for both disks
+    assert second.manifest["disks"][0]["file"].endswith("-incremental-vdb.qcow2.zst")
+
+    driver.set_content(server.disk_volume, b"")  # both disks destroyed
+    driver.set_content(disk.volume, b"")
+    op = restore(server, second)
+    assert op.status == "succeeded", op.error
+    assert driver.content(server.disk_volume) == b"system two" * 100
+    assert driver.content(disk.volume) == b"data two" * 100
+    assert "data disk(s) vdb restored" in op.customer_log
+    assert [d.target for d in driver.host.domains[server.domain_name]["spec"].disks] == ["vda", "vdb"]
+    assert not [v for v in driver.host.pools[server.storage.pool_name] if "-restore" in v or "-backup" in v]
+
+
+def test_a_disk_added_after_the_checkpoint_makes_the_next_backup_full(world, with_disk, target):
+    server, _disk = with_disk
+    first = back_up(server, target)
+    assert add(world, server, "more", 1).status_code == 202
+    second = back_up(server, target)
+    assert second.kind == "full" and [e["target"] for e in second.manifest["disks"]] == ["vdb", "vdc"]
+    assert first.kind == "full"
+
+
+def test_a_stopped_server_with_unchanged_disks_gets_an_empty_incremental_and_a_changed_data_disk_a_full(
+        world, with_disk, target):
+    server, disk = with_disk
+    world.client(world.admin_key).post(f"/api/v1/servers/{server.id}/stop/")
+    driver = driver_for(server.node.uri)
+    first = back_up(server, target)
+    second = back_up(server, target)
+    assert (first.kind, second.kind) == ("full", "incremental")
+    driver.set_content(disk.volume, b"written while stopped")  # only the data disk changes
+    third = back_up(server, target)
+    assert third.kind == "full"
+
+
+def test_a_restore_as_a_new_server_brings_its_data_disks(world, with_disk, target):
+    from backup import actions
+    from panel.accounts.tenancy import Actor
+
+    server, disk = with_disk
+    driver = driver_for(server.node.uri)
+    driver.set_content(disk.volume, b"data to clone")
+    backup = back_up(server, target)
+    admin = Actor(user=world.admin, api_key=None, customer_id=None, is_admin=True)
+    new, op = actions.restore_as_new_server(admin, backup.id, hostname="alice-copy")
+    op.refresh_from_db()
+    assert op.status == "succeeded", op.error
+    (copy,) = DataDisk.objects.filter(server=new)
+    assert (copy.name, copy.target, copy.size_gib, copy.state) == ("data", "vdb", 2, "attached")
+    assert driver_for(new.node.uri).content(copy.volume) == b"data to clone"
+
+
+def test_a_missing_data_disk_file_refuses_the_restore_and_overwrites_nothing(with_disk, target):
+    from pathlib import Path
+
+    server, disk = with_disk
+    driver = driver_for(server.node.uri)
+    driver.set_content(disk.volume, b"keep me")
+    driver.set_content(server.disk_volume, b"system")
+    backup = back_up(server, target)
+    (Path(target.path) / backup.manifest["disks"][0]["file"]).unlink()
+    driver.set_content(disk.volume, b"newer data")
+    op = restore(server, backup)
+    assert op.status == "failed" and "missing" in op.error
+    assert driver.content(disk.volume) == b"newer data" and driver.content(server.disk_volume) == b"system"
+
+
+def test_retention_and_a_failed_backup_leave_no_data_disk_file(with_disk, target, monkeypatch):
+    from pathlib import Path
+
+    from backup import retention
+    from backup.models import Backup
+
+    server, _disk = with_disk
+    backup = back_up(server, target)
+    files = [Path(target.path) / backup.file_name, Path(target.path) / backup.manifest["disks"][0]["file"]]
+    assert all(f.exists() for f in files)
+    retention.delete_backups([backup])
+    assert not any(f.exists() for f in files) and not Backup.objects.filter(pk=backup.pk).exists()
+
+    from backup import files as backup_files
+    real = backup_files.manifest_bytes
+    monkeypatch.setattr(backup_files, "manifest_bytes", lambda b: (_ for _ in ()).throw(OSError("disk full")))
+    from backup import actions
+    from panel.accounts.tenancy import SYSTEM
+    op = actions.request_backup(SYSTEM, server.id, target=target)
+    op.refresh_from_db()
+    assert op.status == "failed"
+    monkeypatch.setattr(backup_files, "manifest_bytes", real)
+    assert not [p for p in Path(target.path).rglob("*") if p.is_file() and "vdb" in p.name]

@@ -193,3 +193,66 @@ def test_bob_cannot_rescue_alices_server(world, alice_server):
     stop(world, alice_server)
     assert act(world, world.bob_key, alice_server, "rescue").status_code == 404
     assert not ServerMedia.objects.exists()
+
+
+# --- UI -----------------------------------------------------------------------------------------
+
+def logged_in(user):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/isos/")  # the CSRF cookie
+    return client
+
+
+def ui_upload(client, body: bytes, file_name: str = "tools.iso", **fields):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post("/isos/upload/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value, **fields,
+                                         "file": SimpleUploadedFile(file_name, body)}, follow=True)
+
+
+def page_messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_the_ui_streams_an_upload_to_the_share_and_refuses_what_is_not_an_iso(world, settings, tmp_path):
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "no-temp")  # Django's own handlers would write here
+    client = logged_in(world.alice)
+    body = iso_bytes(3 * 1024 * 1024)  # above FILE_UPLOAD_MAX_MEMORY_SIZE: still never a temp file
+    r = ui_upload(client, body, file_name="my tools.iso")
+    iso = Iso.objects.get()
+    assert iso.name == "my tools.iso" and iso.customer == world.alice_customer and iso.path.read_bytes() == body
+    assert iso.sha256 == hashlib.sha256(body).hexdigest() and not (tmp_path / "no-temp").exists()
+    assert "my tools.iso" in r.content.decode()
+    r = ui_upload(client, b"\0" * 0x9000, file_name="fake.iso")
+    assert any("not an ISO" in m for m in page_messages(r))
+    assert Iso.objects.count() == 1 and share_files() == [iso.file_name]
+    # Without the CSRF token nothing is written.
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    r = client.post("/isos/upload/", {"file": SimpleUploadedFile("x.iso", iso_bytes())})
+    assert r.status_code == 403 and Iso.objects.count() == 1 and share_files() == [iso.file_name]
+
+
+def test_the_ui_takes_the_name_field_and_only_admins_make_public_isos(world):
+    ui_upload(logged_in(world.alice), iso_bytes(), file_name="a.iso", public="1")
+    ui_upload(logged_in(world.admin), iso_bytes(), file_name="b.iso", public="1")
+    ui_upload(logged_in(world.alice), iso_bytes(), file_name="c.iso", name="Rescue CD")
+    assert sorted(Iso.objects.values_list("name", "public")) == [("Rescue CD", False), ("a.iso", False),
+                                                                 ("b.iso", True)]
+
+
+def test_the_server_page_card_boots_rescue_and_back(world, alice_server):
+    client = logged_in(world.alice)
+    page = client.get(f"/servers/{alice_server.id}/").content.decode()
+    assert 'id="boot-media"' in page and "Stop the server to change how it boots." in page
+    stop(world, alice_server)
+    token = client.cookies["csrftoken"].value
+    r = client.post(f"/servers/{alice_server.id}/boot/rescue/", {"csrfmiddlewaretoken": token}, follow=True)
+    assert "Rescue boot requested." in page_messages(r) and "Rescue mode" in r.content.decode()
+    assert "panel.rescue=1" in spec_of(alice_server).kernel_boot.cmdline
+    # Bob's session: Alice's server does not exist.
+    bob = logged_in(world.bob)
+    r = bob.post(f"/servers/{alice_server.id}/boot/unrescue/", {"csrfmiddlewaretoken": bob.cookies["csrftoken"].value})
+    assert r.status_code == 404

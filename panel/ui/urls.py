@@ -2,6 +2,7 @@ from django.urls import path
 
 from panel.ui.views import admin, auth, backups, ipam, keys, nodes, provisioning, servers, webhooks
 from panel.ui.views import isos
+from panel.ui.views import isos
 from panel.ui.views import clones
 
 app_name = "ui"
@@ -25,6 +26,10 @@ urlpatterns = [
     path("servers/<int:server_id>/addresses/<int:address_id>/ptr/", ipam.address_ptr, name="server-address-ptr"),
     path("servers/<int:server_id>/backups/backup/", backups.server_backup, name="server-backup"),
     path("servers/<int:server_id>/backups/restore/", backups.server_restore, name="server-restore"),
+    path("servers/<int:server_id>/boot/<slug:action>/", isos.server_boot, name="server-boot"),
+    path("isos/", isos.iso_list, name="isos"),
+    path("isos/upload/", isos.iso_upload, name="iso-upload"),
+    path("isos/<int:iso_id>/delete/", isos.iso_delete, name="iso-delete"),
     path("servers/<int:server_id>/clone/", clones.server_clone, name="server-clone"),
     path("servers/<int:server_id>/make-template/", clones.server_make_template, name="server-make-template"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),

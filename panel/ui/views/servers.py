@@ -15,6 +15,7 @@ from panel.refusals import Refused
 from panel.ui import live
 from panel.ui.forms import ReinstallForm, SuspendForm
 from panel.ui.views.backups import server_backups
+from panel.ui.views.isos import server_isos
 from panel.ui.views.common import actor, paginate
 from panel.ui.views.address_card import server_addresses
 from panel.vps import lifecycle
@@ -104,6 +105,7 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         "reinstall_form": reinstall_form if reinstallable or (reinstall_form and reinstall_form.is_bound) else None,
         **server_addresses(server, act, ptr_forms=ptr_forms, add_form=add_form),
         **server_backups(server, act),
+        **server_isos(server, act),
         "js_i18n": {
             "offline": _("Live updates are unavailable; reload the page to see changes."),
             "deleted": _("This server has been deleted."),
