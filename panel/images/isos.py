@@ -105,7 +105,7 @@ def visible_isos(actor: Actor):
 
 
 # -- upload --------------------------------------------------------------------------------------
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     name = (name or "").strip()
     if not NAME.match(name):
         raise Refused(_("An ISO's name has 1 to 100 letters, digits, spaces and . + ( ) - _."), "invalid", 400,
@@ -126,7 +126,7 @@ class IsoWriter:
 
     def __init__(self, actor: Actor, name: str, *, length: int | None = None, public: bool = False,
                  customer: Customer | None = None):
-        self.actor, self.name, self.length = actor, _check_name(name), length
+        self.actor, self.name, self.length = actor, check_name(name), length
         if not actor.acts_for_all_customers:
             customer, public = Customer.objects.get(pk=actor.customer_id), False
         elif customer is not None:
