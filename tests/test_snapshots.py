@@ -278,3 +278,39 @@ def test_the_api_refuses_beyond_the_limit_in_the_error_format(server, world):
     answer = world.client(world.alice_key).post(f"/api/v1/servers/{server.id}/snapshots/", {}, format="json")
     assert answer.status_code == 409 and answer.json()["code"] == "snapshot_limit", answer.content
     assert not Snapshot.objects.exists()
+
+
+# -- UI -------------------------------------------------------------------------------------------
+def logged_in(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_server_page_card_takes_reverts_and_deletes_and_says_it_is_not_a_backup(server, world):
+    page = f"/servers/{server.id}/"
+    client = logged_in(world.alice)
+    body = client.get(page).content.decode()
+    assert 'id="snapshots"' in body and "A snapshot is not a backup" in body
+    answer = client.post(f"/servers/{server.id}/snapshots/", {"name": "from the ui", "memory": "1"})
+    assert answer.status_code == 302 and answer["Location"].endswith("#snapshots")
+    snapshot = Snapshot.objects.get()
+    assert (snapshot.name, snapshot.memory, snapshot.status) == ("from the ui", True, "ready")
+    body = client.get(page).content.decode()
+    assert "from the ui" in body and "disk and memory" in body and f"/snapshots/{snapshot.id}/revert/" in body
+    assert logged_in(world.bob).post(f"/servers/{server.id}/snapshots/{snapshot.id}/delete/").status_code == 404
+    client.post(f"/servers/{server.id}/snapshots/{snapshot.id}/revert/")
+    assert Operation.objects.filter(kind=snapshot_actions.REVERT, status="succeeded").exists()
+    client.post(f"/servers/{server.id}/snapshots/{snapshot.id}/delete/")
+    assert not Snapshot.objects.exists()
+
+
+def test_the_card_shows_the_refusal_of_a_snapshot_beyond_the_plan(server, world):
+    server.plan.snapshots = 0
+    server.plan.save()
+    client = logged_in(world.alice)
+    assert "Your plan includes no snapshots." in client.get(f"/servers/{server.id}/").content.decode()
+    answer = client.post(f"/servers/{server.id}/snapshots/", {}, follow=True)
+    assert "allows 0 snapshot(s)" in answer.content.decode() and not Snapshot.objects.exists()

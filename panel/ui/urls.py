@@ -2,6 +2,7 @@ from django.urls import path
 
 from panel.ui.views import admin, auth, backups, ipam, keys, nodes, provisioning, servers, webhooks
 from panel.ui.views import isos
+from panel.ui.views import snapshots
 from panel.ui.views import isos
 from panel.ui.views import clones
 
@@ -27,6 +28,9 @@ urlpatterns = [
     path("servers/<int:server_id>/backups/backup/", backups.server_backup, name="server-backup"),
     path("servers/<int:server_id>/backups/restore/", backups.server_restore, name="server-restore"),
     path("servers/<int:server_id>/boot/<slug:action>/", isos.server_boot, name="server-boot"),
+    path("servers/<int:server_id>/snapshots/", snapshots.snapshot_take, name="server-snapshot"),
+    path("servers/<int:server_id>/snapshots/<int:snapshot_id>/<slug:action>/", snapshots.snapshot_change,
+         name="server-snapshot-change"),
     path("isos/", isos.iso_list, name="isos"),
     path("isos/upload/", isos.iso_upload, name="iso-upload"),
     path("isos/<int:iso_id>/delete/", isos.iso_delete, name="iso-delete"),

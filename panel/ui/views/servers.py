@@ -16,6 +16,7 @@ from panel.ui import live
 from panel.ui.forms import ReinstallForm, SuspendForm
 from panel.ui.views.backups import server_backups
 from panel.ui.views.isos import server_isos
+from panel.ui.views.snapshots import server_snapshots
 from panel.ui.views.common import actor, paginate
 from panel.ui.views.address_card import server_addresses
 from panel.vps import lifecycle
@@ -106,6 +107,7 @@ def render_server_detail(request, server: VirtualServer, status: int = 200, ptr_
         **server_addresses(server, act, ptr_forms=ptr_forms, add_form=add_form),
         **server_backups(server, act),
         **server_isos(server, act),
+        **server_snapshots(server, act),
         "js_i18n": {
             "offline": _("Live updates are unavailable; reload the page to see changes."),
             "deleted": _("This server has been deleted."),
