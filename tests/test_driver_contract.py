@@ -537,3 +537,45 @@ def test_the_process_keeps_one_fake_driver_per_uri_until_the_fake_nodes_are_forg
     assert driver_for("fake://contract-other").world is first.world
     forget_fake_nodes()
     assert driver_for("fake://contract-cached") is not first
+
+
+# -- snapshots (nodes/libvirt_snapshots.py) -------------------------------------------------
+
+def test_a_stopped_domains_snapshot_is_an_overlay_that_reverts_and_merges(node):
+    d = node.driver
+    name = node.domain("s1")
+    disk, overlay = f"{name}.qcow2", f"{name}-snap1.qcow2"
+    assert d.snapshot_disk(name, node.pool, disk, overlay) is False  # nothing to freeze
+    assert d.volume_exists(node.pool, overlay)
+    d.revert_disk(node.pool, disk, overlay)
+    assert d.volume_exists(node.pool, overlay)
+    d.merge_snapshot(name, node.pool, disk, overlay, None)
+    assert not d.volume_exists(node.pool, overlay) and d.volume_exists(node.pool, disk)
+    with pytest.raises(DriverError):
+        d.snapshot_disk(name, node.pool, disk, overlay, memory=f"{name}-snap1.mem")
+
+
+def test_a_running_domains_snapshots_merge_online_below_and_at_the_top(node):
+    d = node.driver
+    name = node.domain("s2", running=True)
+    disk, first, second = f"{name}.qcow2", f"{name}-snap1.qcow2", f"{name}-snap2.qcow2"
+    assert d.snapshot_disk(name, node.pool, disk, first) is False  # no guest agent answers
+    d.snapshot_disk(name, node.pool, first, second)
+    d.merge_snapshot(name, node.pool, disk, first, second)  # below the top: the newer one's backing changes
+    assert not d.volume_exists(node.pool, first) and d.state(name) == DomainState.RUNNING
+    d.merge_snapshot(name, node.pool, disk, second, None)  # the top: active commit and pivot
+    assert not d.volume_exists(node.pool, second) and d.state(name) == DomainState.RUNNING
+
+
+def test_a_memory_snapshot_restores_the_domain_running(node):
+    d = node.driver
+    name = node.domain("s3", running=True)
+    disk, overlay, memory = f"{name}.qcow2", f"{name}-snap1.qcow2", f"{name}-snap1.mem"
+    d.snapshot_disk(name, node.pool, disk, overlay, memory=memory)
+    assert d.volume_exists(node.pool, memory) and d.state(name) == DomainState.RUNNING
+    d.destroy(name)
+    d.revert_disk(node.pool, disk, overlay)
+    spec = node.spec("s3", disks=(Disk(path=f"{node.paths[node.pool]}/{overlay}"),))
+    d.define(spec)
+    d.restore_memory(name, node.pool, memory, spec.to_xml())
+    assert d.state(name) == DomainState.RUNNING
