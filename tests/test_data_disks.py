@@ -326,3 +326,39 @@ def test_retention_and_a_failed_backup_leave_no_data_disk_file(with_disk, target
     assert op.status == "failed"
     monkeypatch.setattr(backup_files, "manifest_bytes", real)
     assert not [p for p in Path(target.path).rglob("*") if p.is_file() and "vdb" in p.name]
+
+
+# -- the server page's card (panel/ui/views/disks.py) ---------------------------------------------
+
+def signed_in(world, user="alice", password="alice-pass-123"):
+    from django.test import Client
+
+    client = Client()
+    assert client.post("/login/", {"username": user, "password": password}).status_code == 302
+    return client
+
+
+def test_the_card_adds_grows_and_deletes_a_disk_and_shows_a_refusal(world, server):
+    alice = signed_in(world)
+    page = alice.get(f"/servers/{server.id}/").content.decode()
+    assert 'id="disks"' in page and 'id="disk-add-form"' in page
+    r = alice.post(f"/servers/{server.id}/disks/", {"name": "web data", "size_gib": "1"}, follow=True)
+    assert "A disk&#x27;s name is" in r.content.decode() or "A disk's name is" in r.content.decode()
+    assert not DataDisk.objects.exists()
+    r = alice.post(f"/servers/{server.id}/disks/", {"name": "web", "size_gib": "3"}, follow=True)
+    disk = DataDisk.objects.get(server=server)
+    assert disk.state == "attached" and "/dev/vdb" in r.content.decode()
+    alice.post(f"/servers/{server.id}/disks/{disk.id}/", {"size_gib": "5"})
+    disk.refresh_from_db()
+    assert disk.size_gib == 5
+    alice.post(f"/servers/{server.id}/disks/{disk.id}/", {"delete": "1"})
+    assert not DataDisk.objects.exists()
+
+
+def test_the_card_is_not_another_customers(world, server):
+    add(world, server)
+    disk = DataDisk.objects.get(server=server)
+    bob = signed_in(world, "bob", "bob-pass-1234")
+    assert bob.post(f"/servers/{server.id}/disks/", {"name": "x", "size_gib": "1"}).status_code == 404
+    assert bob.post(f"/servers/{server.id}/disks/{disk.id}/", {"delete": "1"}).status_code == 404
+    assert DataDisk.objects.filter(pk=disk.pk, state="attached").exists()

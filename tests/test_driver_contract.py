@@ -539,6 +539,83 @@ def test_the_process_keeps_one_fake_driver_per_uri_until_the_fake_nodes_are_forg
     assert driver_for("fake://contract-cached") is not first
 
 
+# -- data disks (nodes/libvirt_disks.py) ----------------------------------------------------
+
+def data_disk(node: Node, name: str, target: str = "vdb") -> Disk:
+    return Disk(path=node.driver.create_volume(node.pool, f"{name}-{target}.qcow2", 1), target=target)
+
+
+def defined_targets(node: Node, name: str) -> list[str]:
+    if not node.real:
+        return [d.target for d in node.driver.host.domains[name]["spec"].disks]
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+    dom = node.driver.conn.lookupByName(name)
+    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    return [t.get("dev") for t in root.findall("devices/disk/target")]
+
+
+def live_targets(node: Node, name: str) -> set[str]:
+    if not node.real:
+        return node.driver.live_disks(name)
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(node.driver.conn.lookupByName(name).XMLDesc(0))
+    return {t.get("dev") for t in root.findall("devices/disk/target")}
+
+
+def test_a_disk_attached_to_a_stopped_domain_is_in_its_definition_and_detaches(node):
+    d = node.driver
+    name = node.domain("d1")
+    disk = data_disk(node, name)
+    assert d.attach_disk(name, disk) is False
+    assert d.attach_disk(name, disk) is False  # a retried add changes nothing
+    assert defined_targets(node, name) == ["vda", "vdb"]
+    d.start(name)
+    assert live_targets(node, name) == {"vda", "vdb"}
+    d.destroy(name)
+    d.detach_disk(name, disk, timeout=1)
+    d.detach_disk(name, disk, timeout=1)  # not attached: nothing to do
+    assert defined_targets(node, name) == ["vda"]
+
+
+def test_a_disk_is_hot_plugged_and_a_guest_that_does_not_release_it_keeps_it(node):
+    # A real domain without an OS never answers the unplug request (no ACPI hot-plug driver).
+    d = node.driver
+    name = node.domain("d1", running=True)
+    disk = data_disk(node, name)
+    assert d.attach_disk(name, disk) is True
+    assert live_targets(node, name) == {"vda", "vdb"} and defined_targets(node, name) == ["vda", "vdb"]
+    if not node.real:
+        d.host.holds_disks.add(name)
+    ticks = []
+    with pytest.raises(DriverError, match="did not release vdb within 2 s"):
+        d.detach_disk(name, disk, timeout=2, tick=ticks.append)
+    assert ticks or not node.real
+    assert "vdb" in live_targets(node, name) and defined_targets(node, name) == ["vda", "vdb"]
+
+
+def test_backups_of_all_disks_share_one_checkpoint_and_a_new_disk_makes_a_full_one(node):
+    d = node.driver
+    name = node.domain("d1", running=True)
+    vdb = data_disk(node, name)
+    d.attach_disk(name, vdb)
+    disks = [("vda", f"{name}.qcow2", "contract-b1"), ("vdb", f"{name}-vdb.qcow2", "contract-b1-vdb")]
+    assert d.backup_disks(name, node.pool, disks, "cp1") == ("full", True)
+    assert all(d.volume_exists(node.pool, s) for _t, _v, s in disks)
+    again = [(t, v, s.replace("b1", "b2")) for t, v, s in disks]
+    assert d.backup_disks(name, node.pool, again, "cp2", since="cp1", staging_pool=node.other_pool) == \
+        ("incremental", True)
+    assert all(d.volume_exists(node.other_pool, s) for _t, _v, s in again)
+    vdc = data_disk(node, name, "vdc")
+    d.attach_disk(name, vdc)
+    more = [*again, ("vdc", f"{name}-vdc.qcow2", "contract-b3-vdc")]
+    assert d.backup_disks(name, node.pool, more, "cp3", since="cp2") == ("full", True)  # vdc has no bitmap
+    d.destroy(name)
+    assert d.backup_disks(name, node.pool, [(t, v, s + "-off") for t, v, s in more], "cp4") == ("full", False)
+
+
 # -- snapshots (nodes/libvirt_snapshots.py) -------------------------------------------------
 
 def test_a_stopped_domains_snapshot_is_an_overlay_that_reverts_and_merges(node):

@@ -5,6 +5,7 @@ from panel.ui.views import isos
 from panel.ui.views import snapshots
 from panel.ui.views import isos
 from panel.ui.views import clones
+from panel.ui.views import disks
 
 app_name = "ui"
 
@@ -35,6 +36,8 @@ urlpatterns = [
     path("isos/upload/", isos.iso_upload, name="iso-upload"),
     path("isos/<int:iso_id>/delete/", isos.iso_delete, name="iso-delete"),
     path("servers/<int:server_id>/clone/", clones.server_clone, name="server-clone"),
+    path("servers/<int:server_id>/disks/", disks.disk_add, name="server-disk-add"),
+    path("servers/<int:server_id>/disks/<int:disk_id>/", disks.disk_change, name="server-disk"),
     path("servers/<int:server_id>/make-template/", clones.server_make_template, name="server-make-template"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
