@@ -441,3 +441,48 @@ def test_a_failed_import_leaves_no_server_volume_domain_or_file(world, tmp_path,
     assert IpAddress.objects.filter(server__isnull=False).count() == used
     assert driver.list_domains() == [] and left_in(ovf_dir) == []
     assert not [v for pool in driver.host.pools.values() for v in pool if v.endswith("-disk0.qcow2")]
+
+
+# -- the UI (admins) -------------------------------------------------------------------------------
+def ui(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_server_page_exports_a_stopped_server_and_the_operation_page_downloads_it(world, alice_server):
+    admin, alice = ui(world.admin), ui(world.alice)
+    assert 'id="ova-stop-first"' in admin.get(f"/servers/{alice_server.pk}/").content.decode()
+    server = stopped(alice_server)
+    assert 'id="ova-export-form"' in admin.get(f"/servers/{server.pk}/").content.decode()
+    assert 'id="ova"' not in alice.get(f"/servers/{server.pk}/").content.decode()
+    assert alice.post(f"/servers/{server.pk}/export-ova/", {"format": "vmdk"}).status_code == 404
+    assert not Operation.objects.filter(kind="ova_export").exists()
+    r = admin.post(f"/servers/{server.pk}/export-ova/", {"format": "vmdk"})
+    op = Operation.objects.get(kind="ova_export")
+    assert r.status_code == 302 and r["Location"] == f"/operations/{op.pk}/" and op.status == "succeeded"
+    page = admin.get(f"/operations/{op.pk}/").content.decode()
+    assert f'href="/operations/{op.pk}/ova/"' in page and 'id="ova-download"' not in alice.get(
+        f"/operations/{op.pk}/").content.decode()
+    download = admin.get(f"/operations/{op.pk}/ova/")
+    assert download.status_code == 200 and tarfile.open(fileobj=io.BytesIO(b"".join(download.streaming_content)))
+    assert alice.get(f"/operations/{op.pk}/ova/").status_code == 404
+
+
+def test_the_import_form_imports_an_ova_and_shows_a_refusal_keeping_nothing(world, tmp_path, ovf_dir):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    admin = ui(world.admin)
+    assert ui(world.alice).get("/admin/ova-import/").status_code == 404
+    assert 'id="ova-import-link"' in admin.get("/admin/servers/").content.decode()
+    form = {"customer": world.alice_customer.pk, "hostname": "from-form", "os_template": tiny_id(), "plan": ""}
+    ova = virtualbox_ova(tmp_path)
+    r = admin.post("/admin/ova-import/", {**form, "file": SimpleUploadedFile("cut.ova", ova[:len(ova) // 2])})
+    assert r.status_code == 400 and "truncated" in r.content.decode()
+    assert VirtualServer.objects.count() == 0 and left_in(ovf_dir) == []
+    r = admin.post("/admin/ova-import/", {**form, "plan": world.plan.pk, "file": SimpleUploadedFile("v.ova", ova)})
+    op = Operation.objects.get(kind="ova_import")
+    assert r.status_code == 302 and r["Location"] == f"/operations/{op.pk}/" and op.status == "succeeded", op.log
+    assert VirtualServer.objects.get(hostname="from-form").state == "running"

@@ -5,6 +5,7 @@ from panel.ui.views import isos
 from panel.ui.views import snapshots
 from panel.ui.views import isos
 from panel.ui.views import clones
+from panel.ui.views import ovf
 from panel.ui.views import disks
 
 app_name = "ui"
@@ -39,6 +40,8 @@ urlpatterns = [
     path("servers/<int:server_id>/disks/", disks.disk_add, name="server-disk-add"),
     path("servers/<int:server_id>/disks/<int:disk_id>/", disks.disk_change, name="server-disk"),
     path("servers/<int:server_id>/make-template/", clones.server_make_template, name="server-make-template"),
+    path("servers/<int:server_id>/export-ova/", ovf.server_export, name="server-export-ova"),
+    path("operations/<int:op_id>/ova/", ovf.export_download, name="ova-download"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
     path("api-keys/<int:key_id>/revoke/", keys.revoke_key, name="key-revoke"),
@@ -95,6 +98,7 @@ urlpatterns = [
     path("admin/api-keys/new/", keys.admin_key_create, name="admin-key-create"),
     path("admin/webhooks/", webhooks.webhook_list, name="admin-webhooks"),
     path("admin/golden-templates/", clones.template_list, name="admin-golden-templates"),
+    path("admin/ova-import/", ovf.import_form, name="admin-ova-import"),
     path("admin/golden-templates/<int:template_id>/edit/", clones.template_edit, name="admin-golden-template-edit"),
     path("admin/golden-templates/<int:template_id>/publish/", clones.template_publish,
          name="admin-golden-template-publish"),
