@@ -226,16 +226,17 @@ class FakeDriver(Driver):
             self.host.uploads[dest] = self.content(source)
             self._written(dest)
 
-    def export_disk(self, pool: str, source: str, dest: str, fmt: str) -> None:
-        """A real image of the volume's bytes (qemu-img here), so an export can be re-imported."""
+    def export_disk(self, pool: str, source: str, dest: str, fmt: str, source_format: str = "qcow2") -> None:
+        """A real image of the volume's bytes (qemu-img here), so an export can be re-imported; a
+        disk nobody wrote a qcow2 image to holds its bytes raw."""
         import subprocess
         import tempfile
 
         from nodes.libvirt_ovf import EXPORT_FORMATS
 
         self._enter("export_disk", dest)
-        if fmt not in EXPORT_FORMATS:
-            raise DriverError(f"unknown export format {fmt!r}")
+        if fmt not in EXPORT_FORMATS or source_format not in ("qcow2", "raw"):
+            raise DriverError(f"unknown export format {fmt!r} (from {source_format!r})")
         with self.world.lock:
             if source not in self._pool(pool):
                 raise DriverError(f"volume {source} does not exist")

@@ -656,3 +656,36 @@ def test_a_memory_snapshot_restores_the_domain_running(node):
     d.define(spec)
     d.restore_memory(name, node.pool, memory, spec.to_xml())
     assert d.state(name) == DomainState.RUNNING
+
+# -- OVF export (nodes/libvirt_ovf.py) ------------------------------------------------------
+
+def _raw_of(image: bytes) -> bytes:
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/image", "wb") as f:
+            f.write(image)
+        subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", f"{tmp}/image", f"{tmp}/raw"], check=True)
+        with open(f"{tmp}/raw", "rb") as f:
+            return f.read()
+
+
+@pytest.mark.parametrize("fmt,magic", [("vmdk", b"KDMV"), ("qcow2", b"QFI\xfb")])
+def test_export_disk_writes_a_standalone_image_of_the_disk(node, fmt, magic):
+    d = node.driver
+    data = b"exported bytes" + os.urandom(64 * 1024)
+    d.write_volume(node.pool, "contract-ex", [data], len(data))
+    d.export_disk(node.pool, "contract-ex", f"contract-ex.{fmt}", fmt, source_format="raw")
+    image = read(node, f"contract-ex.{fmt}")
+    assert image.startswith(magic) and _raw_of(image)[:len(data)] == data
+    assert read(node, "contract-ex") == data  # the source is untouched
+
+
+def test_export_disk_of_a_missing_volume_or_to_an_unknown_format_leaves_nothing(node):
+    d = node.driver
+    with pytest.raises(DriverError):
+        d.export_disk(node.pool, "contract-none", "contract-none.vmdk", "vmdk")
+    d.write_volume(node.pool, "contract-ex2", [b"x" * 512], 512)
+    with pytest.raises(DriverError):
+        d.export_disk(node.pool, "contract-ex2", "contract-ex2.vhd", "vhd")
+    assert not d.volume_exists(node.pool, "contract-none.vmdk") and not d.volume_exists(node.pool, "contract-ex2.vhd")
