@@ -22,8 +22,9 @@ def config_url_of(spec, uploads: dict) -> str | None:
     for disk in spec.disks:
         # A seed is a volume the panel uploaded; an ISO of the library is not one.
         if disk.device == "cdrom" and disk.path.rsplit("/", 1)[1] in uploads:
-            user_data = read_seed(uploads[disk.path.rsplit("/", 1)[1]])["user-data"]
-            return user_data.split("\n")[1]
+            user_data = read_seed(uploads[disk.path.rsplit("/", 1)[1]])["user-data"].split("\n")
+            # Only an install's seed includes a config URL; a clone's (#cloud-config) has none.
+            return user_data[1] if user_data[0] == "#include" else None
     return None
 
 

@@ -281,3 +281,19 @@ def test_the_admin_templates_page_edits_publishes_and_creates(world, stopped):
     assert ui(world.alice).get("/admin/golden-templates/").status_code == 404
     admin.post(f"/admin/golden-templates/{template.pk}/delete/")
     assert not GoldenTemplate.objects.exists()
+
+
+def test_a_cloud_init_image_clone_gets_a_seed_with_a_new_instance_id_and_its_hostname(world, stopped):
+    from templates_os.seed import read_seed
+
+    template = stopped.os_template
+    template.metadata = {**template.metadata, "seed": "iso"}
+    template.save(update_fields=["metadata"])
+    copy = made(clone(world, stopped, hostname="seeded-copy"))
+    driver = driver_for(world.node.uri)
+    files = read_seed(driver.host.uploads[copy.seed_volume])
+    assert f"instance-id: {copy.uuid}-clone" in files["meta-data"] and 'local-hostname: "seeded-copy"' in files["meta-data"]
+    assert str(stopped.uuid) not in files["meta-data"]
+    # The first boot had the seed; the persistent definition boots without it, as an installed server does.
+    assert ("define", copy.domain_name) in driver.calls
+    assert not any(d.device == "cdrom" for d in driver.host.domains[copy.domain_name]["spec"].disks)
