@@ -316,6 +316,23 @@ def test_a_failed_export_leaves_no_ova_and_no_staged_volume(world, alice_server,
     assert not driver.volume_exists(server.storage.pool_name, f"{server.domain_name}-export.vmdk")
 
 
+def test_an_export_after_a_snapshot_holds_what_the_guest_wrote_since(world, alice_server, tmp_path):
+    """The domain writes the newest snapshot's overlay: the export reads the chain from its top."""
+    from panel.images.snapshots import Snapshot
+
+    server = stopped(alice_server)
+    driver = driver_for(server.node.uri)
+    overlay = f"{server.domain_name}-snap1.qcow2"
+    driver.set_content(server.disk_volume, b"BEFORE-SNAPSHOT" + b"\0" * 4096)
+    driver.upload_volume(server.storage.pool_name, overlay, b"AFTER-SNAPSHOT" + b"\0" * 4096)
+    Snapshot.objects.create(server=server, name="s1", status="ready", image=server.disk_volume, overlay=overlay)
+    admin = world.client(world.admin_key)
+    op = Operation.objects.get(pk=admin.post(f"/api/v1/servers/{server.id}/export-ova/", {}, format="json").json()["id"])
+    with tarfile.open(fileobj=io.BytesIO(b"".join(admin.get(f"/api/v1/ova/{op.id}/download/").streaming_content))) as tar:
+        disk = tar.extractfile(tar.getnames()[1]).read()
+    assert raw_of(disk, tmp_path).startswith(b"AFTER-SNAPSHOT")
+
+
 # -- import ----------------------------------------------------------------------------------------
 def test_an_export_re_imports_as_a_running_server_with_the_same_disk(world, alice_server, tmp_path, ovf_dir):
     server = stopped(alice_server)

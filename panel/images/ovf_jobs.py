@@ -27,6 +27,7 @@ from panel.accounts.models import Customer
 from panel.accounts.tenancy import Actor
 from panel.events import emit
 from panel.images import ovf
+from panel.images.snapshots import Snapshot
 from panel.operations import hand_over, new_operation
 from panel.refusals import Refused
 from panel.runner import Step, for_customer
@@ -80,7 +81,8 @@ def export(step: Step, server: VirtualServer, driver: Driver) -> None:
     disk = work / f"{name}-disk1.{fmt}"
     try:
         step(10, f"writing the disk as a standalone {fmt} on node {server.node.name}", customer=True)
-        driver.export_disk(pool, server.disk_volume, staged, fmt)
+        # The top of the disk's chain (a snapshot's overlay, if any): qemu-img reads through it.
+        driver.export_disk(pool, Snapshot.top_volume(server), staged, fmt)
         step(40, "reading the converted disk into the panel", customer=True)
         with open(disk, "wb") as out:
             for chunk in driver.read_volume(pool, staged):
