@@ -14,6 +14,7 @@ from backup.models import Backup
 from backup.taking import BackupFailed
 from nodes.driver import Driver, DriverError
 from panel.images.models import Snapshot
+from panel.runner import for_customer
 from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import ServerState, VirtualServer
 
@@ -117,8 +118,7 @@ def _check_size(target, backup: Backup) -> None:
         raise BackupFailed(f"backup #{backup.id}'s file {backup.file_name} is missing on {backup.target.name}: "
                            "nothing was overwritten")
     if size != backup.size_bytes:
-        raise BackupFailed(f"backup #{backup.id}'s file has {size} bytes, {backup.size_bytes} were stored: "
-                           "it is damaged; nothing was overwritten")
+        raise _damaged(backup, f"it has {size} bytes, {backup.size_bytes} were stored")
 
 
 def _on_node(target, server: VirtualServer) -> bool:
@@ -154,17 +154,22 @@ def _fetch(driver: Driver, target, backup: Backup, pool: str, volume: str) -> No
             driver.write_volume(pool, volume, files.fetch(stream.read, backup.compression, checked),
                                 backup.manifest["image"]["bytes"])
     except ValueError as exc:  # zstd refused the bytes
-        raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
+        raise _damaged(backup, str(exc)) from exc
     except DriverError as exc:
         # The whole file came and differs (e.g. it unpacks to another size): damaged. Otherwise
         # the transfer itself broke off, and it says why.
         if checked.size == backup.size_bytes and checked.checksum != backup.checksum:
-            raise BackupFailed(f"backup #{backup.id}'s file is damaged ({exc}): nothing was overwritten") from exc
+            raise _damaged(backup, str(exc)) from exc
         raise
     _check_checksum(backup, checked.checksum)
 
 
 def _check_checksum(backup: Backup, checksum: str) -> None:
     if checksum != backup.checksum:
-        raise BackupFailed(f"backup #{backup.id}'s file does not match its checksum ({checksum[:23]}… "
-                           f"instead of {backup.checksum[:23]}…): it is damaged; nothing was overwritten")
+        raise _damaged(backup, f"its checksum is {checksum[:23]}… instead of {backup.checksum[:23]}…")
+
+
+def _damaged(backup: Backup, why: str) -> BackupFailed:
+    # The customer may read that their backup is damaged (and what was not touched), not why.
+    return for_customer(BackupFailed(f"backup #{backup.id}'s file is damaged ({why}): nothing was overwritten"),
+                        f"backup #{backup.id}'s file is damaged: nothing was overwritten")

@@ -140,6 +140,8 @@ def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel,
         r = panel.call(tenant.key, "POST", f"/api/v1/servers/{server['id']}/restore/", json={"backup": full["id"]})
         op = panel.wait_operation(tenant.key, r.json()["id"], timeout=120)
         assert op["status"] == "failed" and "damaged" in op["error"] and "nothing was overwritten" in op["error"], op
+        assert "checksum" not in op["error"]  # the customer reads that it is damaged; the admin reads why
+        assert "checksum" in panel.call(panel.admin_key, "GET", f"/api/v1/operations/{op['id']}/").json()["error"]
         assert guest.data_md5() == now
     finally:
         files[0].write_bytes(original)
@@ -147,7 +149,9 @@ def test_a_damaged_file_or_an_unreachable_ftp_server_changes_nothing(live_panel,
     ftp_server["server"].close_all()  # the FTP server goes away
     r = panel.call(tenant.key, "POST", f"/api/v1/servers/{server['id']}/backup/", json={})
     op = panel.wait_operation(tenant.key, r.json()["id"], timeout=120)
-    assert op["status"] == "failed" and "cannot reach" in op["error"] and "127.0.0.1" in op["error"], op
+    assert op["status"] == "failed" and "127.0.0.1" not in op["error"], op  # the provider's target: not theirs
+    op = panel.call(panel.admin_key, "GET", f"/api/v1/operations/{op['id']}/").json()
+    assert "cannot reach" in op["error"] and "127.0.0.1" in op["error"], op
     assert "ftp-secret-1" not in op["error"]
     assert panel.call(tenant.key, "GET", f"/api/v1/servers/{server['id']}/").json()["state"] == "running"
     assert guest.data_md5() == now
