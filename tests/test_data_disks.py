@@ -43,7 +43,7 @@ def test_a_disk_is_added_hot_plugged_grown_and_deleted(world, server):
     assert "vdb" in driver.live_disks(server.domain_name)  # in the running guest
     assert [d.target for d in driver.host.domains[server.domain_name]["spec"].disks] == ["vda", "vdb"]
     assert node_gib(server) == before + 4
-    listed = world.client(world.alice_key).get(url(server)).json()
+    listed = world.client(world.alice_key).get(url(server)).json()["results"]
     assert [(d["name"], d["target"], d["size_gib"]) for d in listed] == [("data", "vdb", 4)]
 
     grown = world.client(world.alice_key).patch(url(server, disk), {"size_gib": 6}, format="json")

@@ -3,10 +3,10 @@
 (`size_gib`), `DELETE` detaches (with the guest's cooperation) and deletes the disk. The
 writes answer 202 with the operation; a disk never lives on without its server."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import action
-from rest_framework.response import Response
 
 from panel.api import serializers as s
 from panel.api.permissions import actor
@@ -33,6 +33,9 @@ class DiskGrowSerializer(serializers.Serializer):
                                         help_text="The new size; larger than the present one")
 
 
+DISK_ID = OpenApiParameter("disk_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The data disk's id")
+
+
 class ServerDiskViewSet(PanelViewSet):
     """`/servers/{id}/disks/`: detail actions only, beside ServerViewSet's."""
 
@@ -46,14 +49,17 @@ class ServerDiskViewSet(PanelViewSet):
         """The server's data disks (GET), or add one (POST), hot-plugged when the server runs."""
         if request.method == "GET":
             server = self.get_object()
-            return Response(DataDiskSerializer(server.data_disks.order_by("target"), many=True).data)
+            page = self.paginate_queryset(server.data_disks.order_by("target"))
+            return self.get_paginated_response(DataDiskSerializer(page, many=True).data)
         data = DiskAddSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return accepted(request, disk_jobs.request_add(actor(request), pk, **data.validated_data))
 
-    @extend_schema(methods=["PATCH"], request=DiskGrowSerializer, responses={202: s.AcceptedSerializer})
-    @extend_schema(methods=["DELETE"], request=None, responses={202: s.AcceptedSerializer})
-    @action(detail=True, methods=["patch", "delete"], url_path=r"disks/(?P<disk_id>[0-9]+)")
+    @extend_schema(methods=["PATCH"], request=DiskGrowSerializer, responses={202: s.AcceptedSerializer},
+                   parameters=[DISK_ID])
+    @extend_schema(methods=["DELETE"], request=None, responses={202: s.AcceptedSerializer}, parameters=[DISK_ID])
+    # Any segment reaches the view, so a malformed id is the API's JSON 404, not Django's page.
+    @action(detail=True, methods=["patch", "delete"], url_path=r"disks/(?P<disk_id>[^/.]+)")
     def disk(self, request, pk=None, disk_id=None):
         """Grow a data disk (PATCH size_gib), or detach and delete it (DELETE)."""
         if request.method == "DELETE":
