@@ -38,7 +38,9 @@ def test_a_hot_plugged_disk_is_seen_written_kept_over_a_reboot_and_backed_up_wit
     awaited(panel, tenant.key, panel.call(tenant.key, "POST", disks, json={"name": "data", "size_gib": 1}))
     wait_for(lambda: "vdb" in guest.sh("ls /sys/block"), 60, "the guest to see the hot-plugged vdb")
     assert guest.sh("cat /sys/block/vdb/size") == str(2**30 // 512)
-    guest.sh("dd if=/dev/urandom of=/dev/vdb bs=1M count=8 conv=fsync 2>/dev/null; sync")
+    print(guest.sh("grep -i virtio /proc/interrupts"))
+    print(guest.sh("dd if=/dev/vdb bs=4k count=1 2>/dev/null | md5sum"))
+    guest.sh("dd if=/dev/urandom of=/dev/vdb bs=1M count=8 conv=fsync 2>/dev/null; sync", timeout=90)
     data = guest.sh("dd if=/dev/vdb bs=1M count=8 2>/dev/null | md5sum").split()[0]
     system = guest.md5(64, 8)
 
