@@ -82,6 +82,7 @@ def request_restore(actor: Actor, server_id: int, backup_id) -> Operation:
     """Overwrite a server's disk with one of its own backups (the caller has confirmed)."""
     with transaction.atomic():
         server = actor.get_or_404(VirtualServer.objects.select_for_update().select_related("plan"), pk=server_id)
+        lifecycle.refuse_golden_template(server)  # a restore would change what servers are cloned from
         _check_allowance(actor, server)
         backup = restorable_backup(actor, backup_id)
         if backup.server_uuid != server.uuid:

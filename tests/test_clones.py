@@ -297,3 +297,16 @@ def test_a_cloud_init_image_clone_gets_a_seed_with_a_new_instance_id_and_its_hos
     # The first boot had the seed; the persistent definition boots without it, as an installed server does.
     assert ("define", copy.domain_name) in driver.calls
     assert not any(d.device == "cdrom" for d in driver.host.domains[copy.domain_name]["spec"].disks)
+
+
+def test_a_golden_template_refuses_a_restore_of_its_disk(world, stopped):
+    from backup.models import Backup, BackupTarget
+
+    target = BackupTarget.objects.create(name="disk", kind="dir", path="/tmp")
+    backup = Backup.objects.create(server=stopped, server_uuid=stopped.uuid, customer_id=stopped.customer_id,
+                                   target=target, kind="full", status="done")
+    make_template(world, stopped)
+    r = world.client(world.admin_key).post(f"/api/v1/servers/{stopped.pk}/restore/", {"backup": backup.pk},
+                                           format="json")
+    assert r.status_code == 409 and r.json()["code"] == "golden_template", r.content
+    assert not stopped.operations.filter(kind="restore").exists()

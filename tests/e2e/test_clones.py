@@ -88,9 +88,9 @@ def test_a_clone_runs_beside_its_original_and_a_golden_template_keeps_its_versio
     # version 2 is published; the server of version 1 keeps its data.
     act(panel, f"golden-templates/{template['id']}/edit/", expect=200)
     act(panel, f"servers/{original['id']}/start/")
+    write_marker(a, "version-2")  # typed into its shell: it has booted
     d.sh(f"ping -c 2 -W 3 {original['ipv4'][0]}")
     d.sh(f"ping -c 2 -W 3 {copy['ipv4'][0]}")
-    write_marker(a, "version-2")
     act(panel, f"servers/{original['id']}/stop/", {"force": True})
     assert act(panel, f"golden-templates/{template['id']}/publish/", expect=200)["version"] == 2
     op = act(panel, f"golden-templates/{template['id']}/servers/",
