@@ -261,7 +261,7 @@ def test_the_api_takes_lists_reverts_and_deletes_and_hides_other_customers(serve
     url = f"/api/v1/servers/{server.id}/snapshots/"
     made = alice_api.post(url, {"name": "first"}, format="json")
     assert made.status_code == 202, made.content
-    listed = alice_api.get(url).json()
+    listed = alice_api.get(url).json()["results"]
     assert [(s["name"], s["status"], s["memory"]) for s in listed] == [("first", "ready", False)]
     snapshot = listed[0]["id"]
     assert bob_api.get(url).status_code == 404
@@ -269,7 +269,8 @@ def test_the_api_takes_lists_reverts_and_deletes_and_hides_other_customers(serve
     assert bob_api.delete(f"{url}{snapshot}/").status_code == 404
     assert alice_api.post(f"{url}{snapshot}/revert/").status_code == 202
     assert alice_api.delete(f"{url}{snapshot}/").status_code == 202
-    assert alice_api.get(url).json() == []
+    assert alice_api.get(url).json()["results"] == []
+    assert alice_api.delete(f"{url}not-a-number/").json()["code"] == "not_found"
 
 
 def test_the_api_refuses_beyond_the_limit_in_the_error_format(server, world):

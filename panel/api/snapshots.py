@@ -4,7 +4,7 @@ deletes it (merging it into the disk, online for a running server), `POST .../re
 the server back to it. The writes answer 202 with the operation. A snapshot is not a backup:
 it lives in the server's own storage and goes with the server and with a restore or reinstall."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -33,6 +33,10 @@ class SnapshotTakeSerializer(serializers.Serializer):
                                                                "plan allows): a revert resumes it where it was")
 
 
+# Any path segment reaches the view (a non-number is a JSON 404 like every unknown id there).
+SNAPSHOT_ID = OpenApiParameter("snapshot_id", int, OpenApiParameter.PATH, description="One of the server's snapshots")
+
+
 class ServerSnapshotViewSet(PanelViewSet):
     """`/servers/{id}/snapshots/`: detail actions only, beside ServerViewSet's."""
 
@@ -46,20 +50,21 @@ class ServerSnapshotViewSet(PanelViewSet):
         """The server's snapshots, newest first (GET), or take one (POST)."""
         if request.method == "GET":
             server = self.get_object()
-            return Response(SnapshotSerializer(Snapshot.objects.filter(server=server), many=True).data)
+            page = self.paginate_queryset(Snapshot.objects.filter(server=server).order_by("-id"))
+            return self.get_paginated_response(SnapshotSerializer(page, many=True).data)
         data = SnapshotTakeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         _snapshot, op = snapshot_actions.request_snapshot(actor(request), pk, **data.validated_data)
         return accepted(request, op)
 
-    @extend_schema(methods=["DELETE"], request=None, responses={202: s.AcceptedSerializer})
-    @action(detail=True, methods=["delete"], url_path=r"snapshots/(?P<snapshot_id>[0-9]+)")
+    @extend_schema(methods=["DELETE"], request=None, responses={202: s.AcceptedSerializer}, parameters=[SNAPSHOT_ID])
+    @action(detail=True, methods=["delete"], url_path=r"snapshots/(?P<snapshot_id>[^/.]+)")
     def snapshot(self, request, pk=None, snapshot_id=None):
         """Delete a snapshot: what was written since it is merged into the disk below it."""
         return accepted(request, snapshot_actions.request_delete(actor(request), pk, snapshot_id))
 
-    @extend_schema(request=None, responses={202: s.AcceptedSerializer})
-    @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<snapshot_id>[0-9]+)/revert")
+    @extend_schema(request=None, responses={202: s.AcceptedSerializer}, parameters=[SNAPSHOT_ID])
+    @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<snapshot_id>[^/.]+)/revert")
     def revert_snapshot(self, request, pk=None, snapshot_id=None):
         """Bring the server back to its newest snapshot (what it wrote since is discarded)."""
         return accepted(request, snapshot_actions.request_revert(actor(request), pk, snapshot_id))
