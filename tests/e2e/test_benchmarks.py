@@ -30,6 +30,7 @@ FIGURES = {
     "provision": (rf"ratio panel/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "backup": (rf"throughput ratio, folder on the node, to the floor: {NUMBER} ", 1),
     "server_list": (rf"ratio panel/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
+    "ova_export": (rf"throughput ratio, OVA export to qemu-img convert: {NUMBER} ", 1),
 }
 
 
