@@ -23,12 +23,12 @@ class MarkerGuest(ClusterGuest):
     # (Typed on the guest's keyboard: short lines get through a busy TCG guest more reliably.)
     def write(self, marker: str) -> None:
         # In the guest's RAM (/tmp is in the initramfs) and on its disk: a memory revert brings both.
-        self.sh(f"echo {marker} >/tmp/m")
+        self.sh(f"(echo {marker} >/tmp/m)")  # ( ): the helper redirects the last command
         self.sh(f"dd if=/tmp/m of=/dev/vda bs=1M seek={MARK_AT} conv=fsync 2>/dev/null")
 
     def disk_marker(self) -> str:
-        self.sh("sync; echo 3 >/proc/sys/vm/drop_caches")
-        return self.sh(f"dd if=/dev/vda bs=1M skip={MARK_AT} count=1 2>/dev/null | head -c 5; echo").strip()[-5:]
+        self.sh("(sync; echo 3 >/proc/sys/vm/drop_caches)")
+        return self.sh(f"(dd if=/dev/vda bs=1M skip={MARK_AT} count=1 2>/dev/null | head -c 5; echo)").strip()[-5:]
 
     def ram_marker(self) -> str:
         return self.sh("cat /tmp/m").strip()[-5:]
