@@ -55,14 +55,14 @@ JOBS: runner.JobTable = {
     Kind.RESTORE: ServerJob.of(restoring.restore),
     Kind.NODE_INSTALL: NodeInstallJob,
     Kind.PANEL_BACKUP: taking.PanelBackupJob,
-    Kind.OVA_EXPORT: ServerJob.of(ovf_jobs.export),
-    Kind.OVA_IMPORT: ServerJob.of(ovf_jobs.import_server, settle=ovf_jobs.fail_import),
     snapshot_actions.CREATE: ServerJob.of(snapshot_jobs.create, settle=snapshot_jobs.forget_failed_create),
     snapshot_actions.REVERT: ServerJob.of(snapshot_jobs.revert),
     snapshot_actions.DELETE: ServerJob.of(snapshot_jobs.delete),
     disk_jobs.ADD: ServerJob.of(disk_jobs.add, settle=disk_jobs.add_failed),
     disk_jobs.GROW: ServerJob.of(disk_jobs.grow, settle=disk_jobs.grow_failed),
     disk_jobs.DELETE: ServerJob.of(disk_jobs.delete, settle=disk_jobs.delete_failed),
+    Kind.OVA_EXPORT: ServerJob.of(ovf_jobs.export),
+    Kind.OVA_IMPORT: ServerJob.of(ovf_jobs.import_server, settle=ovf_jobs.fail_import),
 }
 
 

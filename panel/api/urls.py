@@ -3,11 +3,11 @@ from rest_framework.routers import DefaultRouter
 
 from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
 from panel.api import views
-from panel.api.snapshots import ServerSnapshotViewSet
 from panel.api.clones import GoldenTemplateViewSet, ServerCloneViewSet
-from panel.images.api import IsoViewSet, ServerMediaViewSet
 from panel.api.disks import ServerDiskViewSet
 from panel.api.ovf import OvaViewSet, ServerOvaViewSet
+from panel.api.snapshots import ServerSnapshotViewSet
+from panel.images.api import IsoViewSet, ServerMediaViewSet
 from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
 

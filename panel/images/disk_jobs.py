@@ -33,8 +33,7 @@ from panel.vps.domain import volume_path
 from panel.vps.models import Operation, ServerState, VirtualServer
 from panel.vps.server_jobs import settle_state
 
-# Operation kinds (strings: Operation.Kind's choices belong to the vps app).
-ADD, GROW, DELETE = "disk_add", "disk_grow", "disk_delete"
+ADD, GROW, DELETE = Operation.Kind.DISK_ADD, Operation.Kind.DISK_GROW, Operation.Kind.DISK_DELETE
 # A disk is plugged into a running guest or into a stopped server's definition.
 CHANGEABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED})
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -20,8 +20,7 @@ from panel.operations import hand_over, new_operation
 from panel.refusals import Refused
 from panel.vps.models import Operation, ServerState, VirtualServer
 
-# Operation kinds (Operation.kind; not yet among Operation.Kind's choices, see the report).
-CREATE, REVERT, DELETE = "snapshot_create", "snapshot_revert", "snapshot_delete"
+CREATE, REVERT, DELETE = Operation.Kind.SNAPSHOT_CREATE, Operation.Kind.SNAPSHOT_REVERT, Operation.Kind.SNAPSHOT_DELETE
 
 TAKEABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED})
 CHANGEABLE = frozenset({ServerState.RUNNING, ServerState.STOPPED, ServerState.ERROR})

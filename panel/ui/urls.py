@@ -1,12 +1,7 @@
 from django.urls import path
 
-from panel.ui.views import admin, auth, backups, ipam, keys, nodes, provisioning, servers, webhooks
-from panel.ui.views import isos
-from panel.ui.views import snapshots
-from panel.ui.views import isos
-from panel.ui.views import clones
-from panel.ui.views import ovf
-from panel.ui.views import disks
+from panel.ui.views import (admin, auth, backups, clones, disks, ipam, isos, keys, nodes, ovf, provisioning,
+                            servers, snapshots, webhooks)
 
 app_name = "ui"
 

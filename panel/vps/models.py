@@ -188,6 +188,12 @@ class Operation(models.Model):
         PANEL_BACKUP = "panel_backup", _("Back up the panel")
         OVA_EXPORT = "ova_export", _("Export as an OVA")
         OVA_IMPORT = "ova_import", _("Import from an OVA")
+        SNAPSHOT_CREATE = "snapshot_create", _("Take a snapshot")
+        SNAPSHOT_REVERT = "snapshot_revert", _("Revert to a snapshot")
+        SNAPSHOT_DELETE = "snapshot_delete", _("Delete a snapshot")
+        DISK_ADD = "disk_add", _("Add a data disk")
+        DISK_GROW = "disk_grow", _("Grow a data disk")
+        DISK_DELETE = "disk_delete", _("Delete a data disk")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
