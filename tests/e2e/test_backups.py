@@ -269,7 +269,7 @@ def test_restore_panel_brings_a_fresh_database_back(live_panel, backup_env, tmp_
     try:
         original = subprocess.run([sys.executable, "manage.py", "shell", "-c", query], cwd=ROOT, env=panel.env,
                                   capture_output=True, text=True, timeout=120).stdout.strip()
-        manage("restore_panel", str(file), "--key", key, "--yes")
+        manage("restore_panel", str(file), f"--key={key}", "--yes")  # a key may begin with "-"
         restored = manage("shell", "-c", query).strip()
         assert restored == original and "backup-1" in restored, (original, restored)
     finally:

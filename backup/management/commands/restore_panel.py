@@ -27,7 +27,7 @@ class Command(BaseCommand):
         given = key or os.environ.get("PANEL_BACKUP_KEY", "")
         key = given or panel_state.backup_key(create=False)
         if not key:
-            raise CommandError("no backup key: pass --key KEY (or set PANEL_BACKUP_KEY); "
+            raise CommandError("no backup key: pass --key=KEY (or set PANEL_BACKUP_KEY); "
                                f"{panel_state.key_file()} does not exist")
         try:
             with open(file, "rb") as inp:
