@@ -17,7 +17,6 @@ import io
 import logging
 import time
 
-from django.conf import settings
 from django.utils import timezone
 
 from backup import disks, files, retention
@@ -25,7 +24,7 @@ from backup.models import Backup, BackupPlan, BackupTarget
 from nodes.driver import DomainState, Driver, DriverError
 from panel.events import emit
 from panel.images.models import Snapshot
-from panel.runner import Job, for_customer
+from panel.runner import Job
 from panel.vps.models import VirtualServer
 
 log = logging.getLogger(__name__)
@@ -118,11 +117,6 @@ def take(step, server: VirtualServer, driver: Driver) -> None:
     full_every = plan.full_every if plan else DEFAULT_FULL_EVERY
     running = driver.state(server.domain_name) == DomainState.RUNNING
     extra = disks.data_disks(server)
-    if extra and running and not settings.BACKUP_RUNNING_DATA_DISKS:
-        # On real QEMU a guest's writes hung after the job that copied its system and data
-        # disks together (tests/e2e/test_data_disks.py): until that is understood, a server
-        # with data disks is backed up stopped, never at the price of its I/O.
-        raise for_customer(BackupFailed("a server with data disks is backed up while it is stopped; stop it first"))
     if extra:  # every data disk goes with the system disk, in the same job (backup/disks.py)
         driver = disks.WithDataDisks(driver, extra)
     # The file the domain writes: after a snapshot its overlay, read through the whole chain.

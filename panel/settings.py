@@ -302,9 +302,6 @@ LIMIT_API_KEYS_PER_CUSTOMER = envint("LIMIT_API_KEYS_PER_CUSTOMER", 20)
 LIMIT_WEBHOOKS_PER_CUSTOMER = envint("LIMIT_WEBHOOKS_PER_CUSTOMER", 10)
 LIMIT_CONSOLE_TOKENS_PER_MINUTE = envint("LIMIT_CONSOLE_TOKENS_PER_MINUTE", 10)
 LIMIT_BACKUPS_PER_HOUR = envint("LIMIT_BACKUPS_PER_HOUR", 10)
-# Back up a RUNNING server with data disks in one libvirt job: off, since a guest's writes hung
-# after such a job on real QEMU (docs/data-disks.md); such servers are backed up stopped.
-BACKUP_RUNNING_DATA_DISKS = envbool("BACKUP_RUNNING_DATA_DISKS", False)
 # The GiB of ISOs a customer may upload (panel/images/isos.py); the rescue kernel and initrd
 # (empty: the tiny demo OS's on the template share).
 LIMIT_ISO_GIB_PER_CUSTOMER = envint("LIMIT_ISO_GIB_PER_CUSTOMER", 5)

@@ -10,13 +10,6 @@ from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import Operation
 
 
-@pytest.fixture(autouse=True)
-def _running_backups(settings):
-    # The one-job backup of a running server's disks is off by default (see the test below);
-    # these tests check what it does when an operator turns it on.
-    settings.BACKUP_RUNNING_DATA_DISKS = True
-
-
 @pytest.fixture
 def server(alice_server):
     alice_server.plan.data_disks, alice_server.plan.data_disk_gib = 2, 10
@@ -369,18 +362,3 @@ def test_the_card_is_not_another_customers(world, server):
     assert bob.post(f"/servers/{server.id}/disks/", {"name": "x", "size_gib": "1"}).status_code == 404
     assert bob.post(f"/servers/{server.id}/disks/{disk.id}/", {"delete": "1"}).status_code == 404
     assert DataDisk.objects.filter(pk=disk.pk, state="attached").exists()
-
-
-def test_by_default_a_running_server_with_data_disks_is_not_backed_up(with_disk, target, settings):
-    """A guest's writes hung after the one job over all its disks on real QEMU: by default the
-    backup of such a running server fails with the reason and leaves nothing."""
-    from backup import actions
-    from backup.models import Backup
-    from panel.accounts.tenancy import SYSTEM
-
-    settings.BACKUP_RUNNING_DATA_DISKS = False
-    server, _disk = with_disk
-    op = actions.request_backup(SYSTEM, server.id, target=target)
-    op.refresh_from_db()
-    assert op.status == "failed" and "stop it first" in op.error, op.error
-    assert not Backup.objects.filter(server=server, status="done").exists()
