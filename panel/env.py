@@ -41,3 +41,27 @@ def secret_in_file(path: Path, nbytes: int = 48) -> str:
         with os.fdopen(fd, "w") as fh:
             fh.write(value)
         return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> int:
+    text = text.strip()
+    if not text or text[-1] not in _UNITS or not text[:-1].isdigit() or int(text[:-1]) <= 0:
+        raise ValueError(f"not a duration such as 5m, 48h or 35d: {text!r}")
+    return int(text[:-1]) * _UNITS[text[-1]]
+
+
+def parse_tiers(text: str) -> list[tuple[int, int]]:
+    """"1m:48h,5m:35d" → [(60, 172800), (300, 3024000)]: each step divides the next, finest first."""
+    tiers = []
+    for part in text.split(","):
+        step, _, keep = part.partition(":")
+        tiers.append((_seconds(step), _seconds(keep)))
+    for (fine, _), (coarse, _) in zip(tiers, tiers[1:]):
+        if coarse <= fine or coarse % fine:
+            raise ValueError(f"METRICS_TIERS: each step must be a multiple of the one before: {text!r}")
+    if not tiers:
+        raise ValueError("METRICS_TIERS: at least one tier")
+    return tiers

@@ -11,7 +11,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from panel.env import envbool, envint, envlist, envstr, secret_in_file
+from panel.env import envbool, envint, envlist, envstr, parse_tiers, secret_in_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("PANEL_DATA_DIR", str(BASE_DIR / "data"))).resolve()
@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "panel.ipam",
     "panel.webhooks",
     "panel.usage",
+    "panel.metrics",
     "panel.images",
     "panel.ui",
     "nodes",
@@ -242,6 +243,9 @@ DISK_DETACH_TIMEOUT_SECONDS = envint("DISK_DETACH_TIMEOUT_SECONDS", 30)
 OPERATION_STALE_SECONDS = envint("OPERATION_STALE_SECONDS", 120)
 RECONCILE_INTERVAL_MINUTES = envint("RECONCILE_INTERVAL_MINUTES", 1)
 IDEMPOTENCY_TTL_HOURS = 24
+# Monitoring tiers, finest first: "step:retention" with s/m/h/d suffixes (panel/metrics/store.py).
+# The default keeps 1 min for 48 h, 5 min for 35 days, 1 h for 400 days and 1 day for 5 years.
+METRICS_TIERS = parse_tiers(envstr("METRICS_TIERS", "1m:48h,5m:35d,1h:400d,1d:1825d"))
 # The local node: registered by runpanel when libvirt answers at this URI.
 LOCAL_LIBVIRT_URI = envstr("LOCAL_LIBVIRT_URI", "qemu:///system")
 # The local node's cluster gets a NAT network of this range (bridge pnl-local) when it has none,
