@@ -29,6 +29,9 @@ PACKAGES=(
   procps xz-utils zstd ca-certificates
   # the integration guide's examples (tests/e2e/test_integration_guide.py)
   curl jq
+  # /metrics: promtool checks the rules and a scrape, a real Prometheus scrapes the panel
+  # (tests/test_metrics_prometheus.py, tests/e2e/test_prometheus.py)
+  prometheus
 )
 
 # The system python needs python3-venv (ensurepip) and headers for C extensions.
