@@ -27,8 +27,8 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.installed-test
 
-# noVNC from npm (package-lock.json); again when the lock is newer or noVNC is missing.
-node_modules/.installed: package-lock.json $(if $(wildcard node_modules/@novnc/novnc/core/rfb.js),,FORCE) | $(VENV)/.installed
+# noVNC and uPlot from npm (package-lock.json); again when the lock is newer or either is missing.
+node_modules/.installed: package-lock.json $(if $(and $(wildcard node_modules/@novnc/novnc/core/rfb.js),$(wildcard node_modules/uplot/dist/uPlot.iife.min.js)),,FORCE) | $(VENV)/.installed
 	npm ci --no-audit --no-fund --silent
 	touch $@
 

@@ -124,8 +124,9 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
-# noVNC comes from npm (`make` runs `npm ci`), never copied into the repository.
-STATICFILES_DIRS = [("novnc", BASE_DIR / "node_modules" / "@novnc" / "novnc")]
+# noVNC and uPlot (the graphs) come from npm (`make` runs `npm ci`), never copied into the repository.
+STATICFILES_DIRS = [("novnc", BASE_DIR / "node_modules" / "@novnc" / "novnc"),
+                    ("uplot", BASE_DIR / "node_modules" / "uplot" / "dist")]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
