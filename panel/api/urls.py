@@ -8,6 +8,7 @@ from panel.api.disks import ServerDiskViewSet
 from panel.api.ovf import OvaViewSet, ServerOvaViewSet
 from panel.api.snapshots import ServerSnapshotViewSet
 from panel.images.api import IsoViewSet, ServerMediaViewSet
+from panel.metrics import api as metrics
 from panel.usage.api import ServerUsageView
 from panel.webhooks.api import WebhookViewSet
 
@@ -48,4 +49,14 @@ router.register("servers", ServerMediaViewSet, basename="server-media")
 router.register("servers", ServerOvaViewSet, basename="server-ova")
 router.register("ova", OvaViewSet, basename="ova")
 
-urlpatterns = [path("servers/<int:pk>/usage/", ServerUsageView.as_view(), name="server-usage"), *router.urls]
+urlpatterns = [
+    path("servers/<int:pk>/usage/", ServerUsageView.as_view(), name="server-usage"),
+    # Monitoring (panel/metrics/api.py); any id segment reaches the view: a bad one is the JSON 404.
+    path("servers/<str:pk>/metrics/", metrics.ServerMetricsView.as_view(), name="server-metrics"),
+    path("nodes/<str:pk>/metrics/", metrics.NodeMetricsView.as_view(), name="node-metrics"),
+    path("storages/<str:pk>/metrics/", metrics.StorageMetricsView.as_view(), name="storage-metrics"),
+    path("networks/<str:pk>/metrics/", metrics.NetworkMetricsView.as_view(), name="network-metrics"),
+    path("ip-pools/<str:pk>/metrics/", metrics.PoolMetricsView.as_view(), name="pool-metrics"),
+    path("metrics/top/", metrics.MetricsTopView.as_view(), name="metrics-top"),
+    *router.urls,
+]
