@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 METADATA_NS = "urn:x-kvm-panel:server:1"
+# How often a guest's balloon driver reports its memory use (seconds).
+BALLOON_STATS_SECONDS = 10
 # Characters XML 1.0 cannot carry at all: ElementTree would write them and break the document.
 _NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -230,7 +232,10 @@ class DomainSpec:
         ET.SubElement(graphics, "listen", type="address", address=self.vnc_listen)
         video = ET.SubElement(devices, "video")
         ET.SubElement(video, "model", type="vga")
-        ET.SubElement(devices, "memballoon", model="virtio")
+        balloon = ET.SubElement(devices, "memballoon", model="virtio")
+        # The guest reports its memory use every BALLOON_STATS_SECONDS (monitoring reads it;
+        # a guest without the balloon driver reports nothing, and its memory reads "unknown").
+        ET.SubElement(balloon, "stats", period=str(BALLOON_STATS_SECONDS))
         # The QEMU guest agent's channel: guests running qemu-guest-agent answer on it (password
         # resets); libvirt makes the socket itself, and guests without the agent ignore it.
         channel = ET.SubElement(devices, "channel", type="unix")

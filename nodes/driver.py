@@ -33,6 +33,8 @@ from nodes.libvirt_backups import LibvirtBackups
 from nodes.libvirt_snapshots import LibvirtSnapshots
 from nodes.libvirt_disks import LibvirtDiskBackups, LibvirtDisks
 from nodes.libvirt_ovf import LibvirtOvf
+from nodes.libvirt_stats import LibvirtStats
+from nodes.node_stats import DomainStats, NodeSample
 
 
 class DomainState(StrEnum):
@@ -50,19 +52,6 @@ class DomainInfo:
     # libvirt's domain id: a new one on every boot, -1 when shut off.
     boot_id: int = -1
     metadata: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DomainStats:
-    """A running domain's cumulative counters since it (its QEMU process) started: they restart
-    at zero on every boot and after a migration (a new QEMU on the destination)."""
-
-    boot_id: int  # libvirt's domain id: a new one on every boot
-    rx_bytes: int = 0  # all NICs, from the guest's point of view
-    tx_bytes: int = 0
-    cpu_ns: int = 0
-    read_bytes: int = 0  # the system disk (vda)
-    write_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +116,11 @@ class Driver(abc.ABC):
     def list_domains(self) -> list[DomainInfo]: ...
     @abc.abstractmethod
     def stats(self, name: str) -> DomainStats | None: ...
+    # Monitoring (nodes/libvirt_stats.py states the contract).
+    @abc.abstractmethod
+    def node_stats(self, names: list[str] | None = None) -> NodeSample: ...
+    @abc.abstractmethod
+    def guest_filesystems(self, name: str, timeout: int = 5) -> dict[str, tuple[int, int]]: ...
     # Data disks (nodes/libvirt_disks.py states the contract).
     @abc.abstractmethod
     def attach_disk(self, name: str, disk: "Disk") -> bool: ...
@@ -206,7 +200,8 @@ class Driver(abc.ABC):
         return True
 
 
-class LibvirtDriver(LibvirtDisks, LibvirtDiskBackups, LibvirtSnapshots, LibvirtBackups, LibvirtOvf, Driver):
+class LibvirtDriver(LibvirtStats, LibvirtDisks, LibvirtDiskBackups, LibvirtSnapshots, LibvirtBackups, LibvirtOvf,
+                    Driver):
     """The driver over libvirt-python for one node URI (qemu:///system, qemu+ssh://…)."""
 
     def __init__(self, uri: str):

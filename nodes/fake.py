@@ -16,6 +16,7 @@ import blake3
 
 from nodes.domain_xml import DomainSpec
 from nodes.driver import DomainInfo, DomainState, DomainStats, Driver, DriverError, HostInfo
+from nodes.node_stats import DiskSample, DomainSample, HostSample, NicSample, NodeSample, PoolSample
 
 
 @dataclass
@@ -34,6 +35,11 @@ class _Host:
     saved_boot: dict[str, int] = field(default_factory=dict)  # memory snapshot volume -> the boot it saved
     # Guests that never release a hot-plugged disk (no PCI hot-unplug): detach_disk times out.
     holds_disks: set[str] = field(default_factory=set)
+    # What node_stats reports of the host (HostSample's fields); tests move it on.
+    usage: dict[str, int] = field(default_factory=lambda: {
+        "cpu_busy_ns": 0, "cpu_idle_ns": 0, "cpu_iowait_ns": 0, "mem_total": 16 * 2**30, "mem_available": 12 * 2**30})
+    # Filesystems the guest agent reports: domain -> {mount point: (used, total)}.
+    filesystems: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 class FakeWorld:
@@ -463,9 +469,44 @@ class FakeDriver(Driver):
             return DomainStats(boot_id=dom["boot_id"], **dom.get("counters", {}))
 
     def set_counters(self, name: str, **counters: int) -> None:
-        """Tests: what the running guest has done since it started (rx_bytes=, cpu_ns=, …)."""
+        """Tests: what the running guest has done since it started (DomainStats' rx_bytes=,
+        cpu_ns=, …; for node_stats also rx_packets=, tx_packets=, read_ops=, write_ops=,
+        vcpu_wait_ns=, allocation= (vda's), and mem_used= — without it the guest's memory is unknown)."""
         with self.world.lock:
             self._get(name).setdefault("counters", {}).update(counters)
+
+    def node_stats(self, names: list[str] | None = None) -> NodeSample:
+        self._enter("node_stats")
+        with self.world.lock:
+            domains = {}
+            for name, dom in self.host.domains.items():
+                if dom["state"] != DomainState.RUNNING or (names is not None and name not in names):
+                    continue
+                spec: DomainSpec = dom["spec"]
+                c = dom.get("counters", {})
+                nics = tuple(NicSample(f"vnet{i}", c.get("rx_bytes", 0) if i == 0 else 0,
+                                       c.get("tx_bytes", 0) if i == 0 else 0, c.get("rx_packets", 0) if i == 0 else 0,
+                                       c.get("tx_packets", 0) if i == 0 else 0)
+                             for i in range(max(1, len(spec.nics))))  # (like stats(): a NIC-less fake counts too)
+                vda = lambda d, key: c.get(key, 0) if d.target == "vda" else 0  # noqa: E731
+                disks = tuple(DiskSample(d.target, vda(d, "read_bytes"), vda(d, "write_bytes"), vda(d, "read_ops"),
+                                         vda(d, "write_ops"), c.get("allocation") if d.target == "vda" else None)
+                              for d in spec.disks if d.target.startswith("vd"))
+                domains[name] = DomainSample(
+                    name=name, boot_id=dom["boot_id"], vcpus=spec.vcpus, cpu_ns=c.get("cpu_ns", 0),
+                    vcpu_wait_ns=c.get("vcpu_wait_ns", 0), mem_total=spec.ram_mib * 2**20,
+                    mem_used=c.get("mem_used"), nics=nics, disks=disks)
+            pools = {name: PoolSample(name, 100 * 2**30, sum(volumes.values()), 100 * 2**30 - sum(volumes.values()))
+                     for name, volumes in self.host.pools.items()}
+            return NodeSample(host=HostSample(cpus=8, **self.host.usage), domains=domains, pools=pools)
+
+    def guest_filesystems(self, name: str, timeout: int = 5) -> dict[str, tuple[int, int]]:
+        self._enter("guest_filesystems", name)
+        with self.world.lock:
+            dom = self.host.domains.get(name)
+            if dom is None or dom["state"] != DomainState.RUNNING or name not in self.host.agent:
+                return {}
+            return dict(self.host.filesystems.get(name, {}))
 
     def list_domains(self) -> list[DomainInfo]:
         self._enter("list_domains")

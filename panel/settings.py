@@ -247,6 +247,8 @@ IDEMPOTENCY_TTL_HOURS = 24
 # Monitoring tiers, finest first: "step:retention" with s/m/h/d suffixes (panel/metrics/store.py).
 # The default keeps 1 min for 48 h, 5 min for 35 days, 1 h for 400 days and 1 day for 5 years.
 METRICS_TIERS = parse_tiers(envstr("METRICS_TIERS", "1m:48h,5m:35d,1h:400d,1d:1825d"))
+# How long the minute's collection waits for one node's statistics before it writes a gap.
+METRICS_NODE_DEADLINE_SECONDS = envint("METRICS_NODE_DEADLINE_SECONDS", 20)
 # The local node: registered by runpanel when libvirt answers at this URI.
 LOCAL_LIBVIRT_URI = envstr("LOCAL_LIBVIRT_URI", "qemu:///system")
 # The local node's cluster gets a NAT network of this range (bridge pnl-local) when it has none,

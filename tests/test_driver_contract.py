@@ -276,6 +276,23 @@ def test_a_stopped_domain_has_no_vnc_port_and_no_stats(node):
     assert stats.boot_id == d.info(name).boot_id
 
 
+def test_node_stats_read_every_running_domain_at_once_and_the_host(node):
+    d = node.driver
+    running, stopped = node.domain("d1", running=True), node.domain("d2")
+    sample = d.node_stats()
+    assert stopped not in sample.domains
+    mine = sample.domains[running]
+    assert mine.boot_id == d.info(running).boot_id and mine.vcpus == 1
+    assert [disk.device for disk in mine.disks] == ["vda"]
+    assert mine.cpu_ns >= 0 and mine.mem_total > 0
+    assert sample.host.cpus >= 1 and 0 < sample.host.mem_available <= sample.host.mem_total
+    assert node.pool in sample.pools and sample.pools[node.pool].capacity > 0
+    assert list(d.node_stats([running, stopped, node.name("missing")]).domains) == [running]
+    assert d.guest_filesystems(running, timeout=1) == {}  # no guest agent answers
+    d.destroy(running)
+    assert running not in d.node_stats().domains
+
+
 def test_update_nic_of_a_nic_the_domain_lacks_is_a_driver_error(node):
     name = node.domain("d1", running=True)
     with pytest.raises(DriverError):

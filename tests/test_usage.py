@@ -266,16 +266,6 @@ def test_the_management_command_collects(world, alice_server):
     assert "sampled 1 servers" in out.getvalue() and total(alice_server).rx_bytes == 42
 
 
-def test_the_collector_is_scheduled(db):
-    from django_q.models import Schedule
-
-    from panel.vps.schedules import ensure_schedules
-
-    ensure_schedules()
-    schedule = Schedule.objects.get(name="collect-usage")
-    assert schedule.func == "panel.usage.collector.collect_all" and schedule.minutes == 1
-
-
 def test_the_server_page_shows_this_months_usage(world, alice_server):
     from django.utils import timezone
 

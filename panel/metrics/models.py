@@ -45,3 +45,29 @@ class RollupState(models.Model):
 
     step = models.PositiveIntegerField(primary_key=True)
     done_until = models.DateTimeField()
+
+
+class Baseline(models.Model):
+    """A target's raw cumulative counters at its last read: the next read's deltas are taken
+    against them. `origin` names what the counters count since (a server's "<node>:<boot id>";
+    a node's boot is seen as its counters going down): another origin restarts from zero."""
+
+    kind = models.CharField(max_length=8, choices=TargetKind.choices)
+    target_id = models.BigIntegerField()
+    origin = models.CharField(max_length=40, blank=True)
+    at = models.DateTimeField()
+    raw = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "target_id"], name="unique_metric_baseline")]
+
+
+class NodeReading(models.Model):
+    """How the collector's last read of a node went: when it last answered, and if the last try
+    failed, why (shown on the node's page, exported to Prometheus, raised as an alert)."""
+
+    node_id = models.BigIntegerField(primary_key=True)
+    tried_at = models.DateTimeField()
+    ok_at = models.DateTimeField(null=True)
+    seconds = models.FloatField(default=0)  # how long the last read took
+    error = models.TextField(blank=True)

@@ -1,8 +1,9 @@
-"""Reading the servers' counters into usage (every minute, by the worker) and the traffic quota.
+"""Reading the servers' counters into usage (every minute) and the traffic quota.
 
-`collect_all()` reads every running server's counters, one driver (connection) per node; a node
-that fails is skipped with a log line. `collect_server()` takes one final sample before a power
-action or a migration (called by the server jobs, panel/vps/server_jobs.py; it never raises).
+The worker's minute is the monitoring collector's (panel/metrics/collector.py): it reads each
+node once and hands every server's counters to `sample(..., stats=)`, then calls `settle()`.
+`collect_all()` reads every running server's counters itself, one driver (connection) per node;
+a node that fails is skipped with a log line (kept for schedules stored by older versions).
 """
 
 import datetime as dt
@@ -56,15 +57,30 @@ def deltas(total: UsageTotal, stats: DomainStats, node_id: int | None, now: dt.d
     return out
 
 
-def sample(server: VirtualServer, driver: Driver, now: dt.datetime | None = None) -> dict[str, int] | None:
+def lock(server: VirtualServer) -> UsageTotal:
+    """The server's totals row, locked for a read-and-record (inside the caller's transaction)."""
+    UsageTotal.objects.get_or_create(server=server)
+    return UsageTotal.objects.select_for_update().get(server=server)
+
+
+def sample(server: VirtualServer, driver: Driver | None, now: dt.datetime | None = None,
+           stats: DomainStats | None = None, newest: bool = False) -> dict[str, int] | None:
     """Read `server`'s counters and add them to its totals and its hour; returns the deltas (None
     when the domain is not running). The read happens while the server's totals row is locked,
     so concurrent samplers (the minute's collector, a power action's hook) read and record in
-    the same order: a sample read earlier is never recorded after a later one."""
+    the same order: a sample read earlier is never recorded after a later one.
+
+    With `stats` nothing is read here: they were read at or after `now` (the monitoring
+    collector's one call per node, labelled with the time before it started). One that is not
+    newer than the last recorded sample may have been read before it: it is dropped (None),
+    and the next read counts what it had. `newest`: the caller read `stats` holding `lock(server)`
+    (a power action's last sample), so it is newer than anything recorded."""
     with transaction.atomic():
-        UsageTotal.objects.get_or_create(server=server)
-        total = UsageTotal.objects.select_for_update().get(server=server)
-        stats = driver.stats(server.domain_name)
+        total = lock(server)
+        if stats is None:
+            stats = driver.stats(server.domain_name)
+        elif not newest and total.last_at is not None and now <= total.last_at:
+            return None  # a later read (a power action's) is recorded already: nothing lost
         if stats is None:
             return None
         now = now or clock()
@@ -85,16 +101,6 @@ def sample(server: VirtualServer, driver: Driver, now: dt.datetime | None = None
             UsageHour.objects.filter(server=server, hour=hour).update(
                 **{name: F(name) + value for name, value in delta.items()})
     return delta
-
-
-def collect_server(server: VirtualServer, driver: Driver | None = None) -> None:
-    """One sample of `server` now (before it stops, reboots or moves). Never raises: a failure
-    here must not break the power action."""
-    try:
-        if server.node_id is not None:
-            sample(server, driver or driver_for(server.node.uri))
-    except Exception:  # noqa: BLE001
-        log.exception("usage: cannot sample %s before its power action", server)
 
 
 def collect_all(now: dt.datetime | None = None) -> dict:
@@ -118,10 +124,13 @@ def collect_all(now: dt.datetime | None = None) -> dict:
                 break
             except Exception:  # noqa: BLE001
                 log.exception("usage: cannot sample %s", server)
+    return {"sampled": sampled, "failed_nodes": failed_nodes, **settle(now)}
+
+
+def settle(now: dt.datetime) -> dict:
+    """After a round of samples: drop day-old samples, apply and lift traffic quotas."""
     UsageSample.objects.filter(at__lt=now - SAMPLE_KEEP).delete()
-    throttled = enforce_quotas(now)
-    lifted = lift_old_throttles(now)
-    return {"sampled": sampled, "failed_nodes": failed_nodes, "throttled": throttled, "lifted": lifted}
+    return {"throttled": enforce_quotas(now), "lifted": lift_old_throttles(now)}
 
 
 # -- traffic quota ---------------------------------------------------------------------------

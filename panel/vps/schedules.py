@@ -21,9 +21,16 @@ def ensure_schedules() -> None:
         defaults={"func": "templates_os.repository.scan", "schedule_type": Schedule.MINUTES, "minutes": 5,
                   "repeats": -1},
     )
-    # Usage counters (traffic, CPU, disk) and the traffic quota: panel/usage/collector.py.
+    # Monitoring and billing's counters from one read of each node, then the traffic quota
+    # (panel/metrics/collector.py); it took over from "collect-usage" of older versions.
+    Schedule.objects.filter(name="collect-usage").delete()
     Schedule.objects.update_or_create(
-        name="collect-usage",
-        defaults={"func": "panel.usage.collector.collect_all", "schedule_type": Schedule.MINUTES, "minutes": 1,
+        name="collect-metrics",
+        defaults={"func": "panel.metrics.collector.collect", "schedule_type": Schedule.MINUTES, "minutes": 1,
                   "repeats": -1},
+    )
+    Schedule.objects.update_or_create(
+        name="collect-filesystems",
+        defaults={"func": "panel.metrics.collector.collect_filesystems", "schedule_type": Schedule.MINUTES,
+                  "minutes": 15, "repeats": -1},
     )

@@ -22,8 +22,8 @@ from panel.events import emit
 from panel.images.models import Snapshot
 from panel.ipam.allocation import release
 from panel.ipam.models import IpAddress
+from panel.metrics.collector import collect_server
 from panel.runner import Job, Step, for_customer
-from panel.usage.collector import collect_server
 from panel.vps.domain import disk_path, domain_spec
 from panel.vps.models import Operation, Plan, ServerState, VirtualServer
 
