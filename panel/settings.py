@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts every answer, the other middlewares' included (/metrics, panel/metrics/prometheus.py).
+    "panel.metrics.prometheus.RequestCounter",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -317,3 +319,12 @@ RESCUE_INITRD = envstr("RESCUE_INITRD", "")
 # Identifies this panel's domains in libvirt metadata, so two panels sharing a host never
 # touch each other's domains.
 PANEL_INSTANCE_ID = envstr("PANEL_INSTANCE_ID") or secret_in_file(DATA_DIR / "instance_id", 6)
+# /metrics for Prometheus (panel/metrics/prometheus.py, docs/monitoring.md): scraped with
+# "Authorization: Bearer <METRICS_TOKEN>", or without a token from the addresses or networks
+# of METRICS_ALLOW_FROM; with neither set the URL answers 404.
+METRICS_TOKEN = envstr("METRICS_TOKEN")
+METRICS_ALLOW_FROM = envlist("METRICS_ALLOW_FROM", [])
+# prometheus-client's multiprocess mode: each process of the panel (web processes, the worker)
+# counts into its own files here and a scrape adds them up. Set before anything imports
+# prometheus_client, which reads it then; runpanel removes gone processes' files at start-up.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus"))

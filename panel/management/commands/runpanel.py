@@ -54,6 +54,11 @@ class Command(BaseCommand):
             state = "offered" if template.offered else f"not offered: {template.invalid_reason or 'disabled'}"
             self.stdout.write(f"OS template {template.slug}: {state}")
 
+        from panel.metrics.prometheus import clear_gone_processes
+
+        # /metrics: the counts of the panel's processes that are gone go with them (a worker of
+        # its own unit still running keeps its files).
+        clear_gone_processes()
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         # One listening socket shared by several daphne processes: a Python process serves one
         # request at a time on one core, so more processes serve more at once.
