@@ -228,3 +228,23 @@ def test_top_ranks_servers_by_cpu_traffic_and_iops_for_admins_only(world, alice_
     assert get(world, world.admin_key, base, limit="0").status_code == 400
     assert get(world, world.billing_key, base).status_code == 403
     assert get(world, world.bob_key, base).status_code == 403
+
+
+def test_the_pages_carry_the_graphs_card_and_a_customer_sees_no_node_in_it(world, alice_server):
+    from django.test import Client
+
+    from nodes.models import Storage
+
+    alice = Client()
+    alice.force_login(world.alice)
+    page = alice.get(f"/servers/{alice_server.id}/").content.decode()
+    assert f'id="metrics-server-{alice_server.id}"' in page
+    assert f'data-metrics-url="/api/v1/servers/{alice_server.id}/metrics/"' in page and "uplot/uPlot.iife.min.js" in page
+    card = page[page.index('id="metrics-server-'):page.index("</section>", page.index('id="metrics-server-'))]
+    assert world.node.name not in card
+    admin = Client()
+    admin.force_login(world.admin)
+    assert f'id="metrics-node-{world.node.id}"' in admin.get(f"/admin/nodes/{world.node.id}/").content.decode()
+    storage = Storage.objects.first()
+    cluster_page = admin.get(f"/admin/clusters/{storage.cluster_id}/").content.decode()
+    assert f'id="metrics-storage-{storage.id}"' in cluster_page
