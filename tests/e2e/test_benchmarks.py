@@ -31,6 +31,8 @@ FIGURES = {
     "backup": (rf"throughput ratio, folder on the node, to the floor: {NUMBER} ", 1),
     "server_list": (rf"ratio panel/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "ova_export": (rf"throughput ratio, OVA export to qemu-img convert: {NUMBER} ", 1),
+    "metrics_graph": (rf"ratio api/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
+    "metrics_render": (rf"ratio uPlot/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
 }
 
 
