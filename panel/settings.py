@@ -326,5 +326,6 @@ METRICS_TOKEN = envstr("METRICS_TOKEN")
 METRICS_ALLOW_FROM = envlist("METRICS_ALLOW_FROM", [])
 # prometheus-client's multiprocess mode: each process of the panel (web processes, the worker)
 # counts into its own files here and a scrape adds them up. Set before anything imports
-# prometheus_client, which reads it then; runpanel removes gone processes' files at start-up.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus"))
+# prometheus_client, which reads it then; always this panel's folder, never one inherited from
+# the process that started it (another panel's); runpanel removes gone processes' files.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(DATA_DIR / "prometheus")

@@ -33,6 +33,7 @@ FIGURES = {
     "ova_export": (rf"throughput ratio, OVA export to qemu-img convert: {NUMBER} ", 1),
     "metrics_graph": (rf"ratio api/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "metrics_render": (rf"ratio uPlot/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
+    "metrics_scrape": (rf"ratio scrape/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
 }
 
 
