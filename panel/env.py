@@ -65,3 +65,33 @@ def parse_tiers(text: str) -> list[tuple[int, int]]:
     if not tiers:
         raise ValueError("METRICS_TIERS: at least one tier")
     return tiers
+
+
+def email_settings(url: str) -> dict:
+    """EMAIL_URL → Django's mail settings: `smtp://user:pass@host:port` (plain SMTP, port 25),
+    `smtp+tls://…` (STARTTLS, port 587), `smtp+ssl://…` (TLS from the start, port 465),
+    `console://` (mails printed to the log), `off://` (none sent); the user and password
+    percent-encoded where they hold `@`, `:` or `/`."""
+    from urllib.parse import unquote, urlsplit
+
+    backends = {"console": "django.core.mail.backends.console.EmailBackend",
+                "off": "django.core.mail.backends.dummy.EmailBackend",
+                "locmem": "django.core.mail.backends.locmem.EmailBackend"}
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme in backends:
+        return {"EMAIL_BACKEND": backends[scheme], "EMAIL_HOST": "localhost", "EMAIL_PORT": 25, "EMAIL_HOST_USER": "",
+                "EMAIL_HOST_PASSWORD": "", "EMAIL_USE_TLS": False, "EMAIL_USE_SSL": False}
+    ports = {"smtp": 25, "smtp+tls": 587, "smtp+ssl": 465}
+    if scheme not in ports:
+        raise ValueError(f"EMAIL_URL: not smtp://, smtp+tls://, smtp+ssl://, console:// or off://: {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"EMAIL_URL: bad port in {url!r}") from exc
+    if not parts.hostname:
+        raise ValueError(f"EMAIL_URL: no host in {url!r}")
+    return {"EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend", "EMAIL_HOST": parts.hostname,
+            "EMAIL_PORT": port or ports[scheme], "EMAIL_HOST_USER": unquote(parts.username or ""),
+            "EMAIL_HOST_PASSWORD": unquote(parts.password or ""), "EMAIL_USE_TLS": scheme == "smtp+tls",
+            "EMAIL_USE_SSL": scheme == "smtp+ssl"}

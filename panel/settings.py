@@ -11,7 +11,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from panel.env import envbool, envint, envlist, envstr, parse_tiers, secret_in_file
+from panel.env import email_settings, envbool, envint, envlist, envstr, parse_tiers, secret_in_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("PANEL_DATA_DIR", str(BASE_DIR / "data"))).resolve()
@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "panel.webhooks",
     "panel.usage",
     "panel.metrics",
+    "panel.alerts",
     "panel.images",
     "panel.ui",
     "nodes",
@@ -251,6 +252,20 @@ IDEMPOTENCY_TTL_HOURS = 24
 METRICS_TIERS = parse_tiers(envstr("METRICS_TIERS", "1m:48h,5m:35d,1h:400d,1d:1825d"))
 # How long the minute's collection waits for one node's statistics before it writes a gap.
 METRICS_NODE_DEADLINE_SECONDS = envint("METRICS_NODE_DEADLINE_SECONDS", 20)
+# Alerts (panel/alerts, docs/monitoring.md). Mail goes out through EMAIL_URL: smtp://user:pass@host:port,
+# smtp+tls:// (STARTTLS), smtp+ssl://, console:// (printed to the log, the default) or off://; from
+# EMAIL_FROM. The provider's alerts are mailed to ALERTS_EMAIL_TO (comma-separated; empty: every
+# admin user's address) and, with ALERTMANAGER_URL (e.g. http://127.0.0.1:9093), posted to that
+# Alertmanager. PANEL_URL is how people reach the panel, for links in mails and alerts.
+_EMAIL = email_settings(envstr("EMAIL_URL", "console://"))
+EMAIL_BACKEND, EMAIL_HOST, EMAIL_PORT = _EMAIL["EMAIL_BACKEND"], _EMAIL["EMAIL_HOST"], _EMAIL["EMAIL_PORT"]
+EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = _EMAIL["EMAIL_HOST_USER"], _EMAIL["EMAIL_HOST_PASSWORD"]
+EMAIL_USE_TLS, EMAIL_USE_SSL = _EMAIL["EMAIL_USE_TLS"], _EMAIL["EMAIL_USE_SSL"]
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = SERVER_EMAIL = envstr("EMAIL_FROM", "panel@localhost")
+ALERTS_EMAIL_TO = envlist("ALERTS_EMAIL_TO", [])
+ALERTMANAGER_URL = envstr("ALERTMANAGER_URL").rstrip("/")
+PANEL_URL = envstr("PANEL_URL").rstrip("/")
 # The local node: registered by runpanel when libvirt answers at this URI.
 LOCAL_LIBVIRT_URI = envstr("LOCAL_LIBVIRT_URI", "qemu:///system")
 # The local node's cluster gets a NAT network of this range (bridge pnl-local) when it has none,

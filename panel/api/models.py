@@ -30,7 +30,7 @@ class Event(models.Model):
 
     NAMES = ["server.created", "server.active", "server.state_changed", "server.suspended", "server.unsuspended",
              "server.deleted", "server.failed", "operation.finished", "backup.finished", "node.down", "node.up",
-             "server.traffic_exceeded"]
+             "server.traffic_exceeded", "alert.firing", "alert.resolved"]
 
     event = models.CharField(max_length=40, choices=[(n, n) for n in NAMES], db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -2,6 +2,7 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from backup.api import BackupPlanViewSet, BackupTargetViewSet, BackupViewSet, PanelBackupViewSet, ServerBackupViewSet
+from panel.alerts.api import AlertViewSet, RuleViewSet
 from panel.api import views
 from panel.api.clones import GoldenTemplateViewSet, ServerCloneViewSet
 from panel.api.disks import ServerDiskViewSet
@@ -29,6 +30,8 @@ router.register("networks", views.NetworkViewSet)
 router.register("ip-pools", views.IpPoolViewSet)
 router.register("ip-addresses", views.IpAddressViewSet)
 router.register("webhooks", WebhookViewSet)
+router.register("alerts", AlertViewSet)
+router.register("alert-rules", RuleViewSet)
 # /servers/{id}/backup/, restore/, backups/: detail actions only, beside ServerViewSet's.
 router.register("servers", ServerBackupViewSet, basename="server-backup")
 # /servers/{id}/disks/: the data disks (panel/api/disks.py).

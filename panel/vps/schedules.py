@@ -34,3 +34,9 @@ def ensure_schedules() -> None:
         defaults={"func": "panel.metrics.collector.collect_filesystems", "schedule_type": Schedule.MINUTES,
                   "minutes": 15, "repeats": -1},
     )
+    # The alert rules against the minute's figures (panel/alerts/evaluation.py).
+    Schedule.objects.update_or_create(
+        name="evaluate-alerts",
+        defaults={"func": "panel.alerts.evaluation.evaluate", "schedule_type": Schedule.MINUTES, "minutes": 1,
+                  "repeats": -1},
+    )

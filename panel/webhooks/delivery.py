@@ -71,6 +71,9 @@ def payload(delivery: Delivery) -> bytes:
     """The body: the same bytes on every attempt of one delivery."""
     event = delivery.event
     body = {"id": str(delivery.uuid), "event": event.event, "created_at": event.created_at, "data": event.data}
+    if event.event.startswith("alert."):
+        # Alerts' data is Alertmanager's webhook body: also at the top, for Alertmanager receivers.
+        body = {**event.data, **body}
     return json.dumps(body, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
 
 
