@@ -501,3 +501,66 @@ def test_the_evaluation_is_scheduled_every_minute(db):
     row = Schedule.objects.get(name="evaluate-alerts")
     assert (row.func, row.minutes) == ("panel.alerts.evaluation.evaluate", 1)
     assert delivery.EVENTS[AlertState.FIRING] == "alert.firing"
+
+
+# --- the pages -------------------------------------------------------------------------------
+
+def seeded_alerts(world, server, now):
+    """A node alert (the provider's) and a full filesystem on Alice's server (hers to see)."""
+    rules.ensure_builtin_rules()
+    Rule.objects.filter(customer__isnull=True).exclude(builtin__in=[Kind.NODE_OFFLINE, Kind.GUEST_FS]).update(
+        enabled=False)
+    NodeReading.objects.create(node_id=world.node.pk, tried_at=now, ok_at=now - dt.timedelta(minutes=30))
+    record("server", server.pk, now, **{"fs./.used": 99, "fs./.size": 100})
+    evaluation.evaluate(now)
+    return alerts(target_kind="node")[0], alerts(target_kind="server")[0]
+
+
+def test_the_customer_page_shows_their_alerts_and_makes_rules_never_a_node(world, alice_server, now):
+    from tests.test_webhooks import session
+
+    node_alert, fs_alert = seeded_alerts(world, alice_server, now)
+    alice = session(world.alice)
+    page = alice.get("/alerts/").content.decode()
+    assert f'data-alert-id="{fs_alert.pk}"' in page and f'data-alert-id="{node_alert.pk}"' not in page
+    assert "fake1" not in page and 'href="/alerts/"' in page
+    r = alice.post("/alerts/", {"name": "hot", "kind": "server_cpu", "server": alice_server.pk, "warning": 80,
+                                "for_minutes": 5, "email": "a@alice.example", "enabled": "on"})
+    assert r.status_code == 302
+    rule = Rule.objects.get(name="hot")
+    assert (rule.customer_id, rule.server_id, rule.warning) == (world.alice_customer.pk, alice_server.pk, 80)
+    r = alice.post("/alerts/", {"name": "bad", "kind": "server_cpu", "warning": 180, "for_minutes": 5})
+    assert r.status_code == 200 and "Between 0 and 100" in r.content.decode()
+    assert not Rule.objects.filter(name="bad").exists()
+    bob = session(world.bob)
+    assert bob.get(f"/alerts/rules/{rule.pk}/").status_code == 404
+    assert bob.post(f"/alerts/rules/{rule.pk}/delete/").status_code == 404
+    assert f'data-alert-id="{fs_alert.pk}"' not in bob.get("/alerts/").content.decode()
+    r = bob.post("/alerts/", {"name": "sneaky", "kind": "server_cpu", "server": alice_server.pk, "warning": 1,
+                              "for_minutes": 0})
+    assert r.status_code == 200 and not Rule.objects.filter(name="sneaky").exists()
+    assert alice.post(f"/alerts/rules/{rule.pk}/delete/").status_code == 302
+    assert not Rule.objects.filter(pk=rule.pk).exists()
+    assert alice.get("/admin/alerts/").status_code == 404
+
+
+def test_the_admin_page_lists_every_alert_and_tunes_the_built_in_rules(world, alice_server, now):
+    from tests.test_webhooks import session
+
+    node_alert, fs_alert = seeded_alerts(world, alice_server, now)
+    admin = session(world.admin)
+    page = admin.get("/admin/alerts/").content.decode()
+    assert f'data-alert-id="{node_alert.pk}"' in page and f'data-alert-id="{fs_alert.pk}"' in page
+    assert 'id="count-critical">2<' in page
+    rule = Rule.objects.get(builtin=Kind.STORAGE_FULL)
+    prefix = f"r{rule.pk}"
+    good = {f"{prefix}-enabled": "on", f"{prefix}-warning": "80", f"{prefix}-critical": "90",
+            f"{prefix}-for_minutes": "0", f"{prefix}-margin": "2", f"{prefix}-resolve_after": "2"}
+    assert admin.post(f"/admin/alerts/rules/{rule.pk}/", good).status_code == 302
+    rule.refresh_from_db()
+    assert (rule.warning, rule.critical) == (80, 90)
+    r = admin.post(f"/admin/alerts/rules/{rule.pk}/", {**good, f"{prefix}-critical": "70"})
+    assert r.status_code == 200 and "must be worse" in r.content.decode()
+    rule.refresh_from_db()
+    assert rule.critical == 90
+    assert admin.get("/alerts/").status_code == 302

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from panel.ui.views import (admin, auth, backups, clones, disks, ipam, isos, keys, nodes, ovf, provisioning,
+from panel.ui.views import (admin, alerts, auth, backups, clones, disks, ipam, isos, keys, nodes, ovf, provisioning,
                             servers, snapshots, webhooks)
 
 app_name = "ui"
@@ -39,6 +39,9 @@ urlpatterns = [
     path("operations/<int:op_id>/ova/", ovf.export_download, name="ova-download"),
     path("operations/<int:operation_id>/", servers.operation_detail, name="operation"),
     path("api-keys/", keys.my_keys, name="keys"),
+    path("alerts/", alerts.alert_list, name="alerts"),
+    path("alerts/rules/<int:rule_id>/", alerts.alert_rule_edit, name="alert-rule-edit"),
+    path("alerts/rules/<int:rule_id>/delete/", alerts.alert_rule_delete, name="alert-rule-delete"),
     path("api-keys/<int:key_id>/revoke/", keys.revoke_key, name="key-revoke"),
     # The provider admin area: 404 for anyone else.
     path("admin/", admin.dashboard, name="admin-dashboard"),
@@ -92,6 +95,8 @@ urlpatterns = [
     path("admin/api-keys/", keys.admin_keys, name="admin-keys"),
     path("admin/api-keys/new/", keys.admin_key_create, name="admin-key-create"),
     path("admin/webhooks/", webhooks.webhook_list, name="admin-webhooks"),
+    path("admin/alerts/", alerts.admin_alerts, name="admin-alerts"),
+    path("admin/alerts/rules/<int:rule_id>/", alerts.admin_alert_rule, name="admin-alert-rule"),
     path("admin/golden-templates/", clones.template_list, name="admin-golden-templates"),
     path("admin/ova-import/", ovf.import_form, name="admin-ova-import"),
     path("admin/golden-templates/<int:template_id>/edit/", clones.template_edit, name="admin-golden-template-edit"),
