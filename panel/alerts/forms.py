@@ -7,6 +7,7 @@ every submit: a bad value is shown on its field and nothing is saved.
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from panel.alerts.kinds import CUSTOMER_LABELS
 from panel.alerts.models import CUSTOMER_KINDS, Rule
 from panel.vps.models import ServerState, VirtualServer
 
@@ -14,7 +15,7 @@ from panel.vps.models import ServerState, VirtualServer
 class CustomerRuleForm(forms.ModelForm):
     """A customer's rule on one of its servers (or all of them)."""
 
-    kind = forms.ChoiceField(label=_("Watch"), choices=[(k.value, k.label) for k in CUSTOMER_KINDS])
+    kind = forms.ChoiceField(label=_("Watch"), choices=[(k.value, CUSTOMER_LABELS[k]) for k in CUSTOMER_KINDS])
 
     class Meta:
         model = Rule

@@ -24,6 +24,9 @@ class Kind(models.TextChoices):
 
 
 CUSTOMER_KINDS = (Kind.SERVER_CPU, Kind.SERVER_MEMORY, Kind.TRAFFIC_QUOTA, Kind.GUEST_FS)
+# What a customer's rule watches, in the words of its form (a threshold of their choosing).
+CUSTOMER_LABELS = {Kind.SERVER_CPU: _("CPU use"), Kind.SERVER_MEMORY: _("Memory use"),
+                   Kind.TRAFFIC_QUOTA: _("Traffic, of the month's quota"), Kind.GUEST_FS: _("Filesystem use")}
 
 ABOVE, BELOW = "above", "below"
 # Worse is lower for these (memory available, days left); higher for every other kind.

@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from panel.accounts.models import Customer
-from panel.alerts.kinds import ABOVE, BELOW, CUSTOMER_KINDS, DIRECTION, LIMITS, Kind
+from panel.alerts.kinds import ABOVE, BELOW, CUSTOMER_KINDS, CUSTOMER_LABELS, DIRECTION, LIMITS, Kind
 from panel.vps.models import VirtualServer
 
 
@@ -75,6 +75,12 @@ class Rule(models.Model):
     @property
     def is_builtin(self) -> bool:
         return self.customer_id is None
+
+    @property
+    def watches(self) -> str:
+        """What it watches, in words: a customer's rule as its form names it."""
+        label = CUSTOMER_LABELS.get(self.kind) if self.customer_id is not None else None
+        return str(label or self.get_kind_display())
 
     def recipients(self) -> list[str]:
         return [part.strip() for part in self.email.split(",") if part.strip()]
