@@ -38,6 +38,8 @@ class _Host:
     # What node_stats reports of the host (HostSample's fields); tests move it on.
     usage: dict[str, int] = field(default_factory=lambda: {
         "cpu_busy_ns": 0, "cpu_idle_ns": 0, "cpu_iowait_ns": 0, "mem_total": 16 * 2**30, "mem_available": 12 * 2**30})
+    # Guests whose QEMU monitor is held by a job: node_stats (NOWAIT) reports them incomplete.
+    busy: set[str] = field(default_factory=set)
     # Filesystems the guest agent reports: domain -> {mount point: (used, total)}.
     filesystems: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
@@ -495,7 +497,9 @@ class FakeDriver(Driver):
                 domains[name] = DomainSample(
                     name=name, boot_id=dom["boot_id"], vcpus=spec.vcpus, cpu_ns=c.get("cpu_ns", 0),
                     vcpu_wait_ns=c.get("vcpu_wait_ns", 0), mem_total=spec.ram_mib * 2**20,
-                    mem_used=c.get("mem_used"), nics=nics, disks=disks)
+                    mem_used=c.get("mem_used"), nics=nics,
+                    disks=tuple(replace(d, rd_bytes=0, wr_bytes=0, rd_ops=0, wr_ops=0) for d in disks)
+                    if name in self.host.busy else disks, complete=name not in self.host.busy)
             pools = {name: PoolSample(name, 100 * 2**30, sum(volumes.values()), 100 * 2**30 - sum(volumes.values()))
                      for name, volumes in self.host.pools.items()}
             return NodeSample(host=HostSample(cpus=8, **self.host.usage), domains=domains, pools=pools)

@@ -53,6 +53,9 @@ class DomainSample:
     mem_used: int | None  # bytes the guest uses (its own view), None when not reported
     nics: tuple[NicSample, ...] = ()
     disks: tuple[DiskSample, ...] = ()
+    # False when the domain was busy (its QEMU monitor held by a job: NOWAIT skipped it) and
+    # the disks' counters are missing: counters read as zero now would look like a restart.
+    complete: bool = True
 
     def usage(self) -> DomainStats:
         """The billing counters of this read (panel/usage): all NICs, the system disk."""
@@ -97,7 +100,10 @@ def _int(record: dict, key: str) -> int | None:
 def domain_sample(name: str, boot_id: int, record: dict) -> DomainSample:
     """A DomainSample from one `getAllDomainStats` record (keys such as `net.0.rx.bytes`)."""
     vcpus = _int(record, "vcpu.current") or 0
-    waits = [_int(record, f"vcpu.{i}.wait") for i in range(vcpus)]
+    # Steal: `delay` (libvirt ≥ 7.x, the time the vCPU thread waited in the host's run queue,
+    # what the guest sees as steal); older libvirt has only `wait`.
+    waits = [_int(record, f"vcpu.{i}.delay") if f"vcpu.{i}.delay" in record else _int(record, f"vcpu.{i}.wait")
+             for i in range(vcpus)]
     nics = tuple(
         NicSample(record.get(f"net.{i}.name", ""), _int(record, f"net.{i}.rx.bytes") or 0,
                   _int(record, f"net.{i}.tx.bytes") or 0, _int(record, f"net.{i}.rx.pkts") or 0,
@@ -114,8 +120,10 @@ def domain_sample(name: str, boot_id: int, record: dict) -> DomainSample:
     available, unused = _int(record, "balloon.available"), _int(record, "balloon.unused")
     mem_used = (available - unused) * 1024 if available is not None and unused is not None else None
     current = _int(record, "balloon.current")
+    complete = all(f"block.{i}.rd.bytes" in record for i in range(_int(record, "block.count") or 0)
+                   if record.get(f"block.{i}.name", "").startswith("vd"))
     return DomainSample(
         name=name, boot_id=boot_id, vcpus=vcpus, cpu_ns=_int(record, "cpu.time") or 0,
         vcpu_wait_ns=sum(waits) if waits and None not in waits else None,
         mem_total=(available or current or 0) * 1024 or None,
-        mem_used=mem_used, nics=nics, disks=disks)
+        mem_used=mem_used, nics=nics, disks=disks, complete=complete)

@@ -95,6 +95,24 @@ def test_a_reboot_and_a_counter_that_goes_down_lose_nothing_and_go_negative_nowh
     assert view["series"]["net_rx_pkts"]["sum"] == (9 - 5) + 3 + 1
 
 
+def test_a_busy_domain_is_a_gap_and_its_next_read_counts_what_it_missed(world, alice_server):
+    d = fake(alice_server)
+    d.set_counters(alice_server.domain_name, rx_bytes=100, read_bytes=1000)
+    collector.collect(now=at(0))
+    d.host.busy.add(alice_server.domain_name)  # a job holds its monitor: no disk counters now
+    d.set_counters(alice_server.domain_name, rx_bytes=200, read_bytes=3000)
+    collector.collect(now=at(1))
+    assert bucket("server", alice_server.id, 1).gap == "busy"
+    d.host.busy.clear()
+    d.set_counters(alice_server.domain_name, rx_bytes=300, read_bytes=4000)
+    collector.collect(now=at(2))
+    total = UsageTotal.objects.get(server=alice_server)
+    assert (total.rx_bytes, total.read_bytes) == (300, 4000)  # no restart seen, nothing counted twice
+    view = read("server", alice_server.id)
+    assert view["series"]["disk.vda.rd_bytes"]["sum"] == 4000 and bucket("server", alice_server.id, 2).data[
+        "disk.vda.rd_bytes"][0] == 3000
+
+
 def test_the_power_actions_sample_goes_into_the_graphs_too(world, alice_server):
     d = fake(alice_server)
     collector.collect(now=at(0))

@@ -65,3 +65,23 @@ def test_reading_marks_gaps_with_their_reason_and_picks_a_tier_for_the_range():
     assert [(g["reason"], g["to"] - g["from"]) for g in view["gaps"]] == [("stopped", 120), ("no_data", 60)]
     assert store.choose_step(T0, T0 + dt.timedelta(days=30), 1500, now=T0 + dt.timedelta(days=30)) == 3600
     assert store.choose_step(T0, T0 + dt.timedelta(hours=24), 1500, now=T0 + dt.timedelta(hours=24)) == 60
+
+
+def test_days_of_minutes_stay_within_the_stated_rows_per_tier(settings):
+    """The default tiers' steps with their retentions cut a hundredfold (800 days become 8; the
+    full 800 days: benchmarks/metrics_retention.py), a day of one server's minutes written at a
+    time, rolled up and pruned each day with the clock injected: each tier holds at most
+    retention/step buckets, and nothing is lost on the way up."""
+    settings.METRICS_TIERS = [(60, 48 * 36), (300, 35 * 864), (3600, 400 * 864), (86400, 1825 * 864)]
+    data = {"cpu": [5, 1, 5], "net_rx": [1000, 1, 20]}
+    for day in range(8):
+        start = T0 + dt.timedelta(days=day)
+        MetricBucket.objects.bulk_create([MetricBucket(kind="server", target_id=1, step=60, start=start + minutes(i),
+                                                       data=data) for i in range(1440)], batch_size=1440)
+        end = start + dt.timedelta(days=1)
+        store.rollup(now=end + store.ROLLUP_LAG)
+        store.prune(now=end)
+    counts = {step: MetricBucket.objects.filter(step=step).count() for step, _ in settings.METRICS_TIERS}
+    assert counts == {60: 48 * 36 // 60, 300: 35 * 864 // 300, 3600: 400 * 864 // 3600, 86400: 8}, counts
+    view = store.read("server", 1, T0, T0 + dt.timedelta(days=8), step=86400, now=T0 + dt.timedelta(days=8))
+    assert view["series"]["net_rx"]["sum"] == 8 * 1440 * 1000

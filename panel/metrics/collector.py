@@ -267,8 +267,9 @@ def collect(now: dt.datetime | None = None, deadline: float | None = None) -> di
     for server in servers:
         result = results[server.node_id]
         sample = None if isinstance(result, str) else result.domains.get(server.domain_name)
-        if sample is None:
-            reason = result if isinstance(result, str) else GapReason.STOPPED
+        if sample is None or not sample.complete:
+            # A busy domain's counters are left for the next read, which counts them whole.
+            reason = result if isinstance(result, str) else GapReason.STOPPED if sample is None else GapReason.BUSY
             points.append(Point(TargetKind.SERVER, server.pk, gap=reason))
             continue
         try:
@@ -320,8 +321,8 @@ def collect_server(server: VirtualServer, driver: Driver | None = None) -> None:
             total = usage.lock(server)
             sample = (driver or driver_for(server.node.uri)).node_stats([server.domain_name]).domains.get(
                 server.domain_name)
-            if sample is None:
-                return
+            if sample is None or not sample.complete:
+                return  # the next minute's read counts it
             now = max(clock(), total.last_at or clock())  # time does not go back
             baselines = Baselines(TargetKind.SERVER, [server.pk])
             store.record([server_point(server, sample, baselines, now, newest=True)], now)

@@ -23,6 +23,7 @@ class GapReason(models.TextChoices):
     STOPPED = "stopped"
     NODE_OFFLINE = "node_offline"
     COLLECTOR_FAILED = "collector_failed"
+    BUSY = "busy"  # the domain's monitor was held by a job (a migration, a backup): read next minute
     NO_DATA = "no_data"  # never written: a bucket that has no row at all reads as this
 
 

@@ -34,6 +34,7 @@ FIGURES = {
     "metrics_graph": (rf"ratio api/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "metrics_render": (rf"ratio uPlot/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "metrics_scrape": (rf"ratio scrape/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
+    "metrics_collect": (rf"ratio collect/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
 }
 
 
