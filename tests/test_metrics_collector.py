@@ -174,6 +174,14 @@ def test_a_node_that_hangs_costs_the_deadline_and_no_more(world, alice_server, m
     assert bucket("server", alice_server.id, 2).gap == ""
 
 
+def test_two_collections_never_run_at_once(world, alice_server):
+    with collector.lease(60) as held:
+        assert held
+        assert collector.collect(now=at(0))["skipped"] is True
+        assert not MetricBucket.objects.exists()
+    assert "skipped" not in collector.collect(now=at(0))
+
+
 def test_storage_network_and_pool_points(world):
     from nodes.models import Network
     from panel.ipam.models import IpPool

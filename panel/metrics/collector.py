@@ -17,6 +17,7 @@ from billing's own deltas, so every tier's sums equal the billing usage by const
 `collect_filesystems()` (every 15 minutes) asks guest agents for their filesystems' usage.
 """
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -26,6 +27,7 @@ from collections import defaultdict
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
+from django.utils import timezone
 
 from nodes.connection import driver_for
 from nodes.driver import Driver, DriverError
@@ -34,7 +36,7 @@ from nodes.node_stats import DomainSample, NodeSample
 from panel.images.models import DataDisk
 from panel.ipam.models import IpAddress, IpPool
 from panel.metrics import store
-from panel.metrics.models import Baseline, GapReason, NodeReading, TargetKind
+from panel.metrics.models import Baseline, CollectorLease, GapReason, NodeReading, TargetKind
 from panel.metrics.store import Point
 from panel.usage import collector as usage
 from panel.vps.models import ServerNic, ServerState, VirtualServer
@@ -141,10 +143,10 @@ BILLED = {"rx_bytes": "net_rx", "tx_bytes": "net_tx", "cpu_ns": "cpu_ns",
           "read_bytes": "disk.vda.rd_bytes", "write_bytes": "disk.vda.wr_bytes"}
 
 
-def server_point(server: VirtualServer, sample: DomainSample, baselines: Baselines, now: dt.datetime,
+def server_point(server: VirtualServer, sample: DomainSample, baselines: Baselines | None, now: dt.datetime,
                  newest: bool = False) -> Point:
     """A running server's point: billing fed (its deltas are the billed series; `newest` as for
-    `usage.sample`), the counters only monitoring keeps, the gauges."""
+    `usage.sample`), the counters only monitoring keeps (not without `baselines`), the gauges."""
     point = Point(TargetKind.SERVER, server.pk)
     raw = {"cpu_ns": sample.cpu_ns, "net_rx_pkts": sum(n.rx_packets for n in sample.nics),
            "net_tx_pkts": sum(n.tx_packets for n in sample.nics)}
@@ -154,7 +156,8 @@ def server_point(server: VirtualServer, sample: DomainSample, baselines: Baselin
         raw |= {f"disk.{disk.device}.rd_ops": disk.rd_ops, f"disk.{disk.device}.wr_ops": disk.wr_ops}
         if disk.device != "vda":
             raw |= {f"disk.{disk.device}.rd_bytes": disk.rd_bytes, f"disk.{disk.device}.wr_bytes": disk.wr_bytes}
-    deltas, seconds = baselines.deltas(server.pk, f"{server.node_id}:{sample.boot_id}", raw, now)
+    deltas, seconds = baselines.deltas(server.pk, f"{server.node_id}:{sample.boot_id}", raw, now) if baselines \
+        else ({}, None)
     billed = usage.sample(server, None, now, stats=sample.usage(), newest=newest)
     for counter, name in BILLED.items():
         if billed is not None:
@@ -244,10 +247,36 @@ def _pool_points() -> list[Point]:
             for pool in IpPool.objects.all()]
 
 
-def collect(now: dt.datetime | None = None, deadline: float | None = None) -> dict:
-    """One minute's collection of every node; returns what it did (for the job's log)."""
-    now = now or clock()
+@contextlib.contextmanager
+def lease(seconds: float, wait: float = 0.0):
+    """Hold the collector's lease for up to `seconds` (yields True), or yield False when another
+    collection holds it for longer than `wait` seconds. Real time: the lease is between processes."""
+    ends = time.monotonic() + wait
+    CollectorLease.objects.get_or_create(id=1, defaults={"until": timezone.now() - dt.timedelta(seconds=1)})
+    while not CollectorLease.objects.filter(id=1, until__lt=timezone.now()).update(
+            until=timezone.now() + dt.timedelta(seconds=seconds)):
+        if time.monotonic() >= ends:
+            yield False
+            return
+        time.sleep(0.25)
+    try:
+        yield True
+    finally:
+        CollectorLease.objects.filter(id=1).update(until=timezone.now() - dt.timedelta(seconds=1))
+
+
+def collect(now: dt.datetime | None = None, deadline: float | None = None, wait: float = 0.0) -> dict:
+    """One minute's collection of every node; returns what it did (for the job's log). Skipped
+    when another collection still runs after `wait` seconds."""
     deadline = settings.METRICS_NODE_DEADLINE_SECONDS if deadline is None else deadline
+    with lease(deadline * 2 + 60, wait) as held:
+        if not held:
+            log.warning("metrics: another collection is still running; this one is skipped")
+            return {"skipped": True, "nodes": 0, "failed_nodes": [], "servers": 0, "seconds": 0.0}
+        return _collect(now or clock(), deadline)
+
+
+def _collect(now: dt.datetime, deadline: float) -> dict:
     nodes = list(Node.objects.exclude(state=Node.State.INSTALLING))
     started = time.monotonic()
     results = read_nodes(nodes, deadline)
@@ -312,7 +341,7 @@ def freshness() -> dict[int, dt.datetime | None]:
 
 def collect_server(server: VirtualServer, driver: Driver | None = None) -> None:
     """One sample of `server` now, before it stops, reboots or moves: what it did since the last
-    minute goes into billing and its graphs. Read while billing's row is locked, so it is newer
+    minute goes into billing and its graphs' billed series. Read while billing's row is locked, so it is newer
     than any sample recorded before it. Never raises: a failure must not break the power action."""
     try:
         if server.node_id is None:
@@ -324,9 +353,9 @@ def collect_server(server: VirtualServer, driver: Driver | None = None) -> None:
             if sample is None or not sample.complete:
                 return  # the next minute's read counts it
             now = max(clock(), total.last_at or clock())  # time does not go back
-            baselines = Baselines(TargetKind.SERVER, [server.pk])
-            store.record([server_point(server, sample, baselines, now, newest=True)], now)
-            baselines.save()
+            # Billing's counters only: the baselines are the minute's collection's, which may
+            # be running now (what only monitoring counts waits for the next boot's read).
+            store.record([server_point(server, sample, None, now, newest=True)], now)
     except Exception:  # noqa: BLE001
         log.exception("metrics: cannot sample %s before its power action", server)
 

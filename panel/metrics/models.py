@@ -72,3 +72,11 @@ class NodeReading(models.Model):
     ok_at = models.DateTimeField(null=True)
     seconds = models.FloatField(default=0)  # how long the last read took
     error = models.TextField(blank=True)
+
+
+class CollectorLease(models.Model):
+    """One row: held by the collection running now, so two (the worker's minute and a manual
+    `collect_metrics`, or a minute that ran long) never take deltas from the same baselines."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    until = models.DateTimeField()

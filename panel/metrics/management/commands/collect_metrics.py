@@ -11,7 +11,7 @@ class Command(BaseCommand):
                             help="Also ask the guest agents for their filesystems (the worker: every 15 minutes).")
 
     def handle(self, *args, **options):
-        result = collect()
+        result = collect(wait=120)  # after the worker's minute, if it is running
         self.stdout.write(f"read {result['nodes']} nodes in {result['seconds']} s, {result['servers']} servers; "
                           f"failed nodes: {', '.join(result['failed_nodes']) or 'none'}")
         if options["filesystems"]:
