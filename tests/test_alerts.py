@@ -338,7 +338,8 @@ def test_bad_rule_input_is_a_clear_400_and_changes_nothing(world, alice_server):
                         ({"kind": "server_cpu", "warning": 50, "critical": 40}, "critical"),
                         ({"kind": "server_cpu", "warning": 50, "email": "not-mail"}, "email"),
                         ({"kind": "server_cpu", "warning": "x"}, "warning"),
-                        ({"kind": "server_cpu", "warning": 50, "notify_customer": True}, "notify_customer")]:
+                        ({"kind": "server_cpu", "warning": 50, "notify_customer": True}, "notify_customer"),
+                        ({"kind": "server_cpu", "warning": 5, "margin": 5}, "margin")]:
         r = alice.post("/api/v1/alert-rules/", body, format="json")
         assert r.status_code == 400 and field in r.json()["fields"], (body, r.content)
     assert Rule.objects.count() == count

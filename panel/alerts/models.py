@@ -107,6 +107,10 @@ class Rule(models.Model):
                 errors["critical"] = _("The critical threshold must be worse than the warning one.")
         if self.margin is not None and self.margin < 0:
             errors["margin"] = _("At least 0.")
+        elif (self.margin and self.warning is not None and DIRECTION.get(self.kind, ABOVE) == ABOVE
+              and self.margin >= self.warning > 0):
+            # Values of these kinds do not go below 0: the way back would never be reached.
+            errors["margin"] = _("Smaller than the threshold, or the alert could never resolve.")
         if self.for_minutes > 7 * 24 * 60:
             errors["for_minutes"] = _("At most a week.")
         if not 1 <= self.resolve_after <= 60:
