@@ -114,7 +114,7 @@ def test_libvirtd_stopped_fires_the_node_alert_signed_and_mailed_and_back_resolv
     if not rule:  # the built-in rules are made by the first evaluation
         collect_and_evaluate(panel)
         rule = panel.call(admin, "GET", "/api/v1/alert-rules/?kind=node_offline").json()["results"]
-    r = panel.call(admin, "PATCH", f"/api/v1/alert-rules/{rule[0]['id']}/", json={"warning": 1, "critical": 30})
+    r = panel.call(admin, "PATCH", f"/api/v1/alert-rules/{rule[0]['id']}/", json={"warning": 1, "critical": 30, "margin": 0.5})
     assert r.status_code == 200, r.text
     bob = make_tenant(panel, "bob")
 
@@ -155,7 +155,7 @@ def test_libvirtd_stopped_fires_the_node_alert_signed_and_mailed_and_back_resolv
             test_cluster.start_libvirtd(1)
 
         def resolved():
-            collect_and_evaluate(panel)
+            print("collect/evaluate:", collect_and_evaluate(panel))
             return [a for a in node_alerts(panel, admin, "resolved") if a["id"] == alert["id"]]
 
         wait_for(resolved, 180, "the alert to resolve", interval=5)
