@@ -479,3 +479,18 @@ def test_the_dashboard_and_the_rules_use_only_metrics_the_exporter_has(world, al
     assert unknown_metrics(["rate(panel_server_cpu_seconds[5m])"], names) == ["panel_server_cpu_seconds"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_it_speaks_openmetrics_and_gzip_when_the_scraper_asks(world, alice_server):
+    import gzip
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+    r = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", HTTP_ACCEPT_ENCODING="gzip",
+                     HTTP_ACCEPT="application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    assert r.status_code == 200 and r["Content-Encoding"] == "gzip"
+    assert r["Content-Type"].startswith("application/openmetrics-text")
+    text = gzip.decompress(r.content).decode()
+    families = {family.name: family for family in openmetrics_families(text)}  # raises on a malformed exposition
+    assert families["panel_server_info"].samples[0].labels["server"] == alice_server.hostname
+    assert families["panel_server_network_receive_bytes"].type == "counter"

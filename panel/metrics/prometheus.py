@@ -202,5 +202,6 @@ def metrics_view(request):
         body = gzip.compress(body, compresslevel=1)  # a 1,000-server scrape is megabytes of text
         response["Content-Encoding"] = "gzip"
     response["Cache-Control"] = "no-store"
+    response["Vary"] = "Accept, Accept-Encoding"
     response.content = body
     return response
