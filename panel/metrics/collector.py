@@ -38,6 +38,7 @@ from panel.ipam.models import IpAddress, IpPool
 from panel.metrics import store
 from panel.metrics.models import Baseline, CollectorLease, GapReason, NodeReading, TargetKind
 from panel.metrics.store import Point
+from panel.upsert import upsert
 from panel.usage import collector as usage
 from panel.vps.models import ServerNic, ServerState, VirtualServer
 
@@ -126,10 +127,7 @@ class Baselines:
         return out, seconds
 
     def save(self) -> None:
-        new = [b for b in self.changed.values() if b.pk is None]
-        Baseline.objects.bulk_create(new, batch_size=500)
-        Baseline.objects.bulk_update([b for b in self.changed.values() if b.pk is not None],
-                                     ["origin", "at", "raw"], batch_size=500)
+        upsert(list(self.changed.values()), ["origin", "at", "raw"], ["kind", "target_id"])
 
 
 def _counter(point: Point, name: str, delta: int, seconds: float | None) -> None:
@@ -143,10 +141,10 @@ BILLED = {"rx_bytes": "net_rx", "tx_bytes": "net_tx", "cpu_ns": "cpu_ns",
           "read_bytes": "disk.vda.rd_bytes", "write_bytes": "disk.vda.wr_bytes"}
 
 
-def server_point(server: VirtualServer, sample: DomainSample, baselines: Baselines | None, now: dt.datetime,
-                 newest: bool = False) -> Point:
-    """A running server's point: billing fed (its deltas are the billed series; `newest` as for
-    `usage.sample`), the counters only monitoring keeps (not without `baselines`), the gauges."""
+def server_point(server: VirtualServer, sample: DomainSample, billed: dict | None, baselines: Baselines | None,
+                 now: dt.datetime) -> Point:
+    """A running server's point: billing's deltas of this read (`billed`) are the billed series;
+    then the counters only monitoring keeps (not without `baselines`), the gauges."""
     point = Point(TargetKind.SERVER, server.pk)
     raw = {"cpu_ns": sample.cpu_ns, "net_rx_pkts": sum(n.rx_packets for n in sample.nics),
            "net_tx_pkts": sum(n.tx_packets for n in sample.nics)}
@@ -158,7 +156,6 @@ def server_point(server: VirtualServer, sample: DomainSample, baselines: Baselin
             raw |= {f"disk.{disk.device}.rd_bytes": disk.rd_bytes, f"disk.{disk.device}.wr_bytes": disk.wr_bytes}
     deltas, seconds = baselines.deltas(server.pk, f"{server.node_id}:{sample.boot_id}", raw, now) if baselines \
         else ({}, None)
-    billed = usage.sample(server, None, now, stats=sample.usage(), newest=newest)
     for counter, name in BILLED.items():
         if billed is not None:
             _counter(point, name, billed[counter], seconds)
@@ -293,6 +290,7 @@ def _collect(now: dt.datetime, deadline: float) -> dict:
             points.append(Point(TargetKind.NODE, node.pk, gap=result))
         else:
             points.append(node_point(node, result, node_baselines, now))
+    running = []
     for server in servers:
         result = results[server.node_id]
         sample = None if isinstance(result, str) else result.domains.get(server.domain_name)
@@ -300,12 +298,11 @@ def _collect(now: dt.datetime, deadline: float) -> dict:
             # A busy domain's counters are left for the next read, which counts them whole.
             reason = result if isinstance(result, str) else GapReason.STOPPED if sample is None else GapReason.BUSY
             points.append(Point(TargetKind.SERVER, server.pk, gap=reason))
-            continue
-        try:
-            point = server_point(server, sample, server_baselines, now)
-        except Exception:  # noqa: BLE001
-            log.exception("metrics: cannot record %s", server)
-            point = Point(TargetKind.SERVER, server.pk, gap=GapReason.COLLECTOR_FAILED)
+        else:
+            running.append((server, sample))
+    billed = usage.sample_many([(server, sample.usage()) for server, sample in running], now)
+    for server, sample in running:
+        point = server_point(server, sample, billed.get(server.pk), server_baselines, now)
         server_points.append(point)
         points.append(point)
     samples = {pk: r for pk, r in results.items() if not isinstance(r, str)}
@@ -353,9 +350,10 @@ def collect_server(server: VirtualServer, driver: Driver | None = None) -> None:
             if sample is None or not sample.complete:
                 return  # the next minute's read counts it
             now = max(clock(), total.last_at or clock())  # time does not go back
+            billed = usage.sample(server, None, now, stats=sample.usage(), newest=True)
             # Billing's counters only: the baselines are the minute's collection's, which may
             # be running now (what only monitoring counts waits for the next boot's read).
-            store.record([server_point(server, sample, None, now, newest=True)], now)
+            store.record([server_point(server, sample, billed, None, now)], now)
     except Exception:  # noqa: BLE001
         log.exception("metrics: cannot sample %s before its power action", server)
 

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from panel.metrics.models import GapReason, MetricBucket, RollupState
 from panel.metrics.series import lookup
+from panel.upsert import upsert
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # A minute's bucket is rolled up only this long after it ended: a collection that started
@@ -101,7 +102,7 @@ def record(points: list[Point], at: dt.datetime | None = None) -> int:
                 if row.pk is not None:
                     changed.append(row)
         MetricBucket.objects.bulk_create(new, batch_size=500)
-        MetricBucket.objects.bulk_update(changed, ["data", "gap"], batch_size=500)
+        upsert(changed, ["data", "gap"], ["kind", "target_id", "step", "start"])
     return len(new) + len(changed)
 
 

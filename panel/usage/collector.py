@@ -1,7 +1,7 @@
 """Reading the servers' counters into usage (every minute) and the traffic quota.
 
 The worker's minute is the monitoring collector's (panel/metrics/collector.py): it reads each
-node once and hands every server's counters to `sample(..., stats=)`, then calls `settle()`.
+node once and hands every server's counters to `sample_many()`, then calls `settle()`.
 `collect_all()` reads every running server's counters itself, one driver (connection) per node;
 a node that fails is skipped with a log line (kept for schedules stored by older versions).
 """
@@ -10,13 +10,14 @@ import datetime as dt
 import logging
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from nodes.connection import driver_for
 from nodes.driver import DomainStats, Driver, DriverError
 from panel.ipam.addressing import domain_nics
-from panel.usage.models import COUNTERS, UsageHour, UsageSample, UsageState, UsageTotal
+from panel.upsert import upsert
+from panel.usage.models import COUNTERS, SUMS, UsageHour, UsageSample, UsageState, UsageTotal
 from panel.vps.models import ServerState, VirtualServer
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,33 @@ def lock(server: VirtualServer) -> UsageTotal:
     return UsageTotal.objects.select_for_update().get(server=server)
 
 
+def _add(total: UsageTotal, server: VirtualServer, stats: DomainStats, now: dt.datetime) -> tuple[dict, UsageSample]:
+    """Apply one read to a locked totals row (saved by the caller): its deltas and its sample."""
+    if total.last_at is not None and now < total.last_at:
+        now = total.last_at  # a run that started before the last sample: time does not go back
+    delta = deltas(total, stats, server.node_id, now)
+    for name, value in delta.items():
+        setattr(total, name, getattr(total, name) + value)
+    for name in COUNTERS:
+        setattr(total, f"last_{name}", getattr(stats, name))
+    total.last_at, total.last_node_id, total.last_boot_id = now, server.node_id, stats.boot_id
+    return delta, UsageSample(server=server, at=now, node_id=server.node_id, boot_id=stats.boot_id,
+                              **{name: getattr(stats, name) for name in COUNTERS})
+
+
+def _add_to_hours(hour: dt.datetime, by_server: dict[int, dict[str, int]]) -> None:
+    """Add deltas to their servers' hour rows (whose totals rows the caller holds locked)."""
+    by_server = {pk: delta for pk, delta in by_server.items() if any(delta.values())}
+    if not by_server:
+        return
+    rows = {row.server_id: row for row in UsageHour.objects.filter(server_id__in=list(by_server), hour=hour)}
+    for pk, delta in by_server.items():
+        row = rows.setdefault(pk, UsageHour(server_id=pk, hour=hour))
+        for name, value in delta.items():
+            setattr(row, name, getattr(row, name) + value)
+    upsert(list(rows.values()), list(SUMS), ["server", "hour"])
+
+
 def sample(server: VirtualServer, driver: Driver | None, now: dt.datetime | None = None,
            stats: DomainStats | None = None, newest: bool = False) -> dict[str, int] | None:
     """Read `server`'s counters and add them to its totals and its hour; returns the deltas (None
@@ -70,37 +98,51 @@ def sample(server: VirtualServer, driver: Driver | None, now: dt.datetime | None
     so concurrent samplers (the minute's collector, a power action's hook) read and record in
     the same order: a sample read earlier is never recorded after a later one.
 
-    With `stats` nothing is read here: they were read at or after `now` (the monitoring
-    collector's one call per node, labelled with the time before it started). One that is not
-    newer than the last recorded sample may have been read before it: it is dropped (None),
-    and the next read counts what it had. `newest`: the caller read `stats` holding `lock(server)`
-    (a power action's last sample), so it is newer than anything recorded."""
+    With `stats` nothing is read here (see `sample_many`); `newest`: the caller read them
+    holding `lock(server)` (a power action's last sample), so they are newer than anything
+    recorded."""
     with transaction.atomic():
         total = lock(server)
         if stats is None:
             stats = driver.stats(server.domain_name)
         elif not newest and total.last_at is not None and now <= total.last_at:
-            return None  # a later read (a power action's) is recorded already: nothing lost
+            return None
         if stats is None:
             return None
         now = now or clock()
-        if total.last_at is not None and now < total.last_at:
-            now = total.last_at  # a run that started before the last sample: time does not go back
-        delta = deltas(total, stats, server.node_id, now)
-        UsageSample.objects.create(server=server, at=now, node_id=server.node_id, boot_id=stats.boot_id,
-                                   **{name: getattr(stats, name) for name in COUNTERS})
-        for name, value in delta.items():
-            setattr(total, name, getattr(total, name) + value)
-        for name in COUNTERS:
-            setattr(total, f"last_{name}", getattr(stats, name))
-        total.last_at, total.last_node_id, total.last_boot_id = now, server.node_id, stats.boot_id
+        delta, row = _add(total, server, stats, now)
+        row.save()
         total.save()
-        if any(delta.values()):
-            hour = hour_of(now)
-            UsageHour.objects.get_or_create(server=server, hour=hour)
-            UsageHour.objects.filter(server=server, hour=hour).update(
-                **{name: F(name) + value for name, value in delta.items()})
+        _add_to_hours(hour_of(row.at), {server.pk: delta})
     return delta
+
+
+def sample_many(reads: list[tuple[VirtualServer, DomainStats]], now: dt.datetime) -> dict[int, dict[str, int] | None]:
+    """Add reads made at or after `now` (the monitoring collector's one call per node, labelled
+    with the time before it started) to their servers' totals and hours, in a few statements
+    for all of them. A read not newer than a server's last recorded sample may have been made
+    before it: it is dropped (None) and the next read counts what it had."""
+    if not reads:
+        return {}
+    ids = sorted({server.pk for server, _ in reads})
+    out: dict[int, dict[str, int] | None] = {}
+    with transaction.atomic():
+        UsageTotal.objects.bulk_create([UsageTotal(server_id=pk) for pk in ids], ignore_conflicts=True)
+        totals = {t.server_id: t for t in UsageTotal.objects.select_for_update().filter(server_id__in=ids).order_by("pk")}
+        rows, changed = [], []
+        for server, stats in reads:
+            total = totals[server.pk]
+            if total.last_at is not None and now <= total.last_at:
+                out[server.pk] = None  # a later read (a power action's) is recorded already
+                continue
+            out[server.pk], row = _add(total, server, stats, now)
+            rows.append(row)
+            changed.append(total)
+        UsageSample.objects.bulk_create(rows, batch_size=500)
+        upsert(changed, [*SUMS, "last_at", "last_node_id", "last_boot_id", *(f"last_{n}" for n in COUNTERS)],
+               ["server"])
+        _add_to_hours(hour_of(now), {pk: delta for pk, delta in out.items() if delta})
+    return out
 
 
 def collect_all(now: dt.datetime | None = None) -> dict:
