@@ -3,8 +3,8 @@
 #   1. the panel's own backup (manage.py backup_panel), taken with the code the running panel
 #      was deployed from (a temporary git worktree of it), since the new code may not read the
 #      database before its migrations ran; if it fails, the upgrade stops: nothing changed yet
-#   2. dependencies: requirements.txt (the production ones), noVNC (npm ci) when
-#      package-lock.json changed
+#   2. dependencies: requirements.txt (the production ones), noVNC and uPlot (npm ci) when
+#      package-lock.json changed or either is missing
 #   3. translations (compilemessages) and static files (collectstatic)
 #   4. migrations
 #   5. systemd's units refreshed from deploy/systemd/ when they changed, and restarted, when
@@ -111,9 +111,9 @@ say "2/5 dependencies (requirements.txt)"
 as_owner "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt
 if [ -f package-lock.json ]; then
   if [ ! -f node_modules/.installed ] || [ package-lock.json -nt node_modules/.installed ] \
-     || [ ! -f node_modules/@novnc/novnc/core/rfb.js ]; then
-    command -v npm >/dev/null || die "npm is missing (apt install npm): noVNC comes from npm"
-    say "noVNC (npm ci)"
+     || [ ! -f node_modules/@novnc/novnc/core/rfb.js ] || [ ! -f node_modules/uplot/dist/uPlot.iife.min.js ]; then
+    command -v npm >/dev/null || die "npm is missing (apt install npm): noVNC and uPlot come from npm"
+    say "noVNC and uPlot (npm ci)"
     as_owner npm ci --no-audit --no-fund --silent
     as_owner touch node_modules/.installed
   fi
