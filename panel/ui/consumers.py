@@ -17,6 +17,7 @@ from django.utils import translation
 from panel.accounts import sessions
 from panel.accounts.middleware import SESSION_OTP_PENDING
 from panel.accounts.tenancy import actor_for_user
+from panel.metrics import live as live_metrics
 from panel.ui import live
 from panel.vps.models import Operation, ServerState, VirtualServer
 from panel.progress import server_group
@@ -53,6 +54,7 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
         self.poller = asyncio.create_task(self.poll())
 
     async def disconnect(self, code):
+        live_metrics.hub.unsubscribe(self)
         if self.poller is not None:
             self.poller.cancel()
             self.poller = None
@@ -61,8 +63,45 @@ class ServerConsumer(AsyncJsonWebsocketConsumer):
             self.group = None
 
     async def receive_json(self, content, **kwargs):
-        # The browser only listens; a message from it asks for a fresh state.
+        if isinstance(content, dict) and content.get("type") == live_metrics.TYPE:
+            await self.metrics_live(content)
+            return
+        # Otherwise the browser only listens; a message from it asks for a fresh state.
         await self.refresh()
+
+    async def metrics_live(self, content: dict):
+        """`{"type": "metrics.live", "on": true|false}`: live graph points of this socket's
+        server (panel/metrics/live.py) while on. Always the server of the socket's URL, which
+        connect() checked the user may see; an id of another server in the message is refused."""
+        if not content.get("on"):
+            live_metrics.hub.unsubscribe(self)
+            await self.send_json({"type": live_metrics.TYPE, "status": "off"})
+            return
+        if not await self.still_signed_in():
+            return
+        asked = content.get("server", self.server_id)
+        if str(asked) != str(self.server_id):
+            await self.send_json({"type": live_metrics.TYPE, "status": "refused", "detail": "Not this socket's server."})
+            return
+        try:
+            where = await self.live_target()
+        except Http404:
+            await self.refresh()  # gone or no longer the user's: the state message says so
+            return
+        if where is None:
+            live_metrics.hub.unsubscribe(self)
+            await self.send_json({"type": live_metrics.TYPE, "status": "stopped", "detail": "The server is not running."})
+            return
+        await live_metrics.hub.subscribe(self, self.server_id, *where, send=self.send_json)
+
+    @database_sync_to_async
+    def live_target(self) -> tuple[int, str, str] | None:
+        """(node id, node URI, domain name) of the server if it runs, else None; Http404 when
+        the user may not see it (the same check as every state message)."""
+        server = self.actor.get_or_404(VirtualServer.objects.select_related("node"), pk=self.server_id)
+        if server.node_id is None or server.state != ServerState.RUNNING:
+            return None
+        return server.node_id, server.node.uri, server.domain_name
 
     async def server_update(self, event):
         """A worker's progress message (with Redis): forwarded, with the actions allowed now."""

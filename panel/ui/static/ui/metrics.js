@@ -6,6 +6,9 @@
    (the API picks a finer tier); a click pins a details pane (the bucket, average and peak of
    every series, the events inside it); event markers and hatched gaps with their reason are
    drawn on every chart; a table and a CSV link sit under the graphs.
+   Live (server cards): over the server page's websocket (server.js opens it) a point every few
+   seconds is appended to the charts, the last ten minutes shown with the x axis following now;
+   asked for only while the toggle is on and the page is visible (panel/metrics/live.py).
    window.panelMetrics[card id] exposes the state for the browser tests. */
 (function () {
   "use strict";
@@ -68,6 +71,7 @@
   function when(seconds, step) {
     var d = new Date(seconds * 1000);
     var date = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+    if (step < 60) { return date + " " + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()); }
     return step >= 86400 ? date : date + " " + pad(d.getHours()) + ":" + pad(d.getMinutes());
   }
   function duration(seconds) {
@@ -119,8 +123,12 @@
     this.pinned = null;
     this.history = [];  // ranges zoomed out of
     this.syncKey = el.id;
-    this.state = {fetches: [], step: null, from: null, to: null, pinned: null, ready: false};
+    this.state = {fetches: [], step: null, from: null, to: null, pinned: null, ready: false,
+                  live: {on: false, points: 0, status: ""}};
     window.panelMetrics[el.id] = this.state;
+    this.liveBtn = el.querySelector("[data-live]");
+    this.liveNote = el.querySelector(".metrics-live-note");
+    this.live = null;  // while on: {seconds, window, retry}
     this.bind();
     this.preset(3600);
   }
@@ -144,6 +152,11 @@
       self.history = [];
       self.load(Math.floor(from), Math.floor(to), null);
     });
+    if (this.liveBtn) {
+      this.liveBtn.addEventListener("click", function () {
+        if (self.live) { self.stopLive(true); } else { self.startLive(); }
+      });
+    }
     this.zoomOut.addEventListener("click", function () {
       var range = self.history.pop();
       if (range) { self.load(range[0], range[1], range[2]); }
@@ -172,6 +185,7 @@
 
   Card.prototype.load = function (from, to, preset) {
     var self = this;
+    if (this.live) { this.stopLive(false); }  // a range of the past: live is off
     var query = "?from=" + from + "&to=" + to;
     this.range = [from, to, preset];
     var buttons = this.el.querySelectorAll("[data-preset]");
@@ -278,7 +292,7 @@
                points: {size: 6}},
       select: {show: true},
       legend: {live: true},
-      scales: {x: {time: true, range: [this.data.t.length ? this.data.t[0] : this.range[0], this.data.to]},
+      scales: {x: {time: true, range: function () { return self.xRange(); }},
                y: {range: function (u, min, max) {
                  var top = unit === "%" ? Math.max(100, max || 0) : Math.max(max || 0, 1);
                  return [0, top * (unit === "%" ? 1 : 1.08)];
@@ -509,6 +523,177 @@
         cell.textContent = fmt(v === null ? null : v * columns[c].scale, columns[c].unit);
       }
     }
+  };
+
+  Card.prototype.xRange = function () {
+    if (this.live) {
+      var now = Date.now() / 1000;
+      return [now - this.live.window, now];
+    }
+    return [this.data.t.length ? this.data.t[0] : this.range[0], this.data.to];
+  };
+
+  // -- live mode ------------------------------------------------------------------------------------
+  var LIVE_TYPE = "metrics.live";
+  var liveCards = [];
+
+  function liveSocket() {
+    var socket = window.panelServerSocket;
+    return socket && socket.readyState === 1 ? socket : null;
+  }
+
+  function attach(socket) {
+    if (!socket || socket.panelMetricsAttached) { return; }
+    socket.panelMetricsAttached = true;
+    socket.addEventListener("message", function (event) {
+      var msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (!msg || msg.type !== LIVE_TYPE) { return; }
+      liveCards.forEach(function (card) { card.onLive(msg); });
+    });
+    socket.addEventListener("close", function () {
+      liveCards.forEach(function (card) { if (card.live) { card.liveStatus("reconnecting"); } });
+    });
+  }
+
+  window.addEventListener("panel:server-socket", function (event) {
+    attach(event.detail);
+    liveCards.forEach(function (card) { if (card.live) { card.subscribe(); } });  // a new socket: ask again
+  });
+  document.addEventListener("visibilitychange", function () {
+    // Nobody looks at a hidden tab: no reads for it.
+    liveCards.forEach(function (card) {
+      if (!card.live) { return; }
+      if (document.hidden) { card.send(false); } else { card.subscribe(); }
+    });
+  });
+
+  Card.prototype.send = function (on) {
+    var socket = liveSocket();
+    if (!socket) { return false; }
+    attach(socket);
+    socket.send(JSON.stringify({type: LIVE_TYPE, on: on}));
+    return true;
+  };
+
+  Card.prototype.subscribe = function () {
+    if (!this.live || document.hidden) { return; }
+    window.clearTimeout(this.live.retry);
+    if (!this.send(true)) { this.liveStatus("reconnecting"); }
+  };
+
+  Card.prototype.liveStatus = function (status, text) {
+    this.state.live.status = status;
+    if (this.liveNote) {
+      this.liveNote.textContent = text || this.t("live." + status, "");
+      this.liveNote.classList.toggle("error-text", status === "busy" || status === "no_answer" || status === "refused");
+    }
+  };
+
+  Card.prototype.startLive = function () {
+    if (liveCards.indexOf(this) === -1) { liveCards.push(this); }
+    this.history = [];
+    this.zoomOut.hidden = true;
+    var buttons = this.el.querySelectorAll("[data-preset]");
+    for (var i = 0; i < buttons.length; i++) { buttons[i].setAttribute("aria-pressed", "false"); }
+    this.live = {seconds: 5, window: 600, retry: null};
+    this.liveBtn.setAttribute("aria-pressed", "true");
+    this.el.classList.add("is-live");
+    this.state.live.on = true;
+    this.state.live.points = 0;
+    // The minutes already drawn inside the window stay; the live points follow them.
+    var old = this.data || {t: [], series: {}, events: [], gaps: []}, since = Date.now() / 1000 - this.live.window;
+    var keep = [];
+    for (var k = 0; k < old.t.length; k++) { if (old.t[k] >= since) { keep.push(k); } }
+    var series = {};
+    Object.keys(old.series).forEach(function (name) {
+      var col = old.series[name];
+      series[name] = {avg: keep.map(function (j) { return col.avg[j]; }), max: keep.map(function (j) { return col.max[j]; }),
+                      unit: col.unit, counter: col.counter};
+    });
+    this.show({kind: old.kind, id: old.id, step: this.live.seconds, from: Math.floor(since), to: Math.ceil(since + this.live.window),
+               t: keep.map(function (j) { return old.t[j]; }), series: series,
+               events: (old.events || []).filter(function (e) { return e.t >= since; }),
+               gaps: (old.gaps || []).filter(function (g) { return g.to >= since; })});
+    this.liveStatus("waiting");
+    this.subscribe();
+  };
+
+  Card.prototype.stopLive = function (reload) {
+    if (!this.live) { return; }
+    window.clearTimeout(this.live.retry);
+    this.live = null;
+    this.send(false);
+    this.liveBtn.setAttribute("aria-pressed", "false");
+    this.el.classList.remove("is-live");
+    this.state.live.on = false;
+    this.liveStatus("", "");
+    if (reload) { this.preset(3600); }
+  };
+
+  Card.prototype.onLive = function (msg) {
+    if (!this.live) { return; }
+    var self = this;
+    if (msg.status === "point") { this.appendLive(msg.t, msg.series || {}); this.liveStatus("on"); return; }
+    if (msg.status === "on") {
+      this.live.seconds = msg.seconds || this.live.seconds;
+      this.live.window = msg.window || this.live.window;
+      this.liveStatus("waiting");
+      return;
+    }
+    if (msg.status === "busy" || msg.status === "refused") {
+      this.stopLive(false);  // the toggle goes off with the reason next to it
+      this.liveStatus(msg.status);
+      return;
+    }
+    if (msg.status === "stopped") {
+      // Not running (or moved to another host): asked again now and then, with no reads meanwhile.
+      this.liveStatus("stopped");
+      window.clearTimeout(this.live.retry);
+      this.live.retry = window.setTimeout(function () { self.subscribe(); }, 15000);
+      return;
+    }
+    if (msg.status === "no_answer") { this.liveStatus("no_answer"); }
+  };
+
+  Card.prototype.appendLive = function (t, values) {
+    var data = this.data, since = Date.now() / 1000 - this.live.window, rebuilt = false;
+    Object.keys(values).forEach(function (name) {
+      if (!data.series[name]) {  // a series the minutes did not have (yet): empty before now
+        data.series[name] = {avg: data.t.map(function () { return null; }), max: data.t.map(function () { return null; }),
+                             unit: "", counter: false};
+        rebuilt = true;
+      }
+    });
+    data.t.push(t);
+    Object.keys(data.series).forEach(function (name) {
+      var v = values.hasOwnProperty(name) ? values[name] : null;
+      data.series[name].avg.push(v);
+      data.series[name].max.push(v);
+    });
+    var drop = 0;
+    while (drop < data.t.length && data.t[drop] < since) { drop++; }
+    if (drop) {
+      data.t.splice(0, drop);
+      Object.keys(data.series).forEach(function (name) {
+        data.series[name].avg.splice(0, drop);
+        data.series[name].max.splice(0, drop);
+      });
+    }
+    data.from = Math.floor(since);
+    data.to = Math.ceil(since + this.live.window);
+    this.state.live.points++;
+    this.state.live.last = {t: t, series: values};
+    var pinned = this.pinned;
+    if (rebuilt || !this.plots.length) {
+      this.show(data);
+    } else {
+      var self = this;
+      this.charts.forEach(function (chart, i) { self.plots[i].setData(self.columns(chart).cols); });
+      if (pinned !== null) { this.pinned = Math.max(0, pinned - drop); }
+    }
+    this.status(data.t.length + " " + this.t("points"));
+    if (this.tableBox.open) { this.fillTable(); }
   };
 
   function start() {

@@ -175,7 +175,12 @@
   function connect() {
     var socket;
     try { socket = new WebSocket(scheme + window.location.host + path); } catch (e) { offline(); return; }
-    socket.onopen = function () { delay = 1000; live.hidden = false; power.removeAttribute("title"); };
+    socket.onopen = function () {
+      delay = 1000; live.hidden = false; power.removeAttribute("title");
+      // The graphs' live mode (metrics.js) talks over this socket too; its messages have a "type".
+      window.panelServerSocket = socket;
+      window.dispatchEvent(new CustomEvent("panel:server-socket", {detail: socket}));
+    };
     socket.onmessage = function (event) {
       try { apply(JSON.parse(event.data)); } catch (e) { /* ignore a malformed message */ }
     };
