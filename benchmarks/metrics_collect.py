@@ -48,6 +48,7 @@ IMAGES = Path("/var/lib/libvirt/images")
 
 
 def domain_xml(name: str, disk: Path) -> str:
+    """A transient 32 MiB guest with one qcow2 disk and a balloon reporting every 10 s."""
     return f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
 <os><type arch='x86_64'>hvm</type></os><devices>
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>

@@ -17,16 +17,17 @@ from django.core.exceptions import ImproperlyConfigured
 
 
 @lru_cache(maxsize=8)
-def _networks(entries: tuple[str, ...]) -> tuple:
-    networks = []
+def networks(setting: str, entries: tuple[str, ...]) -> tuple:
+    """The addresses or networks a setting lists, parsed once; a bad entry names the setting."""
+    parsed = []
     for entry in entries:
         try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:
             raise ImproperlyConfigured(
-                f"TRUSTED_PROXIES: {entry!r} is not an IP address or network (e.g. 127.0.0.1,::1,10.0.0.0/8)"
+                f"{setting}: {entry!r} is not an IP address or network (e.g. 127.0.0.1,::1,10.0.0.0/8)"
             ) from None
-    return tuple(networks)
+    return tuple(parsed)
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -40,7 +41,7 @@ def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
 
 def is_trusted_proxy(address: str | None) -> bool:
     parsed = _address(address)
-    return parsed is not None and any(parsed in net for net in _networks(tuple(settings.TRUSTED_PROXIES)))
+    return parsed is not None and any(parsed in net for net in networks("TRUSTED_PROXIES", tuple(settings.TRUSTED_PROXIES)))
 
 
 def client_of(peer: str | None, forwarded_for: str | None) -> str | None:

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import time
-from functools import lru_cache
 from pathlib import Path
 
 from django.conf import settings
@@ -36,6 +35,8 @@ from django_q.signals import post_execute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from panel.forwarded import networks
 
 log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -120,16 +121,8 @@ def count_task(sender, task, **kwargs):
 
 # -- who may scrape -----------------------------------------------------------------------------
 
-@lru_cache(maxsize=4)
 def allowed_networks(entries: tuple[str, ...]) -> tuple:
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ImproperlyConfigured(
-                f"METRICS_ALLOW_FROM: {entry!r} is not an IP address or network (e.g. 127.0.0.1,10.0.0.0/8)") from None
-    return tuple(networks)
+    return networks("METRICS_ALLOW_FROM", entries)
 
 
 @checks.register(checks.Tags.security)

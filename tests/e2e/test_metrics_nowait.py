@@ -15,18 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.metrics_collect import domain_xml
 from nodes.driver import LibvirtDriver
 
 pytestmark = pytest.mark.e2e
 IMAGES = Path("/var/lib/libvirt/images")
-
-
-def domain_xml(name: str, disk: Path) -> str:
-    return f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
-<os><type arch='x86_64'>hvm</type></os><devices>
-<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
-<target dev='vda' bus='virtio'/></disk><memballoon model='virtio'><stats period='10'/></memballoon>
-</devices></domain>"""
 
 
 @pytest.fixture
