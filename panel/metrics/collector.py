@@ -4,7 +4,7 @@
 nodes in parallel, each within `METRICS_NODE_DEADLINE_SECONDS`; a node that fails or does not
 answer in time gets a gap row with the reason, for itself and each of its servers, never
 silence. From the same reads it writes one Point per server, node, storage, network and IP
-pool (panel/metrics/store.py), feeds billing (`panel.usage.collector.sample(stats=)`, so the
+pool (panel/metrics/store.py), feeds billing (`panel.usage.collector.sample_many()`, so the
 counters of both come from one read and their sums agree), then rolls up and prunes.
 
 Counters become deltas against each target's `Baseline`. A server's counters count since its
@@ -57,8 +57,7 @@ def clock() -> dt.datetime:
 
 # -- reading the nodes -------------------------------------------------------------------------
 
-def read_nodes(nodes: list[Node], deadline: float, names: dict[int, list[str]] | None = None
-               ) -> dict[int, NodeSample | str]:
+def read_nodes(nodes: list[Node], deadline: float) -> dict[int, NodeSample | str]:
     """Each node's NodeSample, read in parallel; a node that failed or did not answer within
     `deadline` seconds maps to the reason (a GapReason). A read that hangs goes on in its
     thread and is not started again until it ends."""
@@ -67,7 +66,7 @@ def read_nodes(nodes: list[Node], deadline: float, names: dict[int, list[str]] |
 
     def read(node: Node) -> None:
         try:
-            results[node.pk] = driver_for(node.uri).node_stats(names.get(node.pk) if names else None)
+            results[node.pk] = driver_for(node.uri).node_stats()
         except DriverError as exc:
             log.warning("metrics: cannot read node %s: %s", node, exc)
             results[node.pk] = GapReason.NODE_OFFLINE if exc.retryable else GapReason.COLLECTOR_FAILED
@@ -99,7 +98,7 @@ def read_nodes(nodes: list[Node], deadline: float, names: dict[int, list[str]] |
 # -- deltas ------------------------------------------------------------------------------------
 
 class Baselines:
-    """The baselines of one collection, read in one query and written back in two."""
+    """The baselines of one collection, read in one query and written back in one."""
 
     def __init__(self, kind: str, ids):
         self.kind = kind
