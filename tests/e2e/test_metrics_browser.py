@@ -140,8 +140,41 @@ def test_the_server_page_draws_zooms_and_pins_the_graphs(live_panel, plan_id, br
 
     # The table and the CSV link follow the range shown.
     page.click(f"#{card} .metrics-table-box summary")
+    page.wait_for_selector(f"#{card} .metrics-table tbody tr")  # <details> fires its toggle event later
     assert page.locator(f"#{card} .metrics-table tbody tr").count() == len(body["t"])
     href = page.get_attribute(f"#{card} .metrics-csv", "href")
     assert f"from={last['from']}" in href and "format=csv" in href
+
+    # Live: over the page's websocket the real guest's points come every 5 s and are appended to
+    # the charts (the last 10 minutes, the x axis at now) without fetching again.
+    fetches = len(state(page, card)["fetches"])
+    page.click(f"#{card} [data-live]")
+    assert page.get_attribute(f"#{card} [data-live]", "aria-pressed") == "true"
+    page.wait_for_function(f"() => window.panelMetrics[{json.dumps(card)}].live.points >= 2", timeout=15000)
+    shown = state(page, card)
+    assert shown["live"]["on"] and shown["live"]["status"] == "on", shown["live"]
+    point = shown["live"]["last"]
+    assert abs(point["t"] - page.evaluate("Date.now() / 1000")) < 15, point
+    assert {"cpu", "net_rx", "net_tx", "disk.vda.rd_bytes", "disk.vda.wr_bytes"} <= set(point["series"]), point
+    assert all(v >= 0 for v in point["series"].values()), point
+    assert 0 <= point["series"]["cpu"] <= 100
+    # Two points 5 s apart span ~1/120 of the width: a short line that grows with each point.
+    drawn = page.evaluate(DRAWN, cpu)
+    assert drawn > 4, "the live CPU chart drew no line"
+    page.wait_for_function(f"() => window.panelMetrics[{json.dumps(card)}].live.points >= 3", timeout=10000)
+    assert page.evaluate(DRAWN, cpu) > drawn, "the next live point was not drawn"
+    shown = state(page, card)
+    # The x axis ends at now and spans ten minutes.
+    x0, x1 = shown["live"]["x"]
+    assert abs(x1 - x0 - 600) < 1 and abs(x1 - page.evaluate("Date.now() / 1000")) < 10, (x0, x1)
+    assert len(state(page, card)["fetches"]) == fetches, "live mode fetched the API again"
+    page.locator(f"#{card}").screenshot(path=str(SHOTS / "metrics-browser-live.png"))
+    # Off: the toggle stops the points and the hour is shown again.
+    page.click(f"#{card} [data-live]")
+    page.wait_for_function(f"() => window.panelMetrics[{json.dumps(card)}].fetches.length === {fetches + 1}")
+    off = state(page, card)
+    assert not off["live"]["on"] and off["step"] == 60
+    page.wait_for_timeout(6000)
+    assert state(page, card)["live"]["points"] == off["live"]["points"], "points kept coming after off"
     assert not errors, errors
     page.close()

@@ -615,6 +615,8 @@
                t: keep.map(function (j) { return old.t[j]; }), series: series,
                events: (old.events || []).filter(function (e) { return e.t >= since; }),
                gaps: (old.gaps || []).filter(function (g) { return g.to >= since; })});
+    this.form.elements.from.value = localInput(since);  // the range shown is the live window
+    this.form.elements.to.value = localInput(since + this.live.window);
     this.liveStatus("waiting");
     this.subscribe();
   };
@@ -684,6 +686,7 @@
     data.to = Math.ceil(since + this.live.window);
     this.state.live.points++;
     this.state.live.last = {t: t, series: values};
+    this.state.live.x = this.xRange();
     var pinned = this.pinned;
     if (rebuilt || !this.plots.length) {
       this.show(data);
