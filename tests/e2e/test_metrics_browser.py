@@ -18,6 +18,7 @@ SEED = """
 import datetime as dt
 from django.utils import timezone
 from panel.metrics import store
+from panel.metrics.models import RollupState
 from panel.metrics.store import Point
 from panel.vps.models import Operation, VirtualServer
 
@@ -35,6 +36,9 @@ for i in range(360):
                           "disk.vda.wr_ops": 1200}},
                         {{"net_rx": rx / 60, "net_tx": 1e6 / 60, "disk.vda.rd_bytes": 1e6 / 60,
                           "disk.vda.wr_bytes": 3e6 / 60, "disk.vda.rd_ops": 10, "disk.vda.wr_ops": 20}})], at)
+# The live panel's worker may have rolled up past these minutes already (roll-ups go forward from
+# RollupState): start them again from the oldest minute, recomputing every coarser bucket.
+RollupState.objects.all().delete()
 store.rollup(now)
 op = Operation.objects.create(kind="reboot", status="succeeded", server=server, customer_id=server.customer_id)
 Operation.objects.filter(pk=op.pk).update(started_at=now - dt.timedelta(minutes=45),
