@@ -117,9 +117,9 @@ def hot_plug_reboot_backup_restore_delete(panel, disks_env) -> None:
     guest.sh("dd if=/dev/zero of=/dev/vdb bs=1M seek=8 count=2 conv=fsync", timeout=120)
     guest.sh("dd if=/dev/zero of=/dev/vda bs=1M seek=72 count=2 conv=fsync", timeout=120)
 
-    (disk,) = panel.call(tenant.key, "GET", disks).json()
+    (disk,) = panel.call(tenant.key, "GET", disks).json()["results"]
     awaited(panel, tenant.key, panel.call(tenant.key, "DELETE", f"{disks}{disk['id']}/"), timeout=120)
     wait_for(lambda: "vdb" not in guest.sh("ls /sys/block"), 30, "vdb to leave the guest")
-    assert panel.call(tenant.key, "GET", disks).json() == []
+    assert panel.call(tenant.key, "GET", disks).json()["results"] == []
     assert panel.call(make_tenant(panel, "disks-other").key, "GET", disks).status_code == 404
 
