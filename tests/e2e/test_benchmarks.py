@@ -35,6 +35,7 @@ FIGURES = {
     "metrics_render": (rf"ratio uPlot/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "metrics_scrape": (rf"ratio scrape/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
     "metrics_collect": (rf"ratio collect/floor\s+p50\s+{NUMBER}×\s+p95\s+{NUMBER}×", 1),
+    "metrics_retention": (rf"ratio upkeep/insert {NUMBER}×", 1),
 }
 
 
